@@ -1,0 +1,1 @@
+"""Tracks to per-frame Gaussians to exports, and the `emotalker` command line."""

@@ -1,0 +1,1 @@
+"""One module a command group; each exposes `add_parsers(subparsers)`."""

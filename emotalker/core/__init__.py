@@ -1,0 +1,1 @@
+"""The model: FLAME rig, Gaussians, renderers, training stages. Never imports bpy."""
