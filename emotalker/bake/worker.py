@@ -72,7 +72,9 @@ def method_environment(params: dict, ctx: JobContext) -> dict:
 
 def default_methods() -> dict[str, Method]:
     """The methods the worker serves; bake and export register theirs here."""
-    return {"environment": method_environment}
+    from emotalker.bake.worker_methods import METHODS
+
+    return {"environment": method_environment, **METHODS}
 
 
 class Worker:

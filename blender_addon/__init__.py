@@ -1,0 +1,23 @@
+"""EmoTalker for Blender: emotional, audio-driven Gaussian head avatars on the timeline.
+
+A thin client: it imports bpy and numpy only. Every model computation happens in
+the core worker (`emotalker worker`), a separate process in the environment that
+EmoTalker's install.py made, spoken to over JSON lines (see worker_client.py).
+"""
+
+from __future__ import annotations
+
+from . import operators, preferences, properties, session, ui
+
+MODULES = (preferences, properties, operators, ui)
+
+
+def register() -> None:
+    for module in MODULES:
+        module.register()
+
+
+def unregister() -> None:
+    for module in reversed(MODULES):
+        module.unregister()
+    session.shutdown()

@@ -1,0 +1,43 @@
+"""Per-object avatar properties: animatable, so animators key them like any property.
+
+`obj.emotalker.happy` etc. are the 8 emotion weights, `intensity` is 0..3 (MEAD
+levels 1-3, 0 neutral), `blink` 0..1; the data paths are `emotalker.<name>`.
+"""
+
+from __future__ import annotations
+
+import bpy
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, PointerProperty, StringProperty
+
+EMOTIONS = ("neutral", "angry", "contempt", "disgusted", "fear", "happy", "sad", "surprised")
+
+
+def _emotion(name: str) -> FloatProperty:
+    return FloatProperty(name=name.capitalize(), description=f"Weight of {name} in this frame's emotion mix",
+                         default=1.0 if name == "neutral" else 0.0, min=0.0, max=1.0)
+
+
+class EmoTalkerAvatarProps(bpy.types.PropertyGroup):
+    is_avatar: BoolProperty(default=False, options={"HIDDEN"})
+    avatar_path: StringProperty(name="Avatar", subtype="DIR_PATH", description="The avatar bundle folder")
+    audio_path: StringProperty(name="Audio", subtype="FILE_PATH", description="Dialogue audio (any format soundfile reads)")
+    cache_dir: StringProperty(name="Cache", subtype="DIR_PATH", default="//emotalker_cache",
+                              description="Where baked curves and per-frame Gaussians are kept")
+    intensity: FloatProperty(name="Intensity", default=1.0, min=0.0, max=3.0,
+                             description="Emotion intensity: 0 neutral, 1-3 as MEAD's levels, anything between")
+    blink: FloatProperty(name="Blink", default=0.0, min=0.0, max=1.0, description="Extra eyelid closure")
+    baked: BoolProperty(default=False, options={"HIDDEN"})
+    sh_degree: EnumProperty(name="SH degree", items=[(str(d), str(d), "") for d in range(4)], default="3")
+    up_axis: EnumProperty(name="Up axis", items=[("Z", "Z up", "Blender, Unreal"), ("Y", "Y up", "FLAME, Unity, glTF")],
+                          default="Z")
+    __annotations__.update({name: _emotion(name) for name in EMOTIONS})
+
+
+def register() -> None:
+    bpy.utils.register_class(EmoTalkerAvatarProps)
+    bpy.types.Object.emotalker = PointerProperty(type=EmoTalkerAvatarProps)
+
+
+def unregister() -> None:
+    del bpy.types.Object.emotalker
+    bpy.utils.unregister_class(EmoTalkerAvatarProps)

@@ -1,0 +1,49 @@
+"""The EmoTalker panel in the 3D view's N sidebar."""
+
+from __future__ import annotations
+
+import bpy
+
+from .avatar_objects import find_avatar
+from .properties import EMOTIONS
+
+
+class EMOTALKER_PT_main(bpy.types.Panel):
+    bl_label = "EmoTalker"
+    bl_idname = "EMOTALKER_PT_main"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "EmoTalker"
+
+    def draw(self, context):
+        layout = self.layout
+        layout.operator("emotalker.import_avatar", icon="IMPORT")
+        avatar = find_avatar(context)
+        if avatar is None:
+            layout.label(text="Select an avatar, or import one")
+            return
+        props = avatar.emotalker
+        box = layout.box()
+        box.label(text=avatar.name, icon="ARMATURE_DATA")
+        box.prop(props, "avatar_path")
+        box.prop(props, "audio_path")
+        box = layout.box()
+        box.label(text="Emotion (key these)", icon="KEYTYPE_KEYFRAME_VEC")
+        col = box.column(align=True)
+        for name in EMOTIONS:
+            col.prop(props, name, slider=True)
+        box.prop(props, "intensity", slider=True)
+        box.prop(props, "blink", slider=True)
+
+
+CLASSES = (EMOTALKER_PT_main,)
+
+
+def register() -> None:
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+
+
+def unregister() -> None:
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)
