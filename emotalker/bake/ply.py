@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -79,27 +79,35 @@ def gaussian_rows(means: np.ndarray, quats: np.ndarray, log_scales: np.ndarray, 
     return rows
 
 
-def write_ply(path: str | os.PathLike, gaussians: Any, *, sh_degree: int | None = None, up_axis: str = "y") -> int:
-    """Write one frame of `Gaussians` (emotalker.core.gaussians) atomically; returns the bytes written.
+def write_ply(path: str | os.PathLike, gaussians: Any, *, sh_degree: int | None = None, up_axis: str = "y",
+              atomic: bool = True) -> int:
+    """Write one frame of `Gaussians` (emotalker.core.gaussians); returns the bytes written.
 
-    `sh_degree` None keeps the container's degree.
+    `sh_degree` None keeps the container's degree. `atomic=False` writes `path`
+    directly (for callers that already write to a temporary file).
     """
     arrays = [_numpy(getattr(gaussians, f)) for f in ("means", "quats", "log_scales", "opacity_logits", "sh")]
     rows = gaussian_rows(*arrays, sh_degree=sh_degree, up_axis=up_axis)
-    return write_rows(path, rows)
+    return write_rows(path, rows, atomic=atomic)
 
 
-def write_rows(path: str | os.PathLike, rows: np.ndarray) -> int:
-    """Write PLY rows [N, P] float32 (P fixes the SH degree) atomically; returns the bytes written."""
+def write_rows(path: str | os.PathLike, rows: np.ndarray, atomic: bool = True) -> int:
+    """Write PLY rows [N, P] float32 (P fixes the SH degree); returns the bytes written."""
     n, p = rows.shape
-    degree = _degree_for_columns(p)
-    header = ply_header(n, degree)
+    header = ply_header(n, _degree_for_columns(p))
     rows = np.ascontiguousarray(rows, dtype="<f4")
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(header)
-            f.write(memoryview(rows).cast("B"))
+    if not atomic:
+        _write_file(path, header, rows)
+    else:
+        with atomic_path(path) as tmp:
+            _write_file(tmp, header, rows)
     return len(header) + rows.nbytes
+
+
+def _write_file(path: str | os.PathLike, header: bytes, rows: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        f.write(header)
+        f.write(memoryview(rows).cast("B"))
 
 
 @dataclass(frozen=True)
@@ -176,6 +184,33 @@ def write_sidecar(out_dir: str | os.PathLike, name: str, *, fps: float, frame_st
                       "audio": audio, "frame_pattern": f"{name}_{{frame:0{FRAME_DIGITS}d}}.ply",
                       "properties": ply_property_names(sh_degree)})
     return path
+
+
+def ply_sink(out_dir: str | os.PathLike, name: str, *, sh_degree: int, up_axis: str = "y",
+             count: int | None = None, to_gaussians: Callable[[Any], Any] = lambda item: item):
+    """A FrameSink writing `<out_dir>/<name>_NNNNNN.ply` from each frame's item.
+
+    `to_gaussians(item)` picks the frame's `Gaussians` out of what the producer
+    returns. Every frame must hold `count` Gaussians (when None, the first frame
+    written fixes it): the sequence has the same count and order in every frame.
+    """
+    from .sequence import FrameSink
+
+    if up_axis not in UP_AXES:
+        raise InputError("--up-axis", f"must be one of {', '.join(UP_AXES)}, got {up_axis!r}")
+    if not 0 <= sh_degree <= 3:
+        raise InputError("--sh-degree", f"must be 0..3, got {sh_degree}")
+    expected = [count]
+
+    def write(item: Any, tmp: Path) -> None:
+        gaussians = to_gaussians(item)
+        if expected[0] is None:
+            expected[0] = len(gaussians)
+        if len(gaussians) != expected[0]:
+            raise ValueError(f"a frame has {len(gaussians)} Gaussians, the sequence {expected[0]}")
+        write_ply(tmp, gaussians, sh_degree=sh_degree, up_axis=up_axis, atomic=False)
+
+    return FrameSink("ply", lambda frame: frame_path(out_dir, name, frame), write, f"{name}_*.ply")
 
 
 def _degree_for_columns(p: int) -> int:
