@@ -1,0 +1,168 @@
+"""The resumable frame loop shared by every per-frame exporter (PLY, PNG, ...).
+
+`run_sequence(frames, produce, sinks, out_dir=..., fingerprint=...)` asks
+`produce(frame)` for each frame that is not complete yet and hands the result
+to every sink whose file for that frame is missing. Nothing is kept between
+frames, so memory does not grow with the clip.
+
+How a re-run knows what is done:
+- A frame file under its final name is complete: every sink writes to a
+  temporary file and moves it into place (atomic_path), so a crash, a kill or
+  Ctrl-C leaves either the whole file or none. A frame is complete when every
+  sink's file exists; a frame with some files missing is produced again and
+  only the missing files are written.
+- The run file `<out_dir>/.emotalker-run.json` records a digest of the inputs
+  (`fingerprint`: whatever determines the frames' content, e.g. file hashes and
+  options; not the frame range, so a longer range reuses the frames it has).
+  A re-run whose digest differs, or a folder holding frame files but no run
+  file, is refused with an InputError saying so, unless `overwrite=True`,
+  which deletes those frame files and starts over.
+- A lock on `<out_dir>/.emotalker-run.lock` keeps two bakes out of one folder;
+  the operating system drops it when a process dies, so no stale lock remains.
+  Under the lock, temporary files a killed run left behind are removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from emotalker.core.errors import InputError
+from emotalker.core.fileio import atomic_path, read_json, write_json
+from emotalker.core.progress import Progress
+
+RUN_FORMAT = "emotalker-run/1"
+RUN_FILE = ".emotalker-run.json"
+LOCK_FILE = ".emotalker-run.lock"
+
+
+@dataclass(frozen=True)
+class FrameSink:
+    """One per-frame output.
+
+    path(frame) -> the frame's final file; write(item, tmp_path) writes the item
+    `produce` returned for that frame to a temporary path (moved into place
+    afterwards); glob matches every frame file of this sink in the out folder
+    (e.g. "head_*.ply"), for --overwrite and for temporary files left by a kill.
+    """
+
+    name: str
+    path: Callable[[int], Path]
+    write: Callable[[Any, Path], None]
+    glob: str
+
+
+@dataclass(frozen=True)
+class SequenceResult:
+    """What a run did: how many frames it produced and how many it found complete."""
+
+    written: int
+    skipped: int
+
+
+def inputs_digest(fingerprint: dict[str, Any]) -> str:
+    """sha256 of the fingerprint's canonical JSON."""
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's content, read in chunks (for fingerprints); InputError when missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def run_sequence(frames: Sequence[int], produce: Callable[[int], Any], sinks: Sequence[FrameSink], *,
+                 out_dir: str | os.PathLike, fingerprint: dict[str, Any], overwrite: bool = False,
+                 progress: str = "bar", stage: str = "bake") -> SequenceResult:
+    """Write every sink's file for every frame in `frames`, resuming where a previous run stopped.
+
+    `produce(frame)` is called only for frames with a missing file. Errors it
+    raises (an InputError for bad input, KeyboardInterrupt) stop the run with all
+    earlier frames intact and no partial file under a final name.
+    """
+    if not sinks:
+        raise ValueError("run_sequence needs at least one sink")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _folder_lock(out_dir):
+        _remove_stale_temporaries(out_dir, sinks)
+        _check_or_start_run(out_dir, sinks, fingerprint, overwrite)
+        n_done = sum(all(s.path(f).exists() for s in sinks) for f in frames)
+        written = 0
+        with Progress(stage, total=len(frames), mode=progress, initial=n_done) as bar:
+            for frame in frames:
+                missing = [s for s in sinks if not s.path(frame).exists()]
+                if not missing:
+                    continue
+                item = produce(frame)
+                for sink in missing:
+                    with atomic_path(sink.path(frame)) as tmp:
+                        sink.write(item, tmp)
+                del item  # streaming: nothing of this frame outlives its iteration
+                written += 1
+                bar.update(1)
+    return SequenceResult(written, n_done)
+
+
+def _check_or_start_run(out_dir: Path, sinks: Sequence[FrameSink], fingerprint: dict[str, Any], overwrite: bool) -> None:
+    run_path = out_dir / RUN_FILE
+    digest = inputs_digest(fingerprint)
+    existing = [p for s in sinks for p in out_dir.glob(s.glob)]
+    if run_path.exists():
+        previous = read_json(run_path, "bake run file")
+        if previous.get("digest") == digest and not overwrite:
+            return
+        if not overwrite and existing:
+            changed = sorted(k for k in set(fingerprint) | set(previous.get("fingerprint", {}))
+                             if json.dumps(fingerprint.get(k), sort_keys=True, default=str)
+                             != json.dumps(previous.get("fingerprint", {}).get(k), sort_keys=True, default=str))
+            raise InputError(out_dir, f"holds {len(existing)} frame files baked from different inputs "
+                                      f"(changed: {', '.join(changed) or 'unknown'}); pass --overwrite to start over "
+                                      f"or bake into another folder")
+    elif existing and not overwrite:
+        raise InputError(out_dir, f"holds {len(existing)} frame files (e.g. {existing[0].name}) that no bake run "
+                                  f"recorded; pass --overwrite to replace them or bake into another folder")
+    if overwrite:
+        for path in existing:
+            path.unlink()
+    write_json(run_path, {"format": RUN_FORMAT, "digest": digest, "fingerprint": json.loads(
+        json.dumps(fingerprint, sort_keys=True, default=str))})
+
+
+def _remove_stale_temporaries(out_dir: Path, sinks: Sequence[FrameSink]) -> None:
+    # atomic_path names its temporary ".<stem>.<random><suffix>.part".
+    for sink in sinks:
+        stem, dot, suffix = sink.glob.rpartition(".")
+        pattern = f".{stem}.*.{suffix}.part" if dot else f".{sink.glob}.*.part"
+        for path in out_dir.glob(pattern):
+            path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _folder_lock(out_dir: Path) -> Iterator[None]:
+    """An exclusive advisory lock on the folder (POSIX flock; no lock where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: run without the guard against two bakes in one folder
+        yield
+        return
+    with open(out_dir / LOCK_FILE, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(out_dir, "another bake is writing into this folder; wait for it or choose another --out") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,99 @@
+"""Batch machinery: clips in parallel processes, failures with reasons, resuming.
+
+The per-clip job here is a small fake defined in this file: the test is of the
+batch runner, not of baking.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from emotalker.core.errors import InputError
+from emotalker.bake.batch import load_manifest, run_batch
+
+
+def fake_clip_job(clip):
+    """Pretend to bake: note when and in which process, fail on request."""
+    start = time.time()
+    if clip.fields.get("fail") == "input":
+        raise InputError(clip.fields["audio"], "audio is silent")
+    if clip.fields.get("fail") == "bug":
+        raise ZeroDivisionError("division by zero")
+    time.sleep(1.0)
+    clip.out.mkdir(parents=True, exist_ok=True)
+    record = {"pid": os.getpid(), "start": start, "end": time.time(), "audio": clip.fields["audio"]}
+    with open(clip.out / "runs.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    return {"frames": 3}
+
+
+def _manifest(tmp_path, clips, defaults=None):
+    path = tmp_path / "batch.json"
+    path.write_text(json.dumps({"format": "emotalker-batch/1", "defaults": defaults or {"ply": True}, "clips": clips}))
+    return path
+
+
+def _runs(tmp_path, clip_id):
+    path = tmp_path / "bake" / clip_id / "runs.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_two_clips_run_in_parallel_processes(tmp_path):
+    manifest = _manifest(tmp_path, [{"id": "a", "audio": "a.wav"}, {"audio": "sub/b.wav"}])
+    summary = run_batch(manifest, fake_clip_job, workers=2, progress="none")
+    assert sorted(summary.done) == ["a", "b"] and not summary.failed and summary.exit_code == 0
+    (a,), (b,) = _runs(tmp_path, "a"), _runs(tmp_path, "b")
+    assert a["pid"] != b["pid"] != os.getpid()
+    assert a["start"] < b["end"] and b["start"] < a["end"]  # the two clips overlapped in time
+    assert a["audio"] == str(tmp_path / "a.wav")  # relative paths resolve against the manifest
+    # Resume: both finished, nothing runs again.
+    again = run_batch(manifest, fake_clip_job, workers=2, progress="none")
+    assert sorted(again.skipped) == ["a", "b"] and not again.done
+    assert len(_runs(tmp_path, "a")) == 1
+
+
+def test_failures_are_summarised_and_retried(tmp_path):
+    clips = [{"id": "good", "audio": "g.wav"}, {"id": "silent", "audio": "s.wav", "fail": "input"},
+             {"id": "buggy", "audio": "x.wav", "fail": "bug"}]
+    manifest = _manifest(tmp_path, clips)
+    summary = run_batch(manifest, fake_clip_job, workers=2, progress="none")
+    assert summary.done == ["good"] and summary.exit_code == 1
+    assert summary.failed["silent"] == f"{tmp_path / 's.wav'}: audio is silent"
+    assert summary.failed["buggy"].startswith("ZeroDivisionError: division by zero (at test_batch.py:")
+    report = summary.report()
+    assert "1 clips baked, 0 already finished, 2 failed" in report and "FAILED silent" in report
+    status = json.loads((tmp_path / "batch.status.json").read_text())
+    assert status["clips"] == {"good": "done", "silent": "failed", "buggy": "failed"}
+    # Fix the manifest: the failed clips run again, the finished one does not.
+    clips[1].pop("fail")
+    clips[2].pop("fail")
+    manifest = _manifest(tmp_path, clips)
+    again = run_batch(manifest, fake_clip_job, workers=2, progress="none")
+    assert sorted(again.done) == ["buggy", "silent"] and again.skipped == ["good"] and again.exit_code == 0
+    assert len(_runs(tmp_path, "good")) == 1
+
+
+def test_changed_clip_fields_run_again(tmp_path):
+    run_batch(_manifest(tmp_path, [{"id": "a", "audio": "a.wav"}]), fake_clip_job, workers=1, progress="none")
+    summary = run_batch(_manifest(tmp_path, [{"id": "a", "audio": "a.wav", "emotion": "sad"}]), fake_clip_job,
+                        workers=1, progress="none")
+    assert summary.done == ["a"] and len(_runs(tmp_path, "a")) == 2
+
+
+@pytest.mark.parametrize("doc, message", [
+    ({"format": "emotalker-batch/2", "clips": []}, "format is 'emotalker-batch/2'"),
+    ({"format": "emotalker-batch/1", "clips": []}, "'clips' must be a non-empty list"),
+    ({"format": "emotalker-batch/1", "clips": [{"id": "a"}]}, "clip 0 \\(a\\) has no 'audio' path"),
+    ({"format": "emotalker-batch/1", "clips": [{"audio": "a.wav"}, {"audio": "x/a.wav"}]}, "id 'a' appears twice"),
+    ({"format": "emotalker-batch/1", "clips": [{"id": "a b", "audio": "a.wav"}]}, "id 'a b' must be letters"),
+])
+def test_bad_manifests(tmp_path, doc, message):
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(InputError, match=message) as err:
+        load_manifest(path)
+    assert str(err.value).startswith(str(path))
