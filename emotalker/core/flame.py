@@ -282,27 +282,38 @@ class FlameRig:
         return torch.einsum("vcp,bp->bvc", self.posedirs, feat)
 
     def joint_transforms(self, rots, joints):
-        """Forward kinematics. rots [B,J,3,3], rest joints [B,J,3] -> skinning transforms [B,J,4,4]."""
+        """Forward kinematics. rots [B,J,3,3], rest joints [B,J,3] -> skinning transforms [B,J,4,4].
+
+        Translations are built from (R - I) terms, never as differences of large
+        numbers, so zero rotations give exactly the identity (and zero
+        parameters give v_template bit for bit).
+        """
         B, J = rots.shape[:2]
-        rel = joints.clone()
-        rel[:, 1:] = joints[:, 1:] - joints[:, self.parents[1:]]
-        local = torch.zeros(B, J, 4, 4, dtype=rots.dtype, device=rots.device)
-        local[..., :3, :3] = rots
-        local[..., :3, 3] = rel
-        local[..., 3, 3] = 1
-        chain = [local[:, 0]]
+        eye = torch.eye(3, dtype=rots.dtype, device=rots.device)
+        R = [rots[:, 0]]
+        drift = [torch.zeros_like(joints[:, 0])]  # posed joint - rest joint
         for j in range(1, J):
-            chain.append(chain[self.parents[j]] @ local[:, j])
-        G = torch.stack(chain, 1)
-        # Remove the rest-pose joint location so that G maps rest points to posed points.
-        rest = torch.einsum("bjrc,bjc->bjr", G[..., :3, :3], joints)
-        A = G.clone()
-        A[..., :3, 3] = G[..., :3, 3] - rest
+            p = self.parents[j]
+            R.append(R[p] @ rots[:, j])
+            offset = (joints[:, j] - joints[:, p])[..., None]
+            drift.append(drift[p] + ((R[p] - eye) @ offset)[..., 0])
+        R = torch.stack(R, 1)
+        drift = torch.stack(drift, 1)
+        t = drift - ((R - eye) @ joints[..., None])[..., 0]
+        A = torch.zeros(B, J, 4, 4, dtype=rots.dtype, device=rots.device)
+        A[..., :3, :3] = R
+        A[..., :3, 3] = t
+        A[..., 3, 3] = 1
         return A
 
     @staticmethod
     def skin(points, A, weights):
-        """Linear blend skinning. points [B,N,3], A [B,J,4,4], weights [N,J] -> [B,N,3]."""
-        T = torch.einsum("nj,bjrc->bnrc", weights, A)
-        return torch.einsum("bnrc,bnc->bnr", T[..., :3, :3], points) + T[..., :3, 3]
+        """Linear blend skinning. points [B,N,3], A [B,J,4,4], weights [N,J] -> [B,N,3].
+
+        Blends each transform's deviation from identity, so identity transforms
+        return the points unchanged even where the weights do not sum to 1 in float32.
+        """
+        eye = torch.eye(4, dtype=A.dtype, device=A.device)
+        D = torch.einsum("nj,bjrc->bnrc", weights, A - eye)
+        return points + torch.einsum("bnrc,bnc->bnr", D[..., :3, :3], points) + D[..., :3, 3]
 
