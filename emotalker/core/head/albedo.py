@@ -21,7 +21,8 @@ def lip_mask(m: HeadMesh, lam: np.ndarray) -> np.ndarray:
     p = m.verts
     a = m.anatomy
     x, dy = p[:, 0], p[:, 1] - a.mouth_y
-    u = np.clip(np.abs(x) / (a.mouth_half_width + 0.0012), 0, 1)
+    am = np.abs(p[m.mouth.rings[0], 0]).max()  # the corners as built
+    u = np.clip(np.abs(x) / (am + 0.0008), 0, 1)
     taper = np.sqrt(1 - u**2)
     bow = 0.0080 - 0.0010 * np.exp(-(x / 0.005) ** 2)
     h_up = bow * taper**0.8 + 0.0004
@@ -29,7 +30,7 @@ def lip_mask(m: HeadMesh, lam: np.ndarray) -> np.ndarray:
     up = smoothstep((h_up - dy) / 0.0012) * (1 - lam)
     lo = smoothstep((h_lo + dy) / 0.0012) * lam
     front = smoothstep((p[:, 2] - (a.mouth_z - 0.02)) / 0.004)
-    mask = np.clip(up + lo, 0, 1) * front * smoothstep((a.mouth_half_width + 0.0015 - np.abs(x)) / 0.0015)
+    mask = np.clip(up + lo, 0, 1) * front * smoothstep((am + 0.001 - np.abs(x)) / 0.001)
     t = m.mouth
     mask[t.rings[1:3]] = 1.0
     return mask
@@ -132,8 +133,8 @@ def albedo_and_regions(m: HeadMesh, lam: np.ndarray, eyelid_shapes: np.ndarray, 
         "cheeks": np.flatnonzero(skin & front & ((bump(p, (0.042, -0.02, 0.06), (0.025, 0.03, 0.04)) + bump(p, (-0.042, -0.02, 0.06), (0.025, 0.03, 0.04))) > 0.05)),
         "forehead": np.flatnonzero(skin & front & (p[:, 1] > a.eye_y + 0.022) & (hm < 0.5) & (brows < 0.2)),
         "nose": np.flatnonzero(skin & (bump(p, (0, 0.004, 0.1), (0.02, 0.036, 0.028)) > 0.02)),
-        "chin": np.flatnonzero(skin & (bump(p, (0, -0.08, 0.07), (0.025, 0.025, 0.03)) > 0.05)),
-        "neck": np.flatnonzero(skin & (p[:, 1] - 0.35 * p[:, 2] < -0.105)),
+        "chin": np.flatnonzero(skin & (bump(p, (0, -0.082, 0.074), (0.022, 0.018, 0.02)) > 0.05)),
+        "neck": np.flatnonzero(skin & (p[:, 1] + 0.35 * p[:, 2] < -0.095)),
         "ears": np.flatnonzero(skin & (np.abs(p[:, 0]) > 0.068) & (np.abs(p[:, 1] - 0.008) < 0.03) & (np.abs(p[:, 2] + 0.014) < 0.02)),
         "scalp": np.flatnonzero(skin & (hm > 0.5)),
     }

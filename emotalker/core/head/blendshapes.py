@@ -99,7 +99,7 @@ def _expression(F: _Fields, name: str) -> np.ndarray:
         elif base == "dimple":
             d += F.field(bump(p, c, (0.012, 0.012, 0.02)), (s * 0.0015, 0, -0.004))
         elif base == "nostril_flare":
-            d += F.field(bump(p, (s * 0.0125, -0.012, 0.09), (0.008, 0.008, 0.012)), (s * 0.0025, 0, 0))
+            d += F.field(bump(p, (s * 0.017, -0.012, 0.089), (0.01, 0.01, 0.014)), (s * 0.003, 0.0005, 0))
         elif base in ("upper_lip_raise", "lower_lip_depress") and side != "both":
             if base == "upper_lip_raise":
                 d += F.field(bump(p, (s * 0.012, my + 0.006, mz), (0.02, 0.016, 0.03)) * up, (0, 0.005, 0.001))
@@ -121,9 +121,9 @@ def _expression(F: _Fields, name: str) -> np.ndarray:
         d[:, 1] = -0.35 * (p[:, 1] - my) * m
         d[:, 2] = -0.003 * m
     elif base == "lips_tighten":
-        d[:, 0] = -0.12 * p[:, 0] * lips
-        d[:, 1] = -0.3 * (p[:, 1] - my) * lips
-        d[:, 2] = -0.0015 * lips
+        d[:, 0] = -0.35 * p[:, 0] * lips
+        d[:, 1] = -0.35 * (p[:, 1] - my) * lips
+        d[:, 2] = -0.002 * lips
     elif base == "upper_lip_raise":
         d += F.field(bump(p, (0, my + 0.006, mz), (0.03, 0.016, 0.03)) * up, (0, 0.005, 0.001))
     elif base == "lower_lip_depress":

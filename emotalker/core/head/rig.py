@@ -71,7 +71,7 @@ def jaw_weight(m: HeadMesh, lam: np.ndarray) -> np.ndarray:
 def lbs_weights(m: HeadMesh, w_jaw: np.ndarray) -> np.ndarray:
     """[V,5] skinning weights: neck base on the root, the head on the neck joint, the lower face on the jaw."""
     p = m.verts
-    y_ref = p[:, 1] - 0.35 * p[:, 2]
+    y_ref = p[:, 1] + 0.35 * p[:, 2]  # the head/neck border runs lower under the chin than at the nape
     head = smoothstep((y_ref + 0.135) / 0.06)
     W = np.zeros((len(p), 5))
     W[:, 0] = 1 - head
