@@ -133,158 +133,235 @@ def sort_by_tile(order, offsets, isect_tile, n_tiles_total, tile_start, isect_ga
             cursor[t] += 1
 
 
-@njit(parallel=True, **JIT)
+# exp(-s) for the blending loops: LLVM can vectorise this polynomial (libm's expf it cannot).
+# exp(-s) = p(s/16)^16 with p the degree-8 Taylor polynomial of exp(-x) on [0, 0.5]; relative
+# error ~1e-7, like expf. s is clamped to [0, EXP_CLAMP]; pairs beyond have alpha < 1/255 anyway
+# for opacities up to exp(EXP_CLAMP)/255 ~ 11.
+EXP_CLAMP = np.float32(8.0)
+_E = tuple(np.float32(1.0 / math.factorial(i)) for i in range(9))
+F_SIXTEENTH = np.float32(1.0 / 16.0)
+
+
+@njit(**JIT)
+def exp_neg(s):
+    x = min(max(s, F_ZERO), EXP_CLAMP) * F_SIXTEENTH
+    p = _E[0] - x * (_E[1] - x * (_E[2] - x * (_E[3] - x * (_E[4] - x * (_E[5] - x * (_E[6] - x * (_E[7] - x * _E[8])))))))
+    p = p * p
+    p = p * p
+    p = p * p
+    return p * p
+
+
+@njit(**JIT)
+def _gather_tile(s0, n, ty, height, isect_gauss, means2d, conics, opacities, feats):
+    """The tile's Gaussians as contiguous arrays, with the pixel range [p0, p1) of the tile (row-major,
+    16 a row) that holds every row the Gaussian's alpha = 1/255 contour can reach."""
+    gu = np.empty(n, np.float32)
+    gv = np.empty(n, np.float32)
+    ga = np.empty(n, np.float32)
+    gb = np.empty(n, np.float32)
+    gc = np.empty(n, np.float32)
+    go = np.empty(n, np.float32)
+    gf = np.empty((n, NF), np.float32)
+    p0 = np.empty(n, np.int64)
+    p1 = np.empty(n, np.int64)
+    rows = min(TILE_SIZE, height - ty * TILE_SIZE)
+    for k in range(n):
+        g = isect_gauss[s0 + k]
+        gu[k] = means2d[g, 0]
+        gv[k] = means2d[g, 1]
+        ga[k] = conics[g, 0]
+        gb[k] = conics[g, 1]
+        gc[k] = conics[g, 2]
+        go[k] = opacities[g]
+        for ch in range(NF):
+            gf[k, ch] = feats[g, ch]
+        a, b, c, o = float(ga[k]), float(gb[k]), float(gc[k]), float(go[k])
+        det = a * c - b * b
+        if o < ALPHA_MIN * 0.999 or det <= 0.0:
+            p0[k] = 0
+            p1[k] = 0
+            continue
+        # rows where 0.5 d^T Q d <= log(o / ALPHA_MIN) is possible: |dy| <= sqrt(2 smax cov_yy)
+        smax = max(math.log(o / ALPHA_MIN), 0.0)
+        ey = math.sqrt(2.0 * smax * a / det) * 1.001 + 0.01
+        lo = float(gv[k]) - ey - 0.5 - ty * TILE_SIZE     # row r has its centre at r + 0.5
+        hi = float(gv[k]) + ey - 0.5 - ty * TILE_SIZE
+        r0 = min(max(int(math.ceil(lo)), 0), rows)
+        r1 = min(max(int(math.floor(hi)) + 1, r0), rows)
+        p0[k] = r0 * TILE_SIZE
+        p1[k] = r1 * TILE_SIZE
+    return gu, gv, ga, gb, gc, go, gf, p0, p1
+
+
+@njit(**JIT)
+def _tile_pixels(tx, ty, width, height):
+    """Pixel centres of the tile [256] and whether each lies inside the image."""
+    pxs = np.empty(TILE_SIZE * TILE_SIZE, np.float32)
+    pys = np.empty(TILE_SIZE * TILE_SIZE, np.float32)
+    inside = np.empty(TILE_SIZE * TILE_SIZE, np.int32)
+    for p in range(TILE_SIZE * TILE_SIZE):
+        x = tx * TILE_SIZE + p % TILE_SIZE
+        y = ty * TILE_SIZE + p // TILE_SIZE
+        pxs[p] = np.float32(x) + F_HALF
+        pys[p] = np.float32(y) + F_HALF
+        inside[p] = 1 if (x < width and y < height) else 0
+    return pxs, pys, inside
+
+
+@njit(parallel=True, fastmath={"contract"}, **JIT)
 def raster_fwd(tile_start, isect_gauss, means2d, conics, opacities, feats, width, height, tiles_x, tiles_y,
                out_feat, out_trans, out_count):
     """Blend each tile's sorted list front to back.
 
     means2d [G,2], conics [G,3], opacities [G], feats [G,4] (G = C*N) -> out_feat [C,H,W,4]
-    (alpha-weighted features), out_trans [C,H,W] final transmittance, out_count [C,H,W] (list entries walked,
-    i.e. 1 + the index of the last contributing entry; 0 if none).
+    (alpha-weighted features), out_trans [C,H,W] final transmittance, out_count [C,H,W] (list
+    entries walked, i.e. 1 + the index of the last contributing entry; 0 if none).
+    Gaussian-outer, pixel-inner with selects instead of branches, so the pixel loop vectorises.
     """
     n_tiles = tiles_x * tiles_y
+    npix = TILE_SIZE * TILE_SIZE
     for t in prange(tile_start.shape[0] - 1):
         cam, tt = t // n_tiles, t % n_tiles
         ty, tx = tt // tiles_x, tt % tiles_x
-        s0, s1 = tile_start[t], tile_start[t + 1]
-        n = s1 - s0
-        # gather the tile's Gaussians contiguously (structure of arrays)
-        gu = np.empty(n, np.float32)
-        gv = np.empty(n, np.float32)
-        ga = np.empty(n, np.float32)
-        gb = np.empty(n, np.float32)
-        gc = np.empty(n, np.float32)
-        go = np.empty(n, np.float32)
-        gf = np.empty((n, NF), np.float32)
+        s0, n = tile_start[t], tile_start[t + 1] - tile_start[t]
+        gu, gv, ga, gb, gc, go, gf, p0, p1 = _gather_tile(s0, n, ty, height, isect_gauss, means2d, conics,
+                                                          opacities, feats)
+        pxs, pys, live = _tile_pixels(tx, ty, width, height)
+        trans = np.ones(npix, np.float32)
+        count = np.zeros(npix, np.int32)
+        acc = np.zeros((NF, npix), np.float32)
+        n_live = 0
+        for p in range(npix):
+            n_live += live[p]
         for k in range(n):
-            g = isect_gauss[s0 + k]
-            gu[k] = means2d[g, 0]
-            gv[k] = means2d[g, 1]
-            ga[k] = conics[g, 0]
-            gb[k] = conics[g, 1]
-            gc[k] = conics[g, 2]
-            go[k] = opacities[g]
-            for ch in range(NF):
-                gf[k, ch] = feats[g, ch]
-        for py in range(ty * TILE_SIZE, min(ty * TILE_SIZE + TILE_SIZE, height)):
-            for px in range(tx * TILE_SIZE, min(tx * TILE_SIZE + TILE_SIZE, width)):
-                fx = np.float32(px) + F_HALF
-                fy = np.float32(py) + F_HALF
-                trans = F_ONE
-                a0 = F_ZERO
-                a1 = F_ZERO
-                a2 = F_ZERO
-                a3 = F_ZERO
-                count = 0
-                for k in range(n):
-                    dx = gu[k] - fx
-                    dy = gv[k] - fy
-                    sigma = F_HALF * (ga[k] * dx * dx + gc[k] * dy * dy) + gb[k] * dx * dy
-                    if sigma < F_ZERO:
-                        continue
-                    alpha = min(F_ALPHA_MAX, go[k] * np.exp(-sigma))
-                    if alpha < F_ALPHA_MIN:
-                        continue
-                    next_t = trans * (F_ONE - alpha)
-                    if next_t <= F_T_MIN:
-                        break
-                    wgt = alpha * trans
-                    a0 += wgt * gf[k, 0]
-                    a1 += wgt * gf[k, 1]
-                    a2 += wgt * gf[k, 2]
-                    a3 += wgt * gf[k, 3]
-                    trans = next_t
-                    count = k + 1
-                out_feat[cam, py, px, 0] = a0
-                out_feat[cam, py, px, 1] = a1
-                out_feat[cam, py, px, 2] = a2
-                out_feat[cam, py, px, 3] = a3
-                out_trans[cam, py, px] = trans
-                out_count[cam, py, px] = count
+            u, v, a, b, c, o = gu[k], gv[k], ga[k], gb[k], gc[k], go[k]
+            f0, f1, f2, f3 = gf[k, 0], gf[k, 1], gf[k, 2], gf[k, 3]
+            stopped = 0
+            for p in range(p0[k], p1[k]):
+                dx = u - pxs[p]
+                dy = v - pys[p]
+                sigma = F_HALF * (a * dx * dx + c * dy * dy) + b * dx * dy
+                alpha = min(F_ALPHA_MAX, o * exp_neg(sigma))
+                tr = trans[p]
+                nt = tr * (F_ONE - alpha)
+                ok = (sigma >= F_ZERO) & (alpha >= F_ALPHA_MIN) & (live[p] != 0)
+                stop = ok & (nt <= F_T_MIN)
+                take = ok & (nt > F_T_MIN)
+                w = alpha * tr if take else F_ZERO
+                acc[0, p] += w * f0
+                acc[1, p] += w * f1
+                acc[2, p] += w * f2
+                acc[3, p] += w * f3
+                trans[p] = nt if take else tr
+                count[p] = k + 1 if take else count[p]
+                live[p] = 0 if stop else live[p]
+                stopped += 1 if stop else 0
+            n_live -= stopped
+            if n_live == 0:
+                break
+        for p in range(npix):
+            x = tx * TILE_SIZE + p % TILE_SIZE
+            y = ty * TILE_SIZE + p // TILE_SIZE
+            if x < width and y < height:
+                for ch in range(NF):
+                    out_feat[cam, y, x, ch] = acc[ch, p]
+                out_trans[cam, y, x] = trans[p]
+                out_count[cam, y, x] = count[p]
 
 
-@njit(parallel=True, **JIT)
+@njit(parallel=True, fastmath={"contract", "reassoc", "nsz"}, **JIT)
 def raster_bwd(tile_start, isect_gauss, means2d, conics, opacities, feats, width, height, tiles_x, tiles_y,
                out_trans, out_count, v_feat, v_alpha, isect_grad):
     """Backward of raster_fwd. v_feat [C,H,W,4], v_alpha [C,H,W] -> isect_grad [M,10] per
-    intersection: d means2d (2), d conics (3), d opacity (1), d feats (4)."""
+    intersection: d means2d (2), d conics (3), d opacity (1), d feats (4).
+
+    Walks each tile's list back to front over all its pixels at once; a pixel joins once the
+    walk reaches its last contributing entry. Transmittance is recovered by division from the
+    final one, and `behind` holds sum_j w_j (f_j . v_f) over the entries behind the current one.
+    """
     n_tiles = tiles_x * tiles_y
+    npix = TILE_SIZE * TILE_SIZE
     for t in prange(tile_start.shape[0] - 1):
         cam, tt = t // n_tiles, t % n_tiles
         ty, tx = tt // tiles_x, tt % tiles_x
-        s0, s1 = tile_start[t], tile_start[t + 1]
-        n = s1 - s0
-        gu = np.empty(n, np.float32)
-        gv = np.empty(n, np.float32)
-        ga = np.empty(n, np.float32)
-        gb = np.empty(n, np.float32)
-        gc = np.empty(n, np.float32)
-        go = np.empty(n, np.float32)
-        gf = np.empty((n, NF), np.float32)
-        for k in range(n):
-            g = isect_gauss[s0 + k]
-            gu[k] = means2d[g, 0]
-            gv[k] = means2d[g, 1]
-            ga[k] = conics[g, 0]
-            gb[k] = conics[g, 1]
-            gc[k] = conics[g, 2]
-            go[k] = opacities[g]
+        s0, n = tile_start[t], tile_start[t + 1] - tile_start[t]
+        gu, gv, ga, gb, gc, go, gf, p0, p1 = _gather_tile(s0, n, ty, height, isect_gauss, means2d, conics,
+                                                          opacities, feats)
+        pxs, pys, inside = _tile_pixels(tx, ty, width, height)
+        trans = np.zeros(npix, np.float32)
+        t_final = np.zeros(npix, np.float32)
+        count = np.zeros(npix, np.int32)
+        vf = np.zeros((NF, npix), np.float32)
+        va = np.zeros(npix, np.float32)
+        behind = np.zeros(npix, np.float32)
+        k_max = 0
+        for p in range(npix):
+            if inside[p] == 0:
+                continue
+            x = tx * TILE_SIZE + p % TILE_SIZE
+            y = ty * TILE_SIZE + p // TILE_SIZE
+            count[p] = out_count[cam, y, x]
+            t_final[p] = out_trans[cam, y, x]
+            trans[p] = t_final[p]
             for ch in range(NF):
-                gf[k, ch] = feats[g, ch]
-        grad = isect_grad[s0:s1]
-        grad[:] = 0.0
-        for py in range(ty * TILE_SIZE, min(ty * TILE_SIZE + TILE_SIZE, height)):
-            for px in range(tx * TILE_SIZE, min(tx * TILE_SIZE + TILE_SIZE, width)):
-                count = out_count[cam, py, px]
-                if count == 0:
-                    continue
-                fx = np.float32(px) + F_HALF
-                fy = np.float32(py) + F_HALF
-                t_final = out_trans[cam, py, px]
-                trans = t_final
-                vf0 = v_feat[cam, py, px, 0]
-                vf1 = v_feat[cam, py, px, 1]
-                vf2 = v_feat[cam, py, px, 2]
-                vf3 = v_feat[cam, py, px, 3]
-                va = v_alpha[cam, py, px]
-                # features blended behind the current entry
-                b0 = F_ZERO
-                b1 = F_ZERO
-                b2 = F_ZERO
-                b3 = F_ZERO
-                for k in range(count - 1, -1, -1):
-                    dx = gu[k] - fx
-                    dy = gv[k] - fy
-                    sigma = F_HALF * (ga[k] * dx * dx + gc[k] * dy * dy) + gb[k] * dx * dy
-                    if sigma < F_ZERO:
-                        continue
-                    vis = np.exp(-sigma)
-                    raw = go[k] * vis
-                    alpha = min(F_ALPHA_MAX, raw)
-                    if alpha < F_ALPHA_MIN:
-                        continue
-                    ra = F_ONE / (F_ONE - alpha)
-                    trans = trans * ra                   # transmittance in front of entry k
-                    wgt = alpha * trans
-                    grad[k, 6] += wgt * vf0
-                    grad[k, 7] += wgt * vf1
-                    grad[k, 8] += wgt * vf2
-                    grad[k, 9] += wgt * vf3
-                    v_al = (trans * (gf[k, 0] * vf0 + gf[k, 1] * vf1 + gf[k, 2] * vf2 + gf[k, 3] * vf3)
-                            - ra * (b0 * vf0 + b1 * vf1 + b2 * vf2 + b3 * vf3) + va * t_final * ra)
-                    b0 += wgt * gf[k, 0]
-                    b1 += wgt * gf[k, 1]
-                    b2 += wgt * gf[k, 2]
-                    b3 += wgt * gf[k, 3]
-                    if raw > F_ALPHA_MAX:
-                        continue                         # capped: no gradient to opacity or shape
-                    v_sigma = -alpha * v_al
-                    grad[k, 0] += v_sigma * (ga[k] * dx + gb[k] * dy)
-                    grad[k, 1] += v_sigma * (gc[k] * dy + gb[k] * dx)
-                    grad[k, 2] += F_HALF * v_sigma * dx * dx
-                    grad[k, 3] += v_sigma * dx * dy
-                    grad[k, 4] += F_HALF * v_sigma * dy * dy
-                    grad[k, 5] += vis * v_al
+                vf[ch, p] = v_feat[cam, y, x, ch]
+            va[p] = v_alpha[cam, y, x] * t_final[p]
+            k_max = max(k_max, count[p])
+        for k in range(k_max - 1, -1, -1):
+            u, v, a, b, c, o = gu[k], gv[k], ga[k], gb[k], gc[k], go[k]
+            f0, f1, f2, f3 = gf[k, 0], gf[k, 1], gf[k, 2], gf[k, 3]
+            g_u = F_ZERO
+            g_v = F_ZERO
+            g_a = F_ZERO
+            g_b = F_ZERO
+            g_c = F_ZERO
+            g_o = F_ZERO
+            g_f0 = F_ZERO
+            g_f1 = F_ZERO
+            g_f2 = F_ZERO
+            g_f3 = F_ZERO
+            for p in range(p0[k], p1[k]):
+                dx = u - pxs[p]
+                dy = v - pys[p]
+                sigma = F_HALF * (a * dx * dx + c * dy * dy) + b * dx * dy
+                vis = exp_neg(sigma)
+                raw = o * vis
+                alpha = min(F_ALPHA_MAX, raw)
+                ok = (sigma >= F_ZERO) & (alpha >= F_ALPHA_MIN) & (k < count[p])
+                ra = F_ONE / (F_ONE - alpha)
+                tr = trans[p] * ra if ok else trans[p]       # transmittance in front of entry k
+                w = alpha * tr if ok else F_ZERO
+                fdot = f0 * vf[0, p] + f1 * vf[1, p] + f2 * vf[2, p] + f3 * vf[3, p]
+                v_al = tr * fdot - ra * behind[p] + va[p] * ra
+                trans[p] = tr
+                behind[p] += w * fdot
+                g_f0 += w * vf[0, p]
+                g_f1 += w * vf[1, p]
+                g_f2 += w * vf[2, p]
+                g_f3 += w * vf[3, p]
+                # a capped alpha passes no gradient to opacity or shape
+                v_sigma = -alpha * v_al if ok & (raw <= F_ALPHA_MAX) else F_ZERO
+                g_u += v_sigma * (a * dx + b * dy)
+                g_v += v_sigma * (c * dy + b * dx)
+                g_a += v_sigma * dx * dx
+                g_b += v_sigma * dx * dy
+                g_c += v_sigma * dy * dy
+                g_o += vis * v_al if ok & (raw <= F_ALPHA_MAX) else F_ZERO
+            row = s0 + k
+            isect_grad[row, 0] = g_u
+            isect_grad[row, 1] = g_v
+            isect_grad[row, 2] = F_HALF * g_a
+            isect_grad[row, 3] = g_b
+            isect_grad[row, 4] = F_HALF * g_c
+            isect_grad[row, 5] = g_o
+            isect_grad[row, 6] = g_f0
+            isect_grad[row, 7] = g_f1
+            isect_grad[row, 8] = g_f2
+            isect_grad[row, 9] = g_f3
+        for k in range(k_max, n):
+            for j in range(10):
+                isect_grad[s0 + k, j] = F_ZERO
 
 
 @njit(**JIT)
