@@ -7,9 +7,9 @@ EmoTalker's install.py made, spoken to over JSON lines (see worker_client.py).
 
 from __future__ import annotations
 
-from . import operators, preferences, properties, session, ui
+from . import engine, operators, ops_bake, preferences, properties, session, ui
 
-MODULES = (preferences, properties, operators, ui)
+MODULES = (preferences, properties, operators, ops_bake, engine, ui)
 
 
 def register() -> None:

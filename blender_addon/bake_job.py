@@ -1,0 +1,129 @@
+"""One bake (or export) running in the worker, driven from Blender's main thread.
+
+The job samples the avatar's animated emotion, intensity and blink at every
+frame of the scene range into a tracks file (linear keys on every frame, so the
+worker sees exactly the values Blender shows), submits `bake` to the worker and
+is then polled: by a modal operator's timer in the UI, or in a loop when run
+from a script or in background mode.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import session
+from .avatar_objects import proxy_mesh
+from .curves import apply_curves, sample_property
+from .properties import EMOTIONS
+from .worker_client import WorkerError
+
+BAKE_NAME = "bake"
+
+
+def bake_dir(cache: Path) -> Path:
+    return cache / "bake"
+
+
+def curves_path(cache: Path) -> Path:
+    return bake_dir(cache) / f"{BAKE_NAME}_flame.npz"
+
+
+def write_tracks(avatar, frames: np.ndarray, fps: float, path: Path) -> Path:
+    """The avatar's emotion/intensity/blink at each of `frames`, as an emotalker-tracks/1 file."""
+    channels = {f"emotion.{name}": name for name in EMOTIONS}
+    channels.update({"intensity": "intensity", "blink": "blink"})
+    tracks = {}
+    for channel, prop in channels.items():
+        values = sample_property(avatar, prop, frames)
+        tracks[channel] = {"interpolation": "linear", "keys": [[int(f), float(v)] for f, v in zip(frames, values)]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"format": "emotalker-tracks/1", "fps": fps, "tracks": tracks}))
+    return path
+
+
+class BakeJob:
+    """Submit with `start`, then `poll` until `done`; `result` or `error` tell how it ended."""
+
+    def __init__(self, context, avatar, out: Path, *, exports=("ply",), flame_curves: str | None = None,
+                 camera: str | None = None, extra: dict | None = None):
+        scene = context.scene
+        props = avatar.emotalker
+        self.avatar_name = avatar.name
+        self.frames = np.arange(scene.frame_start, scene.frame_end + 1)
+        self.fps = scene.render.fps / scene.render.fps_base
+        self.out = out
+        tracks = write_tracks(avatar, self.frames, self.fps, out / "tracks.json")
+        self.params = {
+            "avatar": bpy_abspath(props.avatar_path), "audio": bpy_abspath(props.audio_path), "out": str(out),
+            "tracks": str(tracks), "frames": f"{self.frames[0]}:{self.frames[-1]}", "fps": self.fps,
+            "name": BAKE_NAME, "device": session.device(context), **{e: True for e in exports}, **(extra or {}),
+        }
+        if flame_curves:
+            self.params["flame_curves"] = flame_curves
+        if camera:
+            self.params["camera"] = camera
+        self.client = session.worker(context)
+        self.job_id: int | None = None
+        self.fraction = 0.0
+        self.message = "starting"
+        self.result: dict | None = None
+        self.error: str | None = None
+        self.error_kind: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None or self.error is not None
+
+    def start(self) -> None:
+        self.job_id = self.client.submit("bake", self.params)
+
+    def poll(self) -> None:
+        try:
+            messages = self.client.poll()
+        except WorkerError as exc:
+            self.error, self.error_kind = str(exc), exc.kind
+            return
+        for msg in messages:
+            if msg.get("id") != self.job_id:
+                continue
+            if msg.get("event") == "progress":
+                total = max(int(msg.get("total") or 1), 1)
+                self.fraction = min(1.0, float(msg.get("step", 0)) / total)
+                self.message = f"{msg.get('stage', 'bake')} {msg.get('step')}/{total}"
+            elif "result" in msg:
+                self.result = msg["result"]
+            elif "error" in msg:
+                self.error, self.error_kind = msg["error"]["message"], msg["error"].get("kind")
+
+    def cancel(self) -> None:
+        if self.job_id is not None and not self.done:
+            self.client.cancel(self.job_id)
+
+    def wait(self, timeout: float = 3600.0) -> None:
+        """Block until done (scripts and background mode, where no modal timer runs)."""
+        end = time.monotonic() + timeout
+        while not self.done and time.monotonic() < end:
+            self.poll()
+            time.sleep(0.05)
+        if not self.done:
+            self.cancel()
+            self.error, self.error_kind = f"the bake did not finish within {timeout:.0f} s", "timeout"
+
+
+def apply_bake(avatar, expr_names: list[str], cache: Path) -> int:
+    """Load the bake's FLAME curves onto the proxy and rig as F-curves; returns how many were written."""
+    with np.load(curves_path(cache), allow_pickle=False) as npz:
+        curves = {k: npz[k] for k in npz.files}
+    count = apply_curves(avatar, proxy_mesh(avatar), curves, expr_names)
+    avatar.emotalker.baked = True
+    return count
+
+
+def bpy_abspath(path: str) -> str:
+    import bpy
+
+    return bpy.path.abspath(path) if path else ""

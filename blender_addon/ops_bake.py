@@ -1,0 +1,215 @@
+"""Bake, re-bake and export operators: each runs one BakeJob in the worker.
+
+From the UI they are modal (progress in the status bar, Esc cancels, Blender
+stays responsive); from scripts and in background mode `execute` runs the
+same job to completion.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import bpy
+import numpy as np
+from bpy.props import EnumProperty, StringProperty
+
+from . import camera as camera_conv
+from .avatar_objects import find_avatar, proxy_mesh
+from .bake_job import BakeJob, apply_bake, bake_dir, curves_path
+from .curves import read_curves
+from .operators import cache_dir
+from .worker_client import WorkerError
+
+
+def expression_names(avatar) -> list[str]:
+    return [k.name for k in proxy_mesh(avatar).data.shape_keys.key_blocks[1:]]
+
+
+class _JobOperator:
+    """Shared modal/blocking driver; subclasses build the job and say what to do when it ends."""
+
+    bl_options = {"REGISTER"}
+    _timer = None
+    _job: BakeJob | None = None
+
+    @classmethod
+    def poll(cls, context):
+        avatar = find_avatar(context)
+        return avatar is not None and bool(avatar.emotalker.avatar_path) and bool(avatar.emotalker.audio_path)
+
+    def make_job(self, context, avatar) -> BakeJob:
+        raise NotImplementedError
+
+    def finished(self, context, avatar, result: dict) -> None:
+        raise NotImplementedError
+
+    def _start(self, context) -> bool:
+        avatar = find_avatar(context)
+        try:
+            self._job = self.make_job(context, avatar)
+            self._job.start()
+        except (WorkerError, OSError) as exc:
+            self.report({"ERROR"}, str(exc))
+            return False
+        return True
+
+    def _end(self, context) -> set[str]:
+        job, avatar = self._job, find_avatar(context)
+        if job.error is not None:
+            level = {"WARNING"} if job.error_kind == "cancelled" else {"ERROR"}
+            self.report(level, "cancelled; finished frames are kept" if job.error_kind == "cancelled" else job.error)
+            return {"CANCELLED"}
+        self.finished(context, avatar, job.result)
+        return {"FINISHED"}
+
+    def execute(self, context):
+        if not self._start(context):
+            return {"CANCELLED"}
+        self._job.wait()
+        return self._end(context)
+
+    def invoke(self, context, event):
+        if not self._start(context):
+            return {"CANCELLED"}
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(0.1, window=context.window)
+        wm.progress_begin(0, 1000)
+        wm.modal_handler_add(self)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context, event):
+        job = self._job
+        if event.type == "ESC":
+            job.cancel()
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        job.poll()
+        context.window_manager.progress_update(int(job.fraction * 1000))
+        context.workspace.status_text_set(f"EmoTalker: {job.message} (Esc to cancel)")
+        if not job.done:
+            return {"RUNNING_MODAL"}
+        context.window_manager.event_timer_remove(self._timer)
+        context.window_manager.progress_end()
+        context.workspace.status_text_set(None)
+        return self._end(context)
+
+
+class EMOTALKER_OT_bake(_JobOperator, bpy.types.Operator):
+    """Bake the audio and the keyed emotion tracks into FLAME F-curves and per-frame Gaussians"""
+
+    bl_idname = "emotalker.bake"
+    bl_label = "Bake EmoTalker Avatar"
+
+    def make_job(self, context, avatar):
+        return BakeJob(context, avatar, bake_dir(cache_dir(avatar.emotalker, avatar.name)), extra={"overwrite": True})
+
+    def finished(self, context, avatar, result):
+        n = apply_bake(avatar, expression_names(avatar), cache_dir(avatar.emotalker, avatar.name))
+        self.report({"INFO"}, f"baked frames {result['frame_start']}-{result['frame_end']}: {n} F-curves")
+
+
+def edited_curves_file(avatar) -> str:
+    """The proxy's (possibly edited) F-curves written as a FLAME curves file for a re-bake or export."""
+    cache = cache_dir(avatar.emotalker, avatar.name)
+    with np.load(curves_path(cache), allow_pickle=False) as npz:
+        base = {k: npz[k] for k in npz.files}
+    curves = read_curves(avatar, proxy_mesh(avatar), base, expression_names(avatar))
+    path = cache / "edited_flame.npz"
+    with open(path, "wb") as fh:
+        np.savez(fh, **curves)
+    return str(path)
+
+
+class EMOTALKER_OT_rebake(_JobOperator, bpy.types.Operator):
+    """Re-bake the per-frame Gaussians from the edited F-curves (A2E is not run again)"""
+
+    bl_idname = "emotalker.rebake"
+    bl_label = "Re-bake from Curves"
+
+    @classmethod
+    def poll(cls, context):
+        avatar = find_avatar(context)
+        return super().poll(context) and avatar.emotalker.baked
+
+    def make_job(self, context, avatar):
+        cache = cache_dir(avatar.emotalker, avatar.name)
+        return BakeJob(context, avatar, bake_dir(cache) / "rebake", flame_curves=edited_curves_file(avatar),
+                       extra={"overwrite": True})
+
+    def finished(self, context, avatar, result):
+        self.report({"INFO"}, f"re-baked {result['written']} frames from the edited curves")
+
+
+class EMOTALKER_OT_export_ply(_JobOperator, bpy.types.Operator):
+    """Export the baked avatar as a numbered PLY sequence (INRIA 3DGS) with a JSON sidecar"""
+
+    bl_idname = "emotalker.export_ply"
+    bl_label = "Export PLY Sequence"
+
+    directory: StringProperty(subtype="DIR_PATH")
+
+    @classmethod
+    def poll(cls, context):
+        avatar = find_avatar(context)
+        return super().poll(context) and avatar.emotalker.baked
+
+    def invoke(self, context, event):
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def make_job(self, context, avatar):
+        props = avatar.emotalker
+        return BakeJob(context, avatar, Path(bpy.path.abspath(self.directory)), flame_curves=edited_curves_file(avatar),
+                       extra={"sh_degree": int(props.sh_degree), "up_axis": props.up_axis.lower(), "name": avatar.name})
+
+    def finished(self, context, avatar, result):
+        self.report({"INFO"}, f"wrote {result['frame_end'] - result['frame_start'] + 1} PLY frames to {result['out']}")
+
+
+def write_camera_file(context, avatar, path: Path) -> str:
+    viewmat, K, width, height = camera_conv.scene_camera(context.scene, context.scene.camera, avatar)
+    path.write_text(json.dumps({"format": "emotalker-camera/1", "viewmat": viewmat.tolist(), "K": K.tolist(),
+                                "width": width, "height": height}))
+    return str(path)
+
+
+class EMOTALKER_OT_render_mp4(_JobOperator, bpy.types.Operator):
+    """Render the baked avatar from the scene camera to PNG frames and an MP4 with the audio"""
+
+    bl_idname = "emotalker.render_mp4"
+    bl_label = "Render MP4"
+
+    directory: StringProperty(subtype="DIR_PATH")
+
+    @classmethod
+    def poll(cls, context):
+        avatar = find_avatar(context)
+        return super().poll(context) and avatar.emotalker.baked and context.scene.camera is not None
+
+    def invoke(self, context, event):
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def make_job(self, context, avatar):
+        out = Path(bpy.path.abspath(self.directory))
+        out.mkdir(parents=True, exist_ok=True)
+        camera = write_camera_file(context, avatar, out / "camera.json")
+        return BakeJob(context, avatar, out, exports=("png", "mp4"), flame_curves=edited_curves_file(avatar),
+                       camera=camera, extra={"name": avatar.name})
+
+    def finished(self, context, avatar, result):
+        self.report({"INFO"}, f"wrote {result['outputs'].get('mp4', result['out'])}")
+
+
+CLASSES = (EMOTALKER_OT_bake, EMOTALKER_OT_rebake, EMOTALKER_OT_export_ply, EMOTALKER_OT_render_mp4)
+
+
+def register() -> None:
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+
+
+def unregister() -> None:
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)
