@@ -67,3 +67,37 @@ def standin_model(n_lat: int = 24, n_lon: int = 32, seed: int = 0) -> FlameModel
         kintree_table=np.array([[-1, 0, 1, 1, 1], [0, 1, 2, 3, 4]], np.int64), eyelids=eyelids,
         regions={"lips": np.nonzero(lower_front)[0]}, albedo=albedo, expr_names=list(EXPR_NAMES),
     ).validate()
+
+
+def write_tiny_dataset(root, n_clips: int = 2, T: int = 4, size: int = 16, seed: int = 0):
+    """A complete small dataset (no rendering: random RGBA frames) with the stand-in rig."""
+    from pathlib import Path
+
+    import soundfile
+    from PIL import Image
+
+    from emotalker.core.dataset import ClipInfo, Tracking, write_dataset_json
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    model = standin_model()
+    root.mkdir(parents=True, exist_ok=True)
+    model.save(root / "flame_model.npz")
+    emotions = ["happy", "sad", "angry", "neutral"]
+    clips = []
+    for i in range(n_clips):
+        cid = f"clip{i}"
+        d = root / "clips" / cid / "images"
+        d.mkdir(parents=True)
+        for t in range(T):
+            Image.fromarray(rng.integers(0, 256, (size, size, 4), dtype=np.uint8), "RGBA").save(d / f"{t:06d}.png")
+        soundfile.write(str(root / "clips" / cid / "audio.wav"), np.zeros(1600, np.float32), 16000)
+        K = np.array([[20, 0, size / 2], [0, 20, size / 2], [0, 0, 1]], np.float32)
+        tr = Tracking(expr=rng.normal(0, 0.1, (T, model.n_expr)).astype(np.float32), jaw=np.zeros((T, 3), np.float32),
+                      neck=np.zeros((T, 3), np.float32), eyes=np.zeros((T, 6), np.float32),
+                      eyelids=np.zeros((T, 2), np.float32), blink=np.zeros(T, np.float32),
+                      K=np.repeat(K[None], T, 0), viewmat=np.repeat(np.eye(4, dtype=np.float32)[None], T, 0))
+        tr.save(root / "clips" / cid / "tracking.npz")
+        clips.append(ClipInfo(cid, emotions[i % 4], 2.0, "train" if i else "test"))
+    write_dataset_json(root, 25.0, size, size, clips)
+    return root
