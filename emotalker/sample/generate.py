@@ -141,15 +141,15 @@ def smooth_noise(rng: np.random.Generator, T: int, dims: int, fps: float, period
 
 def blinks(rng: np.random.Generator, T: int, fps: float, rate_per_min: float = 17.0) -> np.ndarray:
     """The blink channel [T] in 0..1: blinks at a natural rate (~17 a minute, gamma-distributed gaps),
-    each closing in ~70 ms and reopening in ~160 ms."""
+    each closing in ~70 ms, shut for ~50 ms (at least one frame at 25 fps) and reopening in ~160 ms."""
     t = np.arange(T) / fps
     out = np.zeros(T, np.float32)
     mean_gap = 60.0 / rate_per_min
     when = rng.uniform(0.2, mean_gap)
     while when < t[-1] + 0.3 if T else False:
-        close, reopen = rng.uniform(0.05, 0.09), rng.uniform(0.12, 0.2)
+        close, shut, reopen = rng.uniform(0.05, 0.09), max(rng.uniform(0.04, 0.06), 1.0 / fps), rng.uniform(0.12, 0.2)
         d = t - when
-        shape = np.where(d < 0, np.clip(1 + d / close, 0, 1), np.clip(1 - d / reopen, 0, 1))
+        shape = np.where(d < 0, np.clip(1 + d / close, 0, 1), np.where(d <= shut, 1.0, np.clip(1 - (d - shut) / reopen, 0, 1)))
         out = np.maximum(out, shape.astype(np.float32))
         when += rng.gamma(4.0, mean_gap / 4.0) + 0.3
     return out
