@@ -27,7 +27,7 @@ from emotalker.core.fileio import read_json, write_json
 from .emotions import HELD_OUT_LEVELS, LEVELS, emotion_offsets
 from .phonemes import Espeak, Phoneme, Speech, Voice
 from .sentences import SENTENCES, SHORT_SENTENCES, VOICES
-from .visemes import MouthConfig, mouth_track, speech_envelope
+from .visemes import MouthConfig, mouth_track, shut_lips, speech_envelope
 
 AUDIO_RATE = 16000
 CONFIG_FILE = ".make-sample.json"
@@ -124,7 +124,8 @@ def pad_speech(speech: Speech, before: float, total: float) -> Speech:
     samples = np.zeros(n_total, np.float32)
     body = speech.samples[: max(n_total - n_before, 0)]
     samples[n_before : n_before + len(body)] = body
-    phonemes = [Phoneme(p.name, p.start + before) for p in speech.phonemes if p.start + before < total]
+    # The lead-in is silence too: a pause phoneme at 0 keeps the mouth at rest until speech begins.
+    phonemes = [Phoneme("_", 0.0)] + [Phoneme(p.name, p.start + before) for p in speech.phonemes if p.start + before < total]
     return Speech(samples, sr, phonemes)
 
 
@@ -250,6 +251,7 @@ def animate_clip(plan: ClipPlan, expr_names: list[str], n_expr: int, K: np.ndarr
             expr[:, expr_names.index(name)] += smooth_noise(rng, T, 1, fps, 0.6, scale)[:, 0]
     jaw = np.zeros((T, 3), np.float32)
     jaw[:, 0] = mouth.jaw_open * emo.jaw_scale
+    shut_lips(expr, jaw[:, 0], mouth.closures, expr_names)
     neck = emo.neck[None] + smooth_noise(rng, T, 3, fps, 1.2, 0.02) * np.array([1.0, 1.0, 0.5], np.float32)
     blink = blinks(rng, T, fps)
     eyes = gaze(rng, T, fps, spread=0.09 if plan.emotion == "fear" else 0.06)

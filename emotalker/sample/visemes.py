@@ -200,6 +200,24 @@ def mouth_track(phonemes: list[Phoneme], duration: float, n_frames: int, fps: fl
     return MouthTrack(jaw, values, closures)
 
 
+# Expression components that part the lips; a bilabial closure overrides them (emotion included).
+LIP_OPENERS = ("lips_part", "lips_funnel", "upper_lip_raise", "lower_lip_depress", "upper_lip_raise_left",
+               "upper_lip_raise_right", "lower_lip_depress_left", "lower_lip_depress_right", "mouth_stretch")
+
+
+def shut_lips(expr: np.ndarray, jaw_open: np.ndarray, closures: list[tuple[int, float]], expr_names: list[str]) -> None:
+    """Close the mouth in place on each closure frame (and half on its neighbours), whatever else
+    (an emotion's open mouth, say) adds to it. expr [T,E] by `expr_names`, jaw_open [T]."""
+    idx = [expr_names.index(n) for n in LIP_OPENERS if n in expr_names]
+    T = len(jaw_open)
+    for f, _ in closures:
+        for df, w in ((0, 1.0), (-1, 0.5), (1, 0.5)):
+            g = f + df
+            if 0 <= g < T:
+                jaw_open[g] *= 1.0 - w
+                expr[g, idx] = np.where(expr[g, idx] > 0, expr[g, idx] * (1.0 - w), expr[g, idx])
+
+
 def speech_envelope(samples: np.ndarray, sample_rate: int, n_frames: int, fps: float, window: float = 0.04) -> np.ndarray:
     """RMS loudness of `samples` [N] in a `window`-second box around each frame time: [T]."""
     half = int(window * sample_rate / 2)
