@@ -141,15 +141,8 @@ def ci_sample(tmp_path_factory):
     espeak_or_skip()
     from emotalker.sample.generate import PRESETS, make_sample
 
-    try:
-        from emotalker.core.head import make_head  # noqa: F401
-        model = None  # the procedural head, as `emotalker make-sample` uses
-    except ImportError:
-        from standin_rig import standin_model
-
-        model = standin_model()
     out = tmp_path_factory.mktemp("sample") / "ds"
-    make_sample(out, PRESETS["ci"], model=model, progress="none", log=lambda *a: None)
+    make_sample(out, PRESETS["ci"], progress="none", log=lambda *a: None)  # the procedural head
     return out
 
 

@@ -68,7 +68,13 @@ class HeadRenderer:
     def __init__(self, verts: np.ndarray, faces: np.ndarray, albedo: np.ndarray, masks: dict[str, np.ndarray],
                  settings: RenderSettings = RenderSettings()):
         """verts [V,3] rest pose, faces [F,3], albedo [V,3] linear 0..1, masks name -> [V] (see masks.MASK_NAMES)."""
-        import bpy
+        try:
+            import bpy
+        except ImportError:
+            from emotalker.core.errors import EmoTalkerError
+
+            raise EmoTalkerError("rendering sample data needs Blender as a Python module: "
+                                 "pip install 'emotalker[blender]' (bpy 5.0.1, Python 3.11)") from None
 
         self.bpy = bpy
         self.settings = settings
