@@ -24,7 +24,7 @@ from emotalker.core.dataset import ClipInfo, FRAME_NAME, Tracking, write_dataset
 from emotalker.core.errors import InputError
 from emotalker.core.fileio import read_json, write_json
 
-from .emotions import HELD_OUT_LEVELS, LEVELS, emotion_offsets
+from .emotions import HELD_OUT_LEVELS, LEVELS, Skin, emotion_offsets
 from .phonemes import Espeak, Phoneme, Speech, Voice
 from .sentences import SENTENCES, SHORT_SENTENCES, VOICES
 from .visemes import MouthConfig, mouth_track, shut_lips, speech_envelope
@@ -305,7 +305,7 @@ def make_sample(out: str | os.PathLike, cfg: SampleConfig, model=None, progress:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in asdict(cfg).items()}
+    settings = asdict(cfg)
     cfg_path = out / CONFIG_FILE
     if cfg_path.exists():
         old = read_json(cfg_path, "make-sample settings")
@@ -345,8 +345,6 @@ def make_sample(out: str | os.PathLike, cfg: SampleConfig, model=None, progress:
                 masks = skin_masks(rest, model.faces, joints[3], joints[4])
                 renderer = HeadRenderer(rest, model.faces, model.albedo, masks,
                                         RenderSettings(cfg.resolution, cfg.resolution, cfg.samples))
-            from .emotions import Skin
-
             renderer.set_skin(Skin(**anim.meta["skin"]))
             tmp = out / "clips" / f".{plan.id}.partial"
             shutil.rmtree(tmp, ignore_errors=True)

@@ -136,7 +136,7 @@ class MouthConfig:
     loudness: share of the jaw opening that follows the speech loudness rather than the viseme alone."""
 
     lead: float = 0.04
-    loudness: float = 0.7
+    loudness: float = 0.8
 
 
 def closure_time(phoneme: Phoneme, next_start: float) -> float:
