@@ -235,3 +235,68 @@ def test_contact_sheet(ci_sample, tmp_path):
     with Image.open(tmp_path / "sheet.png") as im:
         emotions = {json.loads((ci_sample / "dataset.json").read_text())["clips"][i]["emotion"] for i in range(4)}
         assert im.size[1] == 18 + 64 * len(emotions)
+
+
+# -- skin effects -------------------------------------------------------------------
+
+
+def standin_masks():
+    from standin_rig import standin_model
+
+    from emotalker.sample.masks import skin_masks
+
+    m = standin_model()
+    J = m.J_regressor @ m.v_template
+    return m, J, skin_masks(m.v_template, m.faces, J[3], J[4])
+
+
+def test_skin_masks_sit_where_they_belong():
+    m, J, masks = standin_masks()
+    v, eye_y = m.v_template, J[3, 1]
+    w = lambda k: masks[k] / masks[k].sum()  # noqa: E731
+    assert (w("forehead") @ v[:, 1]) > eye_y + 0.02 and (w("cheeks") @ v[:, 1]) < eye_y
+    assert abs(w("furrow") @ v[:, 0]) < 0.005 and (w("cheeks") @ np.abs(v[:, 0])) > 0.02
+    assert (masks["face"][v[:, 2] < -0.05] == 0).all()  # nothing on the back of the head
+
+
+def test_flush_and_pallor_change_colour_nonlinearly():
+    from emotalker.sample.masks import skin_colour
+
+    m, _, masks = standin_masks()
+    base = skin_colour(m.albedo, masks, 0.0, 0.0)
+    assert np.allclose(base, m.albedo, atol=1e-6)
+    red = skin_colour(m.albedo, masks, 1.0, 0.0)
+    cheek = masks["cheeks"] > 0.5
+    assert cheek.any() and (red[cheek, 0] / red[cheek, 1] > 1.3 * m.albedo[cheek, 0] / m.albedo[cheek, 1]).all()
+    pale = skin_colour(m.albedo, masks, 0.0, 1.0)
+    sat = lambda c: c.max(1) - c.min(1)  # noqa: E731
+    face = masks["face"] > 0.5
+    assert (sat(pale[face]) < sat(m.albedo[face])).all()
+
+
+@pytest.mark.blender
+def test_renderer_shows_emotion_skin(tmp_path):
+    pytest.importorskip("bpy")
+    from PIL import Image
+
+    from emotalker.sample.blender_render import HeadRenderer, RenderSettings
+    from emotalker.sample.emotions import Skin
+    from emotalker.sample.generate import base_camera
+
+    m, _, masks = standin_masks()
+    K, view = base_camera(m.v_template, 96, 0.55)
+    r = HeadRenderer(m.v_template, m.faces, m.albedo, masks, RenderSettings(96, 96, 2))
+    r.set_camera(K, view)
+    out = {}
+    for name, skin in (("plain", Skin()), ("angry", Skin(flush=1.0, furrow=1.0)), ("surprised", Skin(forehead=1.0))):
+        r.set_skin(skin)
+        r.render(m.v_template, tmp_path / f"{name}.png")
+        out[name] = np.asarray(Image.open(tmp_path / f"{name}.png"), np.float32) / 255
+    a = out["plain"][..., 3] > 0.5
+    assert np.array_equal(a, out["angry"][..., 3] > 0.5)  # same geometry, same silhouette
+    redness = lambda im: (im[..., 0] - im[..., 1])[a].mean()  # noqa: E731
+    assert redness(out["angry"]) > redness(out["plain"]) + 0.02
+    # Forehead lines: more fine detail (vertical gradient energy) in the upper face.
+    top = slice(10, 40)
+    detail = lambda im: np.abs(np.diff(im[top, :, :3].mean(-1), axis=0)).mean()  # noqa: E731
+    assert detail(out["surprised"]) > 1.2 * detail(out["plain"])
