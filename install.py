@@ -11,7 +11,7 @@ Steps (each skipped when already done):
 2. install the pinned CPU build of torch first, so that no dependency pulls a
    newer CUDA build;
 3. install this package (editable) with the extras asked for;
-4. system tools the sample data needs (espeak-ng), through apt-get when run as root;
+4. system tools the sample data needs (espeak-ng and libespeak-ng1), through apt-get when run as root;
 5. with --blender or a Blender found on PATH: install the add-on into that
    Blender's user extensions and point it at this environment.
 """
@@ -87,16 +87,19 @@ def ensure_package(extras: list[str]) -> None:
 
 
 def ensure_system_tools(allow: bool) -> None:
-    if shutil.which("espeak-ng"):
-        say("espeak-ng found")
+    import ctypes.util
+
+    # make-sample loads libespeak-ng through ctypes (phoneme timings), not just the espeak-ng program.
+    if shutil.which("espeak-ng") and ctypes.util.find_library("espeak-ng"):
+        say("espeak-ng and libespeak-ng found")
         return
     can_apt = allow and shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0
     if not can_apt:
-        say("espeak-ng not found: `emotalker make-sample` needs it (Debian/Ubuntu: apt-get install espeak-ng)")
+        say("espeak-ng not found: `emotalker make-sample` needs it (Debian/Ubuntu: apt-get install espeak-ng libespeak-ng1)")
         return
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     run(["apt-get", "update", "-qq"], env=env)
-    run(["apt-get", "install", "-y", "-qq", "espeak-ng"], env=env)
+    run(["apt-get", "install", "-y", "-qq", "espeak-ng", "libespeak-ng1"], env=env)
 
 
 def find_blender(explicit: str | None) -> str | None:
