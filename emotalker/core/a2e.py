@@ -262,3 +262,36 @@ def resolve_emotion(spec: str) -> np.ndarray:
     if weights.sum() <= 0:
         raise InputError(None, f"emotion mix {spec!r} has no positive weight")
     return weights / weights.sum()
+
+
+def load_from_bundle(avatar, device="cpu") -> tuple[A2EModel, dict]:
+    """The A2E model of an avatar bundle (folder or AvatarBundle) and its metadata (fps, metrics, ...)."""
+    from .bundle import AvatarBundle
+
+    bundle = avatar if isinstance(avatar, AvatarBundle) else AvatarBundle.open(avatar)
+    return A2EModel.load(bundle.require_stage("a2e"), device=device)
+
+
+def infer_curves(model: A2EModel, samples: np.ndarray, weights, intensity, fps: float, device="cpu") -> dict:
+    """Per-frame FLAME curves for 16 kHz mono `samples` [N].
+
+    weights: [8] or per frame [T, 8] over EMOTIONS; intensity: a number or per
+    frame [T] in [0, 3]; T = round(duration * fps). Returns numpy arrays
+    expr [T, E], jaw [T, 3], neck [T, 3], emotion_weights [T, 8], intensity [T].
+    """
+    from .audio import duration_frames
+    from .audio_features import AudioFeaturizer
+
+    T = duration_frames(len(samples), fps, model.cfg.features.sample_rate)
+    w = np.asarray(weights, np.float32)
+    w = np.broadcast_to(w, (T, len(EMOTIONS))) if w.ndim == 1 else w
+    s = np.asarray(intensity, np.float32)
+    s = np.broadcast_to(s, (T,)) if s.ndim == 0 else s
+    if w.shape != (T, len(EMOTIONS)) or s.shape != (T,):
+        raise InputError(None, f"emotion weights {list(w.shape)} and intensity {list(s.shape)} must cover the audio's {T} frames")
+    if not np.isfinite(s).all() or s.min() < 0 or s.max() > MAX_INTENSITY:
+        raise InputError(None, f"intensity must lie in [0, {MAX_INTENSITY:g}]")
+    seq = AudioFeaturizer(model.cfg.features)(samples, fps, T)
+    t = lambda x: torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(device)  # noqa: E731
+    expr, jaw, neck = (x.cpu().numpy() for x in split_params(model.predict(t(seq), t(w), t(s))))
+    return {"expr": expr, "jaw": jaw, "neck": neck, "emotion_weights": np.array(w), "intensity": np.array(s)}

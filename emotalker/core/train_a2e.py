@@ -199,7 +199,7 @@ def train_a2e(dataset_root: str | os.PathLike, avatar_root: str | os.PathLike, c
     model = A2EModel(model_cfg)
     fit_normalisation(model, train_clips)
     model.to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
 
     ckpt = bundle.root / CHECKPOINT
     start = _load_checkpoint(ckpt, model, opt, cfg) if resume and ckpt.exists() else 0
