@@ -247,3 +247,28 @@ def test_resume_continues_to_the_same_weights(tmp_path, monkeypatch):
     b, _ = A2EModel.load(tmp_path / "resumed" / "a2e.safetensors")
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(x, y, msg=name)
+
+
+def test_train_and_run_with_speech_features_from_a_local_model(tmp_path):
+    """The wav2vec2 path end to end: a tiny random model saved locally, trained on for a few steps."""
+    transformers = pytest.importorskip("transformers")
+    from emotalker.bake.cli import main
+
+    torch.manual_seed(0)
+    config = transformers.Wav2Vec2Config(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        conv_dim=(8, 8, 8), conv_kernel=(10, 3, 3), conv_stride=(5, 4, 2),
+        num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2, vocab_size=8,
+    )
+    transformers.Wav2Vec2Model(config).save_pretrained(tmp_path / "w2v")
+    ds = make_dataset(tmp_path / "ds", clips_per_emotion=2, T=30)
+    avatar = tmp_path / "avatar"
+    assert main(["train", "a2e", str(ds), "--avatar", str(avatar), "--features", "speech", "--speech-model", str(tmp_path / "w2v"),
+                 "--steps", "3", "--batch", "2", "--window", "16", "--d-model", "16", "--device", "cpu", "--progress", "none"]) == 0
+    model, meta = A2EModel.load(avatar / "a2e.safetensors")
+    assert model.cfg.features.kind == "speech" and model.cfg.feat_dim == 16
+    out = tmp_path / "curves.npz"
+    assert main(["a2e", str(avatar), "--audio", str(ds / "clips" / "sad_01" / "audio.wav"), "--emotion", "sad",
+                 "--out", str(out), "--device", "cpu"]) == 0
+    with np.load(out) as c:
+        assert c["expr"].shape == (30, 6) and np.isfinite(c["expr"]).all()
