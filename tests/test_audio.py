@@ -144,6 +144,11 @@ def test_speech_features_from_a_local_tiny_wav2vec2(tmp_path):
     assert seq.shape == ((T + 2) * 2, 16) and np.isfinite(seq).all()
     # The same audio gives the same features: nothing random at inference.
     np.testing.assert_allclose(seq, featurizer(x, fps, T), atol=1e-5)
+    # Long audio runs in chunks (bounded memory) and yields as many states as one pass.
+    long = np.tile(x, 8)
+    whole = featurizer.encoder(long, chunk_s=100.0)
+    chunked = featurizer.encoder(long, chunk_s=0.5, margin_s=0.1)
+    assert abs(len(chunked) - len(whole)) <= 1 and np.isfinite(chunked).all()
 
 
 def test_speech_features_refuse_a_folder_without_a_model(tmp_path):

@@ -133,16 +133,32 @@ class SpeechEncoder:
             normalize = bool(json.loads(pre.read_text()).get("do_normalize", True))
         return cls(model, SAMPLE_RATE / stride, field_ / 2 / SAMPLE_RATE, normalize, int(cfg.hidden_size))
 
-    def __call__(self, samples: np.ndarray) -> np.ndarray:
-        """samples [N] at 16 kHz -> hidden states [M, dim]."""
+    def __call__(self, samples: np.ndarray, chunk_s: float = 20.0, margin_s: float = 1.0) -> np.ndarray:
+        """samples [N] at 16 kHz -> hidden states [M, dim].
+
+        Long audio runs in chunks of `chunk_s` seconds, each seen with `margin_s`
+        of audio either side that is then dropped, so memory stays bounded
+        (self-attention over a whole long clip would not) while every kept
+        state still has context on both sides.
+        """
         import torch
 
         x = np.asarray(samples, np.float32)
         if self.normalize:
             x = (x - x.mean()) / np.sqrt(x.var() + 1e-7)
+        stride = int(round(SAMPLE_RATE / self.rate))
+        chunk = max(1, int(chunk_s * SAMPLE_RATE) // stride) * stride
+        margin = int(np.ceil(margin_s * SAMPLE_RATE / stride)) * stride
+        run = lambda part: self.model(torch.from_numpy(part)[None]).last_hidden_state[0].float().numpy()  # noqa: E731
         with torch.inference_mode():
-            out = self.model(torch.from_numpy(x)[None]).last_hidden_state[0]
-        return out.float().numpy()
+            if len(x) <= chunk + 2 * margin:
+                return run(x)
+            outs = []
+            for a in range(0, len(x), chunk):
+                lo, hi = max(0, a - margin), min(len(x), a + chunk + margin)
+                first = (a - lo) // stride
+                outs.append(run(x[lo:hi])[first : first + chunk // stride])
+        return np.concatenate(outs)
 
 
 # ---------------------------------------------------------------------------
