@@ -183,8 +183,11 @@ class A2EModel(nn.Module):
 
         seq [(T + 2C) * sub, D], weights [T, 8], intensity [T] -> params [T, E + 6].
         Each chunk is run with the halo of frames the band attention can reach,
-        so its outputs equal those of one pass over the whole clip.
+        so its outputs equal those of one pass over the whole clip. The model
+        must be in eval mode (as `load` returns it): dropout would break that.
         """
+        if self.training:
+            raise RuntimeError("A2EModel.predict needs eval mode; call model.eval() first")
         fc = self.cfg.features
         T = weights.shape[0]
         before, after = self.cfg.halo
