@@ -9,7 +9,9 @@ A2EModel with
   by the training set's lip motion so it weighs like the parameter term,
 - a smoothness term: L2 between predicted and tracked frame-to-frame velocity,
   which removes jitter without flattening real motion,
-and writes `a2e.safetensors` and the `a2e` section of avatar.json. Checkpoints
+with random loudness changes and a random hidden mel band (SpecAugment-style)
+per training window against overfitting the few minutes of one identity, and
+writes `a2e.safetensors` and the `a2e` section of avatar.json. Checkpoints
 (weights, Adam moments, step) go atomically to `a2e.ckpt.safetensors` in the
 bundle every `checkpoint_every` steps and on Ctrl-C; `resume=True` continues
 from there. Batches are drawn from a generator seeded by the step, so a resumed
@@ -49,6 +51,7 @@ class TrainA2EConfig:
     lip_weight: float = 1.0
     smooth_weight: float = 0.5
     gain_db: float = 6.0  # random loudness change, +-, so the model does not key on recording level
+    freq_mask: int = 16  # log-mel only: hide a random band of up to this many mel bins a window
     seed: int = 0
     checkpoint_every: int = 200
     model: dict = field(default_factory=dict)  # A2EConfig overrides (d_model, n_layers, ...)
@@ -96,7 +99,7 @@ def fit_normalisation(model: A2EModel, clips: list[ClipData]) -> None:
 
 
 def sample_batch(clips: list[ClipData], cfg: TrainA2EConfig, window: int, sub: int, context: int,
-                 rng: np.random.Generator, gain_db: float = 0.0):
+                 rng: np.random.Generator, gain_db: float = 0.0, fill: np.ndarray | None = None):
     """Random windows of `window` frames: seq [B, (L + 2C) * sub, D], weights [B, L, 8], intensity [B, L], params [B, L, E + 6]."""
     lengths = np.array([len(c.params) for c in clips], np.float64)
     picks = rng.choice(len(clips), size=cfg.batch, p=lengths / lengths.sum())
@@ -108,6 +111,12 @@ def sample_batch(clips: list[ClipData], cfg: TrainA2EConfig, window: int, sub: i
         if gain_db > 0:
             # Log-mel only: a gain g shifts every band by 2 ln g (exact above the floor).
             seq = seq + np.float32(2 * np.log(10 ** (rng.uniform(-gain_db, gain_db) / 20)))
+        if cfg.freq_mask > 0 and fill is not None:
+            # SpecAugment-style: a band hidden (set to its training mean) so no single band is relied on.
+            width = int(rng.integers(0, cfg.freq_mask + 1))
+            lo = int(rng.integers(0, seq.shape[1] - width + 1))
+            seq = seq.copy()
+            seq[:, lo : lo + width] = fill[lo : lo + width]
         seqs.append(seq)
         ws.append(np.broadcast_to(c.weights, (window, len(c.weights))))
         ss.append(np.full(window, c.intensity, np.float32))
@@ -213,6 +222,7 @@ def train_a2e(dataset_root: str | os.PathLike, avatar_root: str | os.PathLike, c
 
     fc = model_cfg.features
     gain_db = cfg.gain_db if fc.kind == "logmel" else 0.0
+    fill = model.feat_mean.cpu().numpy() if fc.kind == "logmel" else None
     model.train()
     step = start
     with Progress("train a2e", cfg.steps, mode=progress, initial=start) as bar:
@@ -220,7 +230,7 @@ def train_a2e(dataset_root: str | os.PathLike, avatar_root: str | os.PathLike, c
             while step < cfg.steps:
                 rng = np.random.default_rng([cfg.seed, step])
                 torch.manual_seed(cfg.seed * 1_000_003 + step)
-                seq, w, s, target = (x.to(dev) for x in sample_batch(train_clips, cfg, window, fc.sub, fc.context, rng, gain_db))
+                seq, w, s, target = (x.to(dev) for x in sample_batch(train_clips, cfg, window, fc.sub, fc.context, rng, gain_db, fill))
                 for g in opt.param_groups:
                     g["lr"] = _lr_at(step, cfg)
                 y = model(seq, w, s)
