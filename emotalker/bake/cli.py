@@ -19,6 +19,8 @@ COMMAND_MODULES = (
     "emotalker.bake.commands.head",
     "emotalker.bake.commands.worker",
     "emotalker.bake.commands.dataset",
+    "emotalker.bake.commands.train",
+    "emotalker.bake.commands.a2e",
 )
 
 
