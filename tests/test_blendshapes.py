@@ -51,7 +51,7 @@ def test_rest_parameters_reproduce_the_neutral_gaussians(model):
     assert len(g) == N + model.n_teeth
     assert torch.allclose(g.means[:N], model.means, atol=1e-6)
     assert torch.allclose(torch.nn.functional.normalize(g.quats, dim=-1)[:, 0], torch.ones(len(g)), atol=1e-6)
-    assert torch.allclose(g.sh[:N], model.sh, atol=1e-6)
+    assert torch.allclose(g.sh[:N], torch.cat([model.sh_dc, model.sh_rest], 1), atol=1e-6)
 
 
 def test_off_surface_gaussians_move_with_their_triangles_affine_map(model, rig):
@@ -75,7 +75,7 @@ def test_off_surface_gaussians_move_with_their_triangles_affine_map(model, rig):
 def test_global_rotation_turns_every_gaussian_and_its_sh(model):
     aa = torch.tensor([[0.2, 0.5, -0.1]])
     with torch.no_grad():
-        model.sh[:, 1:4] = torch.randn(model.n_gaussians, 3, 3)
+        model.sh_rest[:, 0:3] = torch.randn(model.n_gaussians, 3, 3)
         g = model(FlameParams(global_pose=aa))[0]
     R = axis_angle_to_matrix(aa)[0]
     q = torch.nn.functional.normalize(g.quats, dim=-1)
@@ -85,7 +85,7 @@ def test_global_rotation_turns_every_gaussian_and_its_sh(model):
     basis = lambda d: SH_C1 * torch.stack([-d[1], d[2], -d[0]])  # noqa: E731
     N = model.n_gaussians
     world = torch.einsum("k,nkc->nc", basis(R @ d), g.sh[:N, 1:4])
-    canon = torch.einsum("k,nkc->nc", basis(d), model.sh[:, 1:4].detach())
+    canon = torch.einsum("k,nkc->nc", basis(d), model.sh_rest[:, 0:3].detach())
     assert torch.allclose(world, canon, atol=1e-5)
 
 

@@ -50,10 +50,10 @@ FORMAT = "emotalker-neutral/1"
 NECK_JOINT, JAW_JOINT = 1, 2
 
 # Tensors with one row per face Gaussian: densify and prune gather all of them together.
-GAUSSIAN_PARAMS = ("means", "quats", "log_scales", "opacity_logits", "sh",
+GAUSSIAN_PARAMS = ("means", "quats", "log_scales", "opacity_logits", "sh_dc", "sh_rest",
                    "d_means", "d_quats", "d_log_scales", "d_opacity", "d_sh")
 GAUSSIAN_BUFFERS = ("face_ids", "bary", "lbs_weights", "masks")
-TEETH_PARAMS = ("teeth_means", "teeth_quats", "teeth_log_scales", "teeth_opacity_logits", "teeth_sh")
+TEETH_PARAMS = ("teeth_means", "teeth_quats", "teeth_log_scales", "teeth_opacity_logits", "teeth_sh_dc", "teeth_sh_rest")
 
 
 @dataclass
@@ -168,7 +168,7 @@ class GaussianBlendshapes(nn.Module):
     """The Stage 1 model. Build with `initialize(flame_model, config)` or `load(path, flame_model)`.
 
     Face Gaussians (N): means [N,3], quats [N,4], log_scales [N,3],
-    opacity_logits [N], sh [N,C,3]; deltas d_means [N,3,K], d_quats [N,4,K],
+    opacity_logits [N], sh_dc [N,1,3], sh_rest [N,C-1,3]; deltas d_means [N,3,K], d_quats [N,4,K],
     d_log_scales [N,3,K], d_opacity [N,K], d_sh [N,Cd,3,K]; binding face_ids [N],
     bary [N,3], lbs_weights [N,J], masks [N,K]. Teeth (M): teeth_* attributes,
     teeth_joint [M], teeth_cylinder [M,6].
@@ -181,7 +181,8 @@ class GaussianBlendshapes(nn.Module):
         K, J = config.n_blendshapes, flame_model.n_joints
         C, Cd = (config.sh_degree + 1) ** 2, (config.sh_delta_degree + 1) ** 2
         z = lambda *s: nn.Parameter(torch.zeros(*s))  # noqa: E731
-        self.means, self.quats, self.log_scales, self.opacity_logits, self.sh = z(n, 3), z(n, 4), z(n, 3), z(n), z(n, C, 3)
+        self.means, self.quats, self.log_scales, self.opacity_logits = z(n, 3), z(n, 4), z(n, 3), z(n)
+        self.sh_dc, self.sh_rest = z(n, 1, 3), z(n, C - 1, 3)  # split: they learn at different rates
         self.d_means, self.d_quats, self.d_log_scales = z(n, 3, K), z(n, 4, K), z(n, 3, K)
         self.d_opacity, self.d_sh = z(n, K), z(n, Cd, 3, K)
         self.register_buffer("face_ids", torch.zeros(n, dtype=torch.long))
@@ -190,7 +191,7 @@ class GaussianBlendshapes(nn.Module):
         self.register_buffer("masks", torch.zeros(n, K))
         M = n_teeth_total
         self.teeth_means, self.teeth_quats, self.teeth_log_scales = z(M, 3), z(M, 4), z(M, 3)
-        self.teeth_opacity_logits, self.teeth_sh = z(M), z(M, C, 3)
+        self.teeth_opacity_logits, self.teeth_sh_dc, self.teeth_sh_rest = z(M), z(M, 1, 3), z(M, C - 1, 3)
         self.register_buffer("teeth_joint", torch.zeros(M, dtype=torch.long))
         self.register_buffer("teeth_cylinder", torch.zeros(M, 6))
         self.active_sh_degree = config.sh_degree
@@ -226,7 +227,7 @@ class GaussianBlendshapes(nn.Module):
             model.quats[:, 0] = 1
             model.log_scales.copy_(t(_nn_log_scales(x0)))
             model.opacity_logits.fill_(_inv_sigmoid(cfg.init_opacity))
-            model.sh[:, 0] = t((colour - 0.5) / SH_C0)
+            model.sh_dc[:, 0] = t((colour - 0.5) / SH_C0)
             model.face_ids.copy_(torch.as_tensor(face_ids))
             model.bary.copy_(t(bary))
             model.lbs_weights.copy_(t(interpolate(flame_model.weights.astype(np.float64), faces, face_ids, bary)))
@@ -236,7 +237,7 @@ class GaussianBlendshapes(nn.Module):
                 model.teeth_quats[:, 0] = 1
                 model.teeth_log_scales.copy_(t(_nn_log_scales(teeth["means"])))
                 model.teeth_opacity_logits.fill_(_inv_sigmoid(0.5))
-                model.teeth_sh[:, 0] = (0.9 - 0.5) / SH_C0
+                model.teeth_sh_dc[:, 0] = (0.9 - 0.5) / SH_C0
                 model.teeth_joint.copy_(torch.as_tensor(np.where(teeth["rows"] == 0, NECK_JOINT, JAW_JOINT)))
                 model.teeth_cylinder.copy_(t(teeth["cylinder"][teeth["rows"]]))
         model.teeth_source = None if teeth is None else teeth["source"]
@@ -325,7 +326,7 @@ class GaussianBlendshapes(nn.Module):
         quats = quat_multiply(qpose, quat_multiply(rq, blend(self.quats, self.d_quats)))
         log_scales = blend(self.log_scales, self.d_log_scales)
         opacity = self.opacity_logits[None] + (mpsi * self.d_opacity[None]).sum(-1)
-        sh = self.sh[:, :k_sh]
+        sh = torch.cat([self.sh_dc, self.sh_rest], 1)[:, :k_sh]
         kd = min(self.d_sh.shape[1], k_sh)
         sh_d = blend(sh[:, :kd], self.d_sh[:, :kd])
         sh = torch.cat([sh_d, sh[None, :, kd:].expand(B, -1, -1, -1)], 2) if kd < k_sh else sh_d
@@ -336,7 +337,7 @@ class GaussianBlendshapes(nn.Module):
             At = A[:, self.teeth_joint]  # [B,M,4,4]
             t_means = (At[..., :3, :3] @ self.teeth_means[None, :, :, None])[..., 0] + At[..., :3, 3]
             t_quats = quat_multiply(qj[:, self.teeth_joint], self.teeth_quats[None].expand(B, -1, -1))
-            t_sh = self.teeth_sh[None, :, :k_sh].expand(B, -1, -1, -1)
+            t_sh = torch.cat([self.teeth_sh_dc, self.teeth_sh_rest], 1)[None, :, :k_sh].expand(B, -1, -1, -1)
             if degree >= 1:
                 t_sh = rotate_sh_band1(t_sh, At[..., :3, :3])
             means = torch.cat([means, t_means], 1)
@@ -367,21 +368,30 @@ class GaussianBlendshapes(nn.Module):
 
     # ------------------------------------------------------------------ files
 
+    def metadata(self, **extra) -> dict:
+        """The JSON metadata stored beside the tensors (format, config, sizes)."""
+        return {"format": FORMAT, "config": asdict(self.config), "active_sh_degree": self.active_sh_degree,
+                "n_gaussians": self.n_gaussians, "n_teeth": self.n_teeth, **extra}
+
     def save(self, path: str | os.PathLike, **extra_meta) -> None:
-        """Write neutral.safetensors: every tensor, with the config in the metadata."""
+        """Write neutral.safetensors atomically: every tensor, with the config in the metadata."""
         from .fileio import save_tensors
 
-        meta = {"format": FORMAT, "config": asdict(self.config), "active_sh_degree": self.active_sh_degree,
-                "n_gaussians": self.n_gaussians, "n_teeth": self.n_teeth, **extra_meta}
-        save_tensors(path, {k: v for k, v in self.state_dict().items()}, meta)
+        save_tensors(path, dict(self.state_dict()), self.metadata(**extra_meta))
 
     @classmethod
     def load(cls, path: str | os.PathLike, flame_model: FlameModel, device="cpu") -> "GaussianBlendshapes":
         """Read a model written by `save`; InputError naming the file when it does not fit."""
-        from .errors import InputError
         from .fileio import load_tensors
 
         tensors, meta = load_tensors(path)
+        return cls.from_tensors(tensors, meta, flame_model, path).to(device)
+
+    @classmethod
+    def from_tensors(cls, tensors: dict, meta: dict, flame_model: FlameModel, path=None) -> "GaussianBlendshapes":
+        """Rebuild a model from `save`'s tensors and metadata; InputError naming `path` when they do not fit."""
+        from .errors import InputError
+
         if meta.get("format") != FORMAT:
             raise InputError(path, f"not a Stage 1 model (format {meta.get('format')!r}, expected {FORMAT!r})")
         try:
@@ -393,7 +403,7 @@ class GaussianBlendshapes(nn.Module):
         if (int(model.face_ids.max()) if model.n_gaussians else 0) >= len(flame_model.faces) or model.lbs_weights.shape[1] != flame_model.n_joints:
             raise InputError(path, "Stage 1 model was trained on a different FLAME rig (binding out of range)")
         model.active_sh_degree = int(meta.get("active_sh_degree", cfg.sh_degree))
-        return model.to(device)
+        return model
 
 
 @dataclass
