@@ -180,7 +180,7 @@ def bake_clip(opts: BakeOptions, progress_sink: Callable[[dict], None] | None = 
     curves_path = out / f"{name}_flame.npz"
 
     # 3. The frame loop.
-    producer = FrameProducer(evaluator, curves, per_row.emotion, per_row.intensity, per_row.blink, frame_list,
+    producer = FrameProducer(evaluator, curves, per_row.emotion, per_row.intensity, per_row.blink,
                              chunk=opts.chunk, device=device)
     sinks = []
     if opts.ply:
@@ -192,7 +192,7 @@ def bake_clip(opts: BakeOptions, progress_sink: Callable[[dict], None] | None = 
         "emotion": file_digest(bundle.stage_path("emotion")) if evaluator.uses_emotion else None,
         "curves": file_digest(opts.flame_curves) if opts.flame_curves else file_digest(bundle.stage_path("a2e")),
         "audio": file_digest(opts.audio), "tracks": tracks.to_dict(), "fps": fps,
-        "sh_degree": out_degree, "up_axis": opts.up_axis, "camera": camera.to_dict(),
+        "sh_degree": out_degree, "up_axis": opts.up_axis, "camera": camera.to_dict(), "chunk": opts.chunk,
     }
     result = run_sequence(frame_list, producer, sinks, out_dir=out, fingerprint=fingerprint, overwrite=opts.overwrite,
                           progress=opts.progress, stage="bake", progress_sink=progress_sink)

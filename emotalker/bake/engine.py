@@ -224,19 +224,25 @@ class FrameProducer:
 
     curves: FlameCurves covering every frame asked for; emotion [T,8], intensity [T],
     blink [T]: the track values per curve row (for Stage 2). Only the current chunk is kept.
+
+    Chunks are fixed blocks of curve rows (rows 0..chunk-1, chunk..2*chunk-1, ...),
+    whatever the frame range and whichever frames a resumed run still needs:
+    batched matrix products round differently for different batch sizes, so a
+    frame must always be evaluated in the same batch for a resumed or partial bake
+    to write byte-identical files.
     """
 
     def __init__(self, evaluator: AvatarEvaluator, curves: FlameCurves, emotion: np.ndarray, intensity: np.ndarray,
-                 blink: np.ndarray, frames: list[int], chunk: int = 8, device: Any = "cpu"):
+                 blink: np.ndarray, chunk: int = 8, device: Any = "cpu"):
         self.evaluator, self.curves = evaluator, curves
         self.emotion, self.intensity, self.blink = emotion, intensity, blink
-        self.frames = list(frames)
         self.chunk = max(1, int(chunk))
         self.device = device
+        self._block: int | None = None
         self._cached: dict[int, Any] = {}
 
     def inputs(self, frames: list[int]) -> FrameInputs:
-        """The FrameInputs of timeline `frames`."""
+        """The FrameInputs of timeline `frames` (within the curves)."""
         import torch
 
         from emotalker.core.flame import FlameParams
@@ -249,10 +255,14 @@ class FrameProducer:
 
     def __call__(self, frame: int):
         """The Gaussians (emotalker.core.gaussians.Gaussians) of timeline `frame`."""
-        if frame not in self._cached:
-            i = self.frames.index(frame) if frame in self.frames else None
-            todo = self.frames[i:i + self.chunk] if i is not None else [frame]
+        c = self.curves
+        if not c.frame_start <= frame <= c.frame_end:
+            raise ValueError(f"frame {frame} is outside the curves' frames {c.frame_start}..{c.frame_end}")
+        block = (frame - c.frame_start) // self.chunk
+        if block != self._block:
+            first = c.frame_start + block * self.chunk
+            todo = list(range(first, min(first + self.chunk, c.frame_end + 1)))
             batch = self.evaluator.evaluate(self.inputs(todo))
-            self._cached = dict(zip(todo, batch.unbind()))  # drops the previous chunk
-        return self._cached.pop(frame)
-
+            self._cached = dict(zip(todo, batch.unbind()))  # drops the previous block
+            self._block = block
+        return self._cached[frame]
