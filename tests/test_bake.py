@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 from bake_fixture import FPS, make_speech, make_tiny_avatar
+from stage1_rig import tiny_rig
+from emotalker.bake.cameras import front_camera
 from emotalker.bake.cli import main
 from emotalker.bake.clip import BakeOptions, bake_clip
 from emotalker.bake.ply import ply_property_names
@@ -267,3 +269,28 @@ def test_batch_refuses_outputs_outside_its_folder(inputs, tmp_path, capsys):
     assert main(["bake-batch", str(manifest), "--progress", "none"]) == 2
     assert "outside" in capsys.readouterr().err
     assert not (tmp_path / "escaped").exists()
+
+
+def test_worker_bake_reports_progress_and_render_frame_writes_rgba(inputs, tmp_path):
+    from emotalker.bake.worker import JobContext
+    from emotalker.bake.worker_methods import METHODS
+
+    events: list[dict] = []
+    ctx = JobContext(7, events.append)
+    result = METHODS["bake"]({"avatar": str(inputs / "avatar"), "audio": str(inputs / "speech.wav"),
+                              "out": str(tmp_path / "out"), "emotion": "happy", "frames": "1:5"}, ctx)
+    assert result["frame_end"] == 5 and len(list((tmp_path / "out").glob("speech_*.ply"))) == 5
+    steps = [e["step"] for e in events if e.get("event") == "progress"]
+    assert steps == [1, 2, 3, 4, 5] and all(e["id"] == 7 for e in events)
+
+    camera = front_camera(tiny_rig(n_expr=6).v_template, 40, 30).to_dict()
+    params = {"avatar": str(inputs / "avatar"), "cache": str(tmp_path / "cache"), "frame": 3,
+              "curves": result["outputs"]["flame_curves"], **{k: camera[k] for k in ("viewmat", "K", "width", "height")}}
+    reply = METHODS["render_frame"](params, ctx)
+    rgba = np.load(reply["path"])
+    assert rgba.shape == (30, 40, 4) and rgba.dtype == np.float32
+    assert rgba[..., 3].max() > 0.9 and rgba[0, 0, 3] == 0.0
+    neutral = np.load(METHODS["render_frame"]({**params, "curves": None, "cache": str(tmp_path / "c2")}, ctx)["path"])
+    assert not np.array_equal(neutral, rgba)  # frame 3's expression differs from the neutral face
+    with pytest.raises(InputError, match="outside the curves"):
+        METHODS["render_frame"]({**params, "frame": 99}, ctx)
