@@ -10,6 +10,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 
 @dataclass
@@ -20,6 +21,9 @@ class Progress:
     total: int
     mode: str = "bar"  # "bar" | "json" | "none"
     initial: int = 0
+    # Where JSON events go (default: a line on stdout). The worker passes its own,
+    # which also raises when the job was cancelled: every update is a safe stop point.
+    sink: Callable[[dict], None] | None = None
     _bar: object = field(default=None, init=False, repr=False)
     _start: float = field(default=0.0, init=False, repr=False)
     step: int = field(default=0, init=False)
@@ -45,8 +49,11 @@ class Progress:
             eta = elapsed / done * (self.total - self.step) if done > 0 else None
             event = {"stage": self.stage, "step": self.step, "total": self.total, "eta": eta}
             event.update({k: float(v) for k, v in scalars.items()})
-            sys.stdout.write(json.dumps(event) + "\n")
-            sys.stdout.flush()
+            if self.sink is not None:
+                self.sink(event)
+            else:
+                sys.stdout.write(json.dumps(event) + "\n")
+                sys.stdout.flush()
 
     def __exit__(self, *exc) -> None:
         if self._bar is not None:
