@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "emotalker.bake.commands.flame",
     "emotalker.bake.commands.head",
     "emotalker.bake.commands.worker",
+    "emotalker.bake.commands.dataset",
     "emotalker.bake.commands.train",
     "emotalker.bake.commands.avatar",
 )
