@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "emotalker.bake.commands.worker",
     "emotalker.bake.commands.dataset",
     "emotalker.bake.commands.train",
+    "emotalker.bake.commands.avatar",
     "emotalker.bake.commands.a2e",
     "emotalker.bake.commands.bake",
 )
