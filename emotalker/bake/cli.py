@@ -17,6 +17,8 @@ from emotalker import __version__
 COMMAND_MODULES = (
     "emotalker.bake.commands.flame",
     "emotalker.bake.commands.worker",
+    "emotalker.bake.commands.train",
+    "emotalker.bake.commands.a2e",
 )
 
 
