@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "emotalker.bake.commands.worker",
     "emotalker.bake.commands.train",
     "emotalker.bake.commands.a2e",
+    "emotalker.bake.commands.dataset",
 )
 
 
