@@ -87,7 +87,7 @@ def head_scene(n: int, size: int, seed: int = 0):
 
 
 def _render(scene, backend, grad: bool):
-    ins = {k: (v.clone().requires_grad_(grad) if k in ("means", "quats", "scales", "opacities", "colors") else v)
+    ins = {k: (v.detach().requires_grad_(grad) if k in ("means", "quats", "scales", "opacities", "colors") else v)
            for k, v in scene.items()}
     if not grad:
         with torch.no_grad():

@@ -130,3 +130,122 @@ def test_blender_camera_matches_opencv_projection():
     v = H / 2 - y * scale + cam["shift_y"] * W
     q = view @ p
     assert np.allclose([u, v], [K[0, 0] * q[0] / q[2] + K[0, 2], K[1, 1] * q[1] / q[2] + K[1, 2]], atol=1e-6)
+
+
+# -- the ci preset end to end (Blender) ---------------------------------------------
+
+
+def silhouette_iou(ds, clip_id, stride=1):
+    """Alpha IoU of each rendered frame against the rig re-posed from the clip's tracking: [n]."""
+    import torch
+
+    from emotalker.core.flame import FlameParams, FlameRig
+    from emotalker.core.mesh_preview import rasterize
+
+    model = ds.flame_model()
+    tr = ds.tracking(clip_id)
+    with torch.no_grad():
+        verts, _ = FlameRig(model)(FlameParams(expr=torch.from_numpy(tr.expr), jaw=torch.from_numpy(tr.jaw),
+                                                neck=torch.from_numpy(tr.neck), eyes=torch.from_numpy(tr.eyes),
+                                                eyelids=torch.from_numpy(tr.eyelids)))
+    out = []
+    for t in range(0, len(tr), stride):
+        fid, _ = rasterize(verts[t].double().numpy(), model.faces, tr.viewmat[t].astype(np.float64),
+                           tr.K[t].astype(np.float64), ds.width, ds.height)
+        a, b = ds.frame(clip_id, t)[..., 3] > 0.5, fid >= 0
+        out.append((a & b).sum() / max((a | b).sum(), 1))
+    return np.array(out)
+
+
+@pytest.fixture(scope="module")
+def ci_sample(tmp_path_factory):
+    pytest.importorskip("bpy")
+    espeak_or_skip()
+    from emotalker.sample.generate import PRESETS, make_sample
+
+    out = tmp_path_factory.mktemp("sample") / "ds"
+    make_sample(out, PRESETS["ci"], progress="none", log=lambda *a: None)
+    return out
+
+
+@pytest.mark.blender
+def test_ci_sample_loads_and_is_complete(ci_sample):
+    from emotalker.core.dataset import Dataset
+
+    ds = Dataset.open(ci_sample)
+    ds.validate()
+    assert len(ds.clips) == 4 and ds.split("train") and ds.split("test")
+    assert any(c.held_out for c in ds.clips)
+    for c in ds.clips:
+        tr = ds.tracking(c.id)
+        assert len(tr) == ds.n_frames(c.id) == 30
+        f = ds.frame(c.id, 10)
+        assert f[..., 3].max() == 1.0 and f[0, 0, 3] == 0.0  # head opaque, corners empty
+        assert np.ptp(tr.viewmat[:, :3, 3], axis=0).max() > 1e-4  # camera jitter
+        import soundfile
+
+        info = soundfile.info(str(ds.audio_path(c.id)))
+        assert info.samplerate == 16000 and abs(info.duration - 30 / ds.fps) < 0.05
+
+
+@pytest.mark.blender
+def test_ci_frames_rerender_to_the_same_silhouette(ci_sample):
+    from emotalker.core.dataset import Dataset
+
+    ds = Dataset.open(ci_sample)
+    for c in ds.clips:
+        assert silhouette_iou(ds, c.id, stride=3).min() >= 0.98, c.id
+
+
+@pytest.mark.blender
+def test_ci_mouth_agrees_with_the_audio(ci_sample):
+    import soundfile
+
+    from emotalker.core.dataset import Dataset
+
+    ds = Dataset.open(ci_sample)
+    for c in ds.clips:
+        tr = ds.tracking(c.id)
+        audio, sr = soundfile.read(str(ds.audio_path(c.id)), dtype="float32")
+        env = speech_envelope(audio, sr, len(tr), ds.fps, 0.04)
+        assert np.corrcoef(tr.jaw[:, 0], env)[0, 1] >= 0.5, c.id
+        meta = json.loads((ci_sample / "clips" / c.id / "meta.json").read_text())
+        lips_part = ds.flame_model().expr_index("lips_part")
+        for name, when in meta["phonemes"]:
+            if name in BILABIALS:
+                near = [f for f in range(len(tr)) if abs(f / ds.fps - when) <= 0.04]
+                assert any(lips_shut(tr.jaw[f, 0], tr.expr[f, lips_part]) for f in near), (c.id, name, when)
+
+
+@pytest.mark.blender
+def test_ci_sample_resumes_and_refuses_other_settings(ci_sample, tmp_path):
+    import os
+    import shutil
+    from dataclasses import replace
+
+    from emotalker.core.errors import InputError
+    from emotalker.sample.generate import PRESETS, make_sample
+
+    copy = tmp_path / "ds"
+    shutil.copytree(ci_sample, copy)
+    victim = sorted((copy / "clips").iterdir())[1]
+    shutil.rmtree(victim)
+    stamp = {p.name: os.path.getmtime(p / "tracking.npz") for p in (copy / "clips").iterdir()}
+    logs = []
+    make_sample(copy, PRESETS["ci"], progress="none", log=logs.append)
+    assert "resuming: 3 of 4" in logs[0] and (victim / "tracking.npz").exists()
+    assert all(os.path.getmtime(copy / "clips" / n / "tracking.npz") == m for n, m in stamp.items())
+    with pytest.raises(InputError, match="other settings"):
+        make_sample(copy, replace(PRESETS["ci"], seed=9), progress="none")
+
+
+@pytest.mark.blender
+def test_contact_sheet(ci_sample, tmp_path):
+    from PIL import Image
+
+    from emotalker.bake.cli import main as cli
+
+    assert cli(["show-dataset", str(ci_sample), str(tmp_path / "sheet.png"), "--thumb", "64"]) == 0
+    with Image.open(tmp_path / "sheet.png") as im:
+        emotions = {json.loads((ci_sample / "dataset.json").read_text())["clips"][i]["emotion"] for i in range(4)}
+        assert im.size[1] == 18 + 64 * len(emotions)

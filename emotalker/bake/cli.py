@@ -16,10 +16,12 @@ from emotalker import __version__
 # One line a command module; their order is the order of `emotalker --help`.
 COMMAND_MODULES = (
     "emotalker.bake.commands.flame",
+    "emotalker.bake.commands.head",
     "emotalker.bake.commands.worker",
+    "emotalker.bake.commands.dataset",
     "emotalker.bake.commands.train",
     "emotalker.bake.commands.a2e",
-    "emotalker.bake.commands.dataset",
+    "emotalker.bake.commands.avatar",
 )
 
 

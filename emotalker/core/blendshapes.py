@@ -197,6 +197,7 @@ class GaussianBlendshapes(nn.Module):
         self.active_sh_degree = config.sh_degree
         self._rig: FlameRig | None = None
         self._face_deltas: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._delta_cache: tuple | None = None
 
     # ------------------------------------------------------------------ building
 
@@ -207,7 +208,7 @@ class GaussianBlendshapes(nn.Module):
         if flame_model.n_expr < 1:
             raise ValueError("the FLAME rig has no expression components")
         K = min(cfg.n_blendshapes, flame_model.n_expr)
-        cfg = BlendshapeConfig(**{**asdict(cfg), "n_blendshapes": K})
+        cfg = BlendshapeConfig(**{**asdict(cfg), "n_blendshapes": K, "sh_delta_degree": min(cfg.sh_delta_degree, cfg.sh_degree)})
         verts, faces = flame_model.v_template.astype(np.float64), flame_model.faces
         face_ids, bary = poisson_disk_surface(verts, faces, cfg.n_gaussians, seed=cfg.seed)
         teeth = teeth_billboards(flame_model, cfg) if cfg.n_teeth > 0 else None
@@ -308,28 +309,27 @@ class GaussianBlendshapes(nn.Module):
         rq = (dq_face @ psi.T).permute(2, 0, 1)  # [B,F,4]
         rq[..., 0] += 1
         rq = nn.functional.normalize(rq, dim=-1)[:, fid]  # [B,N,4]
-        mpsi = self.masks[None] * psi[:, None]  # [B,N,K]
+        deltas = self._masked_deltas()
 
-        def blend(base, delta):  # base [N,*D], delta [N,*D,K] -> [B,N,*D]
-            flat = delta.reshape(delta.shape[0], -1, K)
-            out = torch.bmm(flat, mpsi.permute(1, 2, 0))  # [N,D,B]
-            return base[None] + out.permute(2, 0, 1).reshape(B, *base.shape)
+        def blend(base, name):  # base [N,*D] -> [B,N,*D]: base + sum_k psi_k m_nk delta_nk
+            d = deltas[name]
+            out = d.reshape(-1, K) @ psi.T  # one matrix-vector product a frame
+            return base[None] + out.T.reshape(B, *base.shape)
 
         off0 = self.means - surface0  # [N,3]
-        offset = blend(off0, self.d_means) + (Gp @ off0[None, :, :, None])[..., 0]
+        offset = blend(off0, "d_means") + (Gp @ off0[None, :, :, None])[..., 0]
         L = torch.einsum("nj,bjrc->bnrc", self.lbs_weights, A[:, :, :3, :3])
         means = surface + (L @ offset[..., None])[..., 0]
 
         qj = matrix_to_quat(A[:, :, :3, :3])  # [B,J,4]
         qj = torch.where((qj * qj[:, :1]).sum(-1, keepdim=True) < 0, -qj, qj)  # one hemisphere
         qpose = nn.functional.normalize(torch.einsum("nj,bjq->bnq", self.lbs_weights, qj), dim=-1)
-        quats = quat_multiply(qpose, quat_multiply(rq, blend(self.quats, self.d_quats)))
-        log_scales = blend(self.log_scales, self.d_log_scales)
-        opacity = self.opacity_logits[None] + (mpsi * self.d_opacity[None]).sum(-1)
-        sh = torch.cat([self.sh_dc, self.sh_rest], 1)[:, :k_sh]
-        kd = min(self.d_sh.shape[1], k_sh)
-        sh_d = blend(sh[:, :kd], self.d_sh[:, :kd])
-        sh = torch.cat([sh_d, sh[None, :, kd:].expand(B, -1, -1, -1)], 2) if kd < k_sh else sh_d
+        quats = quat_multiply(qpose, quat_multiply(rq, blend(self.quats, "d_quats")))
+        log_scales = blend(self.log_scales, "d_log_scales")
+        opacity = blend(self.opacity_logits, "d_opacity")
+        sh_all = torch.cat([self.sh_dc, self.sh_rest], 1)  # [N,C,3]
+        Cd = self.d_sh.shape[1]
+        sh = torch.cat([blend(sh_all[:, :Cd], "d_sh"), sh_all[None, :, Cd:].expand(B, -1, -1, -1)], 2)[:, :, :k_sh]
         if degree >= 1:
             sh = rotate_sh_band1(sh, quat_to_matrix(qpose))
 
@@ -346,6 +346,30 @@ class GaussianBlendshapes(nn.Module):
             opacity = torch.cat([opacity, self.teeth_opacity_logits[None].expand(B, -1)], 1)
             sh = torch.cat([sh, t_sh], 1)
         return FrameBatch(means, quats, log_scales, opacity, sh)
+
+    def _masked_deltas(self) -> dict[str, torch.Tensor]:
+        """Every learned delta times its mask, m_nk * delta_nk, shaped [N, *D, K].
+
+        With gradients on they are recomputed (autograd needs the product); without,
+        they are cached until a delta, the masks or the Gaussian count changes, so
+        that evaluating a frame is one matrix-vector product per attribute.
+        """
+        names = ("d_means", "d_quats", "d_log_scales", "d_opacity", "d_sh")
+        tensors = [getattr(self, n) for n in names] + [self.masks]
+        key = tuple((id(t), t._version, tuple(t.shape)) for t in tensors)
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+        if not grad and self._delta_cache is not None and self._delta_cache[0] == key:
+            return self._delta_cache[1]
+        m = self.masks
+        out = {}
+        for name in names:
+            d = getattr(self, name)
+            out[name] = d * m.reshape(m.shape[0], *([1] * (d.ndim - 2)), m.shape[1])
+        if not grad:
+            self._delta_cache = (key, {k: v.detach() for k, v in out.items()})
+        else:
+            self._delta_cache = None
+        return out
 
     def teeth_containment_loss(self) -> torch.Tensor:
         """Soft loss keeping each tooth Gaussian inside its row's cylinder shell (0 when inside)."""
@@ -365,6 +389,7 @@ class GaussianBlendshapes(nn.Module):
             setattr(self, name, nn.Parameter(getattr(self, name).detach()[index].clone()))
         for name in GAUSSIAN_BUFFERS:
             setattr(self, name, getattr(self, name)[index].clone())
+        self._delta_cache = None
 
     # ------------------------------------------------------------------ files
 
@@ -420,3 +445,12 @@ class FrameBatch:
     def unbind(self) -> list[Gaussians]:
         return [Gaussians(self.means[b], self.quats[b], self.log_scales[b], self.opacity_logits[b], self.sh[b])
                 for b in range(self.means.shape[0])]
+
+
+def load_neutral(avatar_dir: str | os.PathLike, device="cpu") -> GaussianBlendshapes:
+    """The Stage 1 model of an avatar bundle (its rig from the bundle's flame_model.npz)."""
+    from .bundle import AvatarBundle
+
+    bundle = AvatarBundle.open(avatar_dir)
+    path = bundle.require_stage("neutral")
+    return GaussianBlendshapes.load(path, FlameModel.load(bundle.flame_path), device)

@@ -176,7 +176,7 @@ class HeadRenderer:
             return math_("MULTIPLY", math_("MULTIPLY", s, s), weight)
 
         height = math_("ADD", math_("ADD", ridges(rest.outputs[1], 0.008, depth.outputs[0]),
-                                    ridges(rest.outputs[0], 0.004, depth.outputs[1])),
+                                    ridges(rest.outputs[0], 0.005, depth.outputs[1])),
                        ridges(rest.outputs[1], 0.003, depth.outputs[2]))
         bump = node("ShaderNodeBump")
         bump.inputs["Strength"].default_value = 1.0
@@ -209,7 +209,9 @@ class HeadRenderer:
         for name, direction, energy in (("key", (0.6, 0.7, 1.0), 3.0), ("fill", (-0.8, 0.1, 0.6), 1.0)):
             light = bpy.data.lights.new(name, "SUN")
             light.energy = energy
-            light.angle = 0.0  # a delta light: noise-free shadows at few samples
+            light.angle = 0.0
+            # No cast shadows: at a few samples they speckle on a low-poly skin (and cost time).
+            light.use_shadow = False
             obj = bpy.data.objects.new(name, light)
             # A sun shines along its local -Z: point +Z at the light.
             z = np.asarray(direction, np.float64)

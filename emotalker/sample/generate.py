@@ -37,7 +37,7 @@ CONFIG_FILE = ".make-sample.json"
 class SampleConfig:
     """How big a sample dataset to make. duration: seconds a clip (speech plus a pause either side)."""
 
-    clips: int = 48
+    clips: int = 44
     resolution: int = 256
     seed: int = 0
     fps: float = 25.0
@@ -181,10 +181,18 @@ class ClipAnimation:
     meta: dict
 
 
+def framed_vertices(model) -> np.ndarray:
+    """The rest-pose vertices the camera frames: the head without its neck (when the rig marks one)."""
+    keep = np.ones(model.n_verts, bool)
+    if "neck" in model.regions:
+        keep[model.regions["neck"]] = False
+    return model.v_template[keep]
+
+
 def base_camera(model_verts: np.ndarray, resolution: int, distance: float) -> tuple[np.ndarray, np.ndarray]:
     """K [3,3] and world-to-camera viewmat [4,4] (OpenCV axes) looking at the head from +Z.
 
-    The focal length makes the head's larger extent fill ~80 % of the frame.
+    model_verts [V,3]: the vertices to frame; their larger extent fills ~80 % of the frame.
     """
     lo, hi = model_verts.min(0), model_verts.max(0)
     centre = 0.5 * (lo + hi)
@@ -318,7 +326,7 @@ def make_sample(out: str | os.PathLike, cfg: SampleConfig, model=None, progress:
 
     rest = model.v_template
     joints = model.J_regressor @ rest
-    K, view = base_camera(rest, cfg.resolution, cfg.distance)
+    K, view = base_camera(framed_vertices(model), cfg.resolution, cfg.distance)
     rig = FlameRig(model)
     renderer = None
     T = int(round(cfg.duration * cfg.fps))

@@ -36,13 +36,15 @@ class Anatomy:
 def ellipsoid(p, c, r):
     r = np.asarray(r, dtype=np.float64)
     q = (p - np.asarray(c)) / r
-    k0 = np.linalg.norm(q, axis=-1)
-    k1 = np.linalg.norm(q / r, axis=-1)
+    k0 = np.sqrt(np.einsum("ni,ni->n", q, q))
+    q = q / r
+    k1 = np.sqrt(np.einsum("ni,ni->n", q, q))
     return k0 * (k0 - 1.0) / np.maximum(k1, 1e-9)
 
 
 def sphere(p, c, r):
-    return np.linalg.norm(p - np.asarray(c), axis=-1) - r
+    q = p - np.asarray(c)
+    return np.sqrt(np.einsum("ni,ni->n", q, q)) - r
 
 
 def capsule(p, a, b, r):
@@ -83,31 +85,32 @@ def head_sdf(p, a: Anatomy = Anatomy()):
     """Signed distance of the outer skin (eyeballs excluded), p [N,3] -> [N]."""
     d = ellipsoid(p, (0.0, 0.026, -0.012), (0.0745, 0.094, 0.097))  # cranium
     d = smin(d, ellipsoid(p, (0.0, -0.022, 0.012), (0.060, 0.072, 0.074)), 0.02)  # mid face
-    d = smin(d, mirrored(ellipsoid, p, (0.030, -0.060, 0.020), (0.030, 0.036, 0.052)), 0.02)  # mandible
+    d = smin(d, mirrored(ellipsoid, p, (0.026, -0.062, 0.016), (0.028, 0.033, 0.050)), 0.022)  # mandible
     d = smin(d, ellipsoid(p, (0.0, -0.080, 0.062), (0.021, 0.018, 0.019)), 0.012)  # chin
     d = smin(d, neck(p, a), 0.02)
-    d = smin(d, mirrored(ellipsoid, p, (0.044, 0.004, 0.056), (0.022, 0.014, 0.022)), 0.012)  # cheekbones
-    d = smin(d, ellipsoid(p, (0.0, 0.046, 0.070), (0.052, 0.012, 0.019)), 0.014)  # brow ridge
+    d = smin(d, mirrored(ellipsoid, p, (0.040, 0.006, 0.058), (0.018, 0.012, 0.020)), 0.016)  # cheekbones
+    d = smin(d, ellipsoid(p, (0.0, 0.047, 0.066), (0.050, 0.013, 0.022)), 0.02)  # brow ridge
+    d = smin(d, mirrored(ellipsoid, p, (0.032, -0.026, 0.052), (0.022, 0.024, 0.024)), 0.02)  # cheek fat
     # Eye sockets carved, then the lids: a shell just outside each eyeball.
-    d = smax(d, -mirrored(ellipsoid, p, (a.eye_x, a.eye_y + 0.001, a.eye_z + 0.022), (0.0195, 0.0145, 0.018)), 0.008)
+    d = smax(d, -mirrored(ellipsoid, p, (a.eye_x, a.eye_y + 0.001, a.eye_z + 0.022), (0.019, 0.0135, 0.017)), 0.012)
     d = smin(d, mirrored(sphere, p, (a.eye_x, a.eye_y, a.eye_z), a.eye_r + a.lid_gap), 0.004)
     # Nose: bridge, tip, wings, base.
-    nose = capsule(p, (0.0, 0.031, 0.080), (0.0, -0.001, 0.104), 0.0052)
+    nose = capsule(p, (0.0, 0.026, 0.080), (0.0, -0.001, 0.1035), 0.0050)
     nose = smin(nose, ellipsoid(p, (0.0, -0.006, 0.1015), (0.0092, 0.0085, 0.0095)), 0.006)
     nose = smin(nose, mirrored(ellipsoid, p, (0.0118, -0.0118, 0.0895), (0.0072, 0.0062, 0.0078)), 0.005)
     nose = smin(nose, ellipsoid(p, (0.0, -0.0138, 0.0945), (0.0062, 0.0042, 0.0088)), 0.004)
     d = smin(d, nose, 0.008)
     # Lips: two rolls meeting in a sharp crease at the lip line.
     my, mz = a.mouth_y, a.mouth_z
-    upper = ellipsoid(p, (0.0, my + 0.0058, mz - 0.0080), (0.0255, 0.0072, 0.0090))
-    lower = ellipsoid(p, (0.0, my - 0.0062, mz - 0.0085), (0.0235, 0.0070, 0.0090))
-    d = smin(d, np.minimum(upper, lower), 0.006)
+    upper = ellipsoid(p, (0.0, my + 0.0055, mz - 0.0085), (0.0215, 0.0068, 0.0095))
+    lower = ellipsoid(p, (0.0, my - 0.0060, mz - 0.0095), (0.0195, 0.0068, 0.0095))
+    d = smin(d, np.minimum(upper, lower), 0.009)
     d = smax(d, -ellipsoid(p, (0.0, my - 0.0205, mz - 0.004), (0.022, 0.0045, 0.006)), 0.006)  # mentolabial sulcus
-    d = smin(d, mirrored(ellipsoid, p, (0.0735, 0.008, -0.013), (0.0105, 0.029, 0.018)), 0.006)  # ears
+    d = smin(d, mirrored(ellipsoid, p, (0.0725, 0.008, -0.014), (0.012, 0.029, 0.017)), 0.007)  # ears
     return d
 
 
-def project_rays(dirs, a: Anatomy = Anatomy(), r_max: float = 0.30, step: float = 0.002, iters: int = 22):
+def project_rays(dirs, a: Anatomy = Anatomy(), r_max: float = 0.20, step: float = 0.003, iters: int = 18):
     """Outermost skin point along each ray from `a.ray_centre`. dirs [N,3] unit -> points [N,3]."""
     c = np.asarray(a.ray_centre)
     rs = np.arange(r_max, 0.0, -step)

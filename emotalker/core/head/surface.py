@@ -20,7 +20,7 @@ from .sdf import Anatomy, direction, project_rays
 @dataclass(frozen=True)
 class GridConfig:
     rows: int = 92  # rings between the two poles
-    cols: int = 108  # even, so the grid is mirror-symmetric about x = 0
+    cols: int = 120  # even, so the grid is mirror-symmetric about x = 0
     face_density: float = 1.6  # how much finer the face is sampled than the back of the head
     eyeball_rings: tuple = (0.07, 0.14, 0.21, 0.28, 0.35, 0.42, 0.49, 0.53, 0.58, 0.70, 0.9, 1.15, 1.45, 1.8, 2.2, 2.6, 2.95)
     eyeball_segments: int = 28
@@ -101,12 +101,12 @@ def _sample_cols(cfg: GridConfig, a: Anatomy, theta_eye: float) -> np.ndarray:
     return np.concatenate([right, -right[1:-1][::-1] + 2 * np.pi])  # 0 .. 2pi, symmetric
 
 
-def _solve_theta(phi, y_target, lo, hi, a: Anatomy, iters: int = 26):
+def _solve_theta(phi, y_target, lo, hi, a: Anatomy, iters: int = 18):
     """Per column: theta in [lo, hi] whose skin point has height y_target (y falls as theta grows)."""
     lo, hi = lo.copy(), hi.copy()
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
-        y = project_rays(direction(mid, phi), a)[:, 1]
+        y = project_rays(direction(mid, phi), a, iters=14)[:, 1]
         above = y > y_target
         lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
     return 0.5 * (lo + hi)
@@ -226,7 +226,10 @@ def build_head_mesh(cfg: GridConfig = GridConfig(), a: Anatomy = Anatomy()) -> H
         _open_slit(theta, phi, pos, eye_row, cols, lid_up, lid_lo, a)
         eye_cols[side] = cols
 
-    grid = project_rays(direction(theta, phi[None, :]).reshape(-1, 3), a)
+    # Re-project only the rays the slits moved.
+    grid = pos.reshape(-1, 3).copy()
+    moved = np.flatnonzero((theta != theta_rows[:, None]).reshape(-1))
+    grid[moved] = project_rays(direction(theta.reshape(-1)[moved], np.broadcast_to(phi, theta.shape).reshape(-1)[moved]), a)
     verts = [grid]
     n = len(grid)
     top, bottom = n, n + 1

@@ -16,7 +16,7 @@ import torch
 
 from . import cpu_project as kp
 from . import cpu_raster as kr
-from .common import TILE_SIZE, RenderOutput, finish_images
+from .common import TILE_SIZE, RenderOutput
 from .sh import camera_centres
 
 
@@ -94,37 +94,44 @@ def bin_gaussians(means2d, conics, opacities, depths, radii, width, height):
 
 class _Rasterize(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, means2d, conics, opacities, feats, depths, radii, width, height):
+    def forward(ctx, means2d, conics, opacities, feats, backgrounds, depths, radii, width, height):
         c, n = radii.shape
         tiles_x, tiles_y = math.ceil(width / TILE_SIZE), math.ceil(height / TILE_SIZE)
         tile_start, isect_gauss = bin_gaussians(means2d, conics, opacities, depths, radii, width, height)
-        acc = torch.empty(c, height, width, 4)
+        rgb = torch.empty(c, height, width, 3)
+        alpha = torch.empty(c, height, width, 1)
+        depth = torch.empty(c, height, width, 1)
         trans = torch.empty(c, height, width)
         count = torch.empty(c, height, width, dtype=torch.int32)
-        m2d, con = _np(means2d).reshape(c * n, 2), _np(conics).reshape(c * n, 3)
-        opa, fea = _np(opacities).reshape(c * n), _np(feats).reshape(c * n, 4)
-        kr.raster_fwd(tile_start, isect_gauss, m2d, con, opa, fea, width, height, tiles_x, tiles_y,
-                      acc.numpy(), trans.numpy(), count.numpy())
-        ctx.save_for_backward(means2d, conics, opacities, feats, trans, count)
+        flat = (_np(means2d).reshape(c * n, 2), _np(conics).reshape(c * n, 3), _np(opacities).reshape(c * n),
+                _np(feats).reshape(c * n, 4))
+        kr.raster_fwd(tile_start, isect_gauss, *flat, _np(backgrounds), width, height, tiles_x, tiles_y,
+                      rgb.numpy(), alpha.numpy()[..., 0], depth.numpy()[..., 0], trans.numpy(), count.numpy())
+        ctx.save_for_backward(means2d, conics, opacities, feats, backgrounds, depth, trans, count)
         ctx.bins = (tile_start, isect_gauss)
         ctx.size = (width, height)
-        return acc, (1.0 - trans)[..., None]
+        return rgb, alpha, depth
 
     @staticmethod
-    def backward(ctx, v_acc, v_alpha):
-        means2d, conics, opacities, feats, trans, count = ctx.saved_tensors
+    def backward(ctx, v_rgb, v_alpha, v_depth):
+        means2d, conics, opacities, feats, backgrounds, depth, trans, count = ctx.saved_tensors
         tile_start, isect_gauss = ctx.bins
         width, height = ctx.size
         c, n = opacities.shape
         tiles_x, tiles_y = math.ceil(width / TILE_SIZE), math.ceil(height / TILE_SIZE)
         isect_grad = np.empty((isect_gauss.shape[0], 10), np.float32)
-        kr.raster_bwd(tile_start, isect_gauss, _np(means2d).reshape(c * n, 2), _np(conics).reshape(c * n, 3),
-                      _np(opacities).reshape(c * n), _np(feats).reshape(c * n, 4), width, height, tiles_x, tiles_y,
-                      _np(trans), _np(count), _np(v_acc), _np(v_alpha)[..., 0], isect_grad)
+        flat = (_np(means2d).reshape(c * n, 2), _np(conics).reshape(c * n, 3), _np(opacities).reshape(c * n),
+                _np(feats).reshape(c * n, 4))
+        kr.raster_bwd(tile_start, isect_gauss, *flat, _np(backgrounds), width, height, tiles_x, tiles_y,
+                      _np(depth)[..., 0], _np(trans), _np(count), _np(v_rgb), _np(v_alpha)[..., 0],
+                      _np(v_depth)[..., 0], isect_grad)
         per_gauss = torch.empty(c * n, 10)
         kr.gather_grads(isect_gauss, isect_grad, per_gauss.numpy())
         per_gauss = per_gauss.reshape(c, n, 10)
-        return (per_gauss[..., 0:2], per_gauss[..., 2:5], per_gauss[..., 5], per_gauss[..., 6:10],
+        v_bg = None
+        if ctx.needs_input_grad[4]:
+            v_bg = torch.einsum("chwk,chw->ck", v_rgb, trans)
+        return (per_gauss[..., 0:2], per_gauss[..., 2:5], per_gauss[..., 5], per_gauss[..., 6:10], v_bg,
                 None, None, None, None)
 
 
@@ -144,6 +151,7 @@ def rasterize_cpu(means, quats, scales, opacities, colors, viewmats, Ks, width, 
         rgb_g = _SHColors.apply(colors, means, camera_centres(viewmats), sh_degree)
     opac = opacities[None] * comps
     feats = torch.cat([rgb_g, depths[..., None]], -1)
-    acc, alpha = _Rasterize.apply(means2d, conics, opac, feats, depths, radii, width, height)
-    rgb, depth = finish_images(acc, alpha, backgrounds)
+    if backgrounds is None:
+        backgrounds = torch.zeros(c, 3)
+    rgb, alpha, depth = _Rasterize.apply(means2d, conics, opac, feats, backgrounds, depths, radii, width, height)
     return RenderOutput(rgb, alpha, depth, means2d, radii)

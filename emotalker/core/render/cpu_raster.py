@@ -29,6 +29,7 @@ F_T_MIN = np.float32(T_MIN)
 F_HALF = np.float32(0.5)
 F_ONE = np.float32(1.0)
 F_ZERO = np.float32(0.0)
+F_TINY = np.float32(1e-10)
 
 
 @njit(**JIT)
@@ -210,13 +211,14 @@ def _tile_pixels(tx, ty, width, height):
 
 
 @njit(parallel=True, fastmath={"contract"}, **JIT)
-def raster_fwd(tile_start, isect_gauss, means2d, conics, opacities, feats, width, height, tiles_x, tiles_y,
-               out_feat, out_trans, out_count):
+def raster_fwd(tile_start, isect_gauss, means2d, conics, opacities, feats, backgrounds, width, height, tiles_x,
+               tiles_y, out_rgb, out_alpha, out_depth, out_trans, out_count):
     """Blend each tile's sorted list front to back.
 
-    means2d [G,2], conics [G,3], opacities [G], feats [G,4] (G = C*N) -> out_feat [C,H,W,4]
-    (alpha-weighted features), out_trans [C,H,W] final transmittance, out_count [C,H,W] (list
-    entries walked, i.e. 1 + the index of the last contributing entry; 0 if none).
+    means2d [G,2], conics [G,3], opacities [G], feats [G,4] (G = C*N), backgrounds [C,3] ->
+    out_rgb [C,H,W,3] (over the background), out_alpha [C,H,W], out_depth [C,H,W] (alpha-weighted
+    z / alpha, 0 where alpha is 0), out_trans [C,H,W] final transmittance, out_count [C,H,W]
+    (list entries walked, i.e. 1 + the index of the last contributing entry; 0 if none).
     Gaussian-outer, pixel-inner with selects instead of branches, so the pixel loop vectorises.
     """
     n_tiles = tiles_x * tiles_y
@@ -264,17 +266,22 @@ def raster_fwd(tile_start, isect_gauss, means2d, conics, opacities, feats, width
             x = tx * TILE_SIZE + p % TILE_SIZE
             y = ty * TILE_SIZE + p // TILE_SIZE
             if x < width and y < height:
-                for ch in range(NF):
-                    out_feat[cam, y, x, ch] = acc[ch, p]
-                out_trans[cam, y, x] = trans[p]
+                tr = trans[p]
+                for ch in range(3):
+                    out_rgb[cam, y, x, ch] = acc[ch, p] + tr * backgrounds[cam, ch]
+                a = F_ONE - tr
+                out_alpha[cam, y, x] = a
+                out_depth[cam, y, x] = acc[3, p] / max(a, F_TINY) if a > F_ZERO else F_ZERO
+                out_trans[cam, y, x] = tr
                 out_count[cam, y, x] = count[p]
 
 
 @njit(parallel=True, fastmath={"contract", "reassoc", "nsz"}, **JIT)
-def raster_bwd(tile_start, isect_gauss, means2d, conics, opacities, feats, width, height, tiles_x, tiles_y,
-               out_trans, out_count, v_feat, v_alpha, isect_grad):
-    """Backward of raster_fwd. v_feat [C,H,W,4], v_alpha [C,H,W] -> isect_grad [M,10] per
-    intersection: d means2d (2), d conics (3), d opacity (1), d feats (4).
+def raster_bwd(tile_start, isect_gauss, means2d, conics, opacities, feats, backgrounds, width, height, tiles_x,
+               tiles_y, out_depth, out_trans, out_count, v_rgb, v_alpha, v_depth, isect_grad):
+    """Backward of raster_fwd. v_rgb [C,H,W,3], v_alpha [C,H,W], v_depth [C,H,W] -> isect_grad
+    [M,10] per intersection: d means2d (2), d conics (3), d opacity (1), d feats (4).
+    (The background's gradient, sum of v_rgb * transmittance, is left to the caller.)
 
     Walks each tile's list back to front over all its pixels at once; a pixel joins once the
     walk reaches its last contributing entry. Transmittance is recovered by division from the
@@ -290,7 +297,6 @@ def raster_bwd(tile_start, isect_gauss, means2d, conics, opacities, feats, width
                                                           opacities, feats)
         pxs, pys, inside = _tile_pixels(tx, ty, width, height)
         trans = np.zeros(npix, np.float32)
-        t_final = np.zeros(npix, np.float32)
         count = np.zeros(npix, np.int32)
         vf = np.zeros((NF, npix), np.float32)
         va = np.zeros(npix, np.float32)
@@ -302,11 +308,20 @@ def raster_bwd(tile_start, isect_gauss, means2d, conics, opacities, feats, width
             x = tx * TILE_SIZE + p % TILE_SIZE
             y = ty * TILE_SIZE + p // TILE_SIZE
             count[p] = out_count[cam, y, x]
-            t_final[p] = out_trans[cam, y, x]
-            trans[p] = t_final[p]
-            for ch in range(NF):
-                vf[ch, p] = v_feat[cam, y, x, ch]
-            va[p] = v_alpha[cam, y, x] * t_final[p]
+            tr = out_trans[cam, y, x]
+            trans[p] = tr
+            # rgb = acc + T bg, alpha = 1 - T, depth = acc_z / alpha: gradients of acc and alpha
+            a = F_ONE - tr
+            v_a = v_alpha[cam, y, x]
+            for ch in range(3):
+                vf[ch, p] = v_rgb[cam, y, x, ch]
+                v_a -= v_rgb[cam, y, x, ch] * backgrounds[cam, ch]
+            if a > F_ZERO:
+                vd = v_depth[cam, y, x]
+                vf[3, p] = vd / max(a, F_TINY)
+                if a >= F_TINY:
+                    v_a -= vd * out_depth[cam, y, x] / a
+            va[p] = v_a * tr
             k_max = max(k_max, count[p])
         for k in range(k_max - 1, -1, -1):
             u, v, a, b, c, o = gu[k], gv[k], ga[k], gb[k], gc[k], go[k]
