@@ -274,9 +274,10 @@ class EmotionDeformer(nn.Module):
         audio = inputs.audio
         if audio is None:
             audio = self.feat_mean  # the average frame: normalises to zero
-        audio = (audio.to(dev).reshape(-1) - self.feat_mean) / self.feat_std
+        audio = audio.to(dev).reshape(-1)
         if audio.shape[0] != self.cfg.audio_dim:
             raise InputError(None, f"audio window has {audio.shape[0]} values, the emotion model expects {self.cfg.audio_dim}")
+        audio = (audio - self.feat_mean) / self.feat_std
         a = self.audio_in(audio)
         e = mix_weights(inputs.weights).to(dev) @ self.emotion_rows()
         s = self.intensity_token(check_intensity(inputs.intensity))

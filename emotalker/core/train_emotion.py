@@ -77,11 +77,9 @@ def lr_at(step: int, steps: int, lr: float, lr_final: float) -> float:
 
 def load_stage1(bundle: AvatarBundle, device="cpu"):
     """The bundle's Stage 1 model (GaussianBlendshapes) on its own rig."""
-    from .blendshapes import GaussianBlendshapes
-    from .flame import FlameModel
+    from .blendshapes import load_neutral
 
-    path = bundle.require_stage("neutral")
-    return GaussianBlendshapes.load(path, FlameModel.load(bundle.flame_path), device=device)
+    return load_neutral(bundle.root, device)
 
 
 def feature_config(bundle: AvatarBundle):
