@@ -84,6 +84,23 @@ def test_train_emotion_command_writes_a_bundle_that_evaluates(data, tmp_path):
     assert groups["intensity3"] == ["happy_t"] and groups["heldout_intensity"] == ["happy_h"]
     assert not (mine / "emotion.ckpt.safetensors").exists()
 
+    # `eval` with Stage 2, Stage 1 alone, and driven by A2E (an untrained one will do here).
+    from emotalker.core.a2e import A2EConfig, A2EModel
+    from emotalker.core.fileio import read_json
+
+    A2EModel(A2EConfig(n_expr=8, d_model=16, n_heads=2, n_layers=1, ffn=16)).save(bundle.stage_path("a2e"))
+    bundle.update_manifest("a2e", file="a2e.safetensors")
+    results = {}
+    for name, extra in {"full": [], "stage1": ["--no-emotion"], "a2e": ["--driver", "a2e"]}.items():
+        out = tmp_path / f"{name}.json"
+        assert main(["eval", str(mine), str(dataset_root), "--max-frames", "2", "--json", str(out), *extra]) in (0, None)
+        results[name] = read_json(out)
+    assert results["full"]["stage2"] and not results["stage1"]["stage2"] and results["a2e"]["driver"] == "a2e"
+    assert all(r["frames"] == 2 for r in results.values())
+    assert main(["render", str(mine), "--frames", f"{dataset_root}:happy_t", "--out", str(tmp_path / "png"),
+                 "--range", "0:2", "--driver", "a2e"]) in (0, None)
+    assert len(list((tmp_path / "png").glob("*.png"))) == 2
+
 
 def test_a2e_driven_frames_replace_the_tracked_expression(data):
     from emotalker.core.a2e import A2EConfig, A2EModel
