@@ -8,10 +8,61 @@ from __future__ import annotations
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("train", help="train one stage of an avatar from a dataset")
+    p = sub.add_parser("train", help="train a stage of an avatar from a dataset")
     stages = p.add_subparsers(dest="stage", metavar="STAGE", required=True)
     add_neutral_parser(stages)
     add_a2e_parser(stages)
+    add_emotion_parser(stages)
+    add_all_parser(stages)
+
+
+def add_a2e_parser(stages) -> None:
+    p = stages.add_parser("a2e", help="train the audio-to-expression model (audio + emotion -> FLAME expression, jaw, neck)")
+    p.add_argument("dataset", help="dataset folder (emotalker-dataset/1)")
+    p.add_argument("--avatar", required=True, help="avatar bundle folder to write a2e.safetensors into (created if absent)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default 2000)")
+    p.add_argument("--batch", type=int, default=None, help="windows a step (default 16)")
+    p.add_argument("--window", type=int, default=None, help="frames a training window (default 64)")
+    p.add_argument("--d-model", type=int, default=None, help="transformer width (default 128)")
+    p.add_argument("--layers", type=int, default=None, help="transformer layers (default 2)")
+    p.add_argument("--features", choices=("logmel", "speech"), default="logmel",
+                   help="audio features: log-mel (default) or wav2vec2/HuBERT from --speech-model")
+    p.add_argument("--speech-model", default=None, help="local wav2vec2/HuBERT folder (save_pretrained layout) for --features speech")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
+    p.add_argument("--resume", action="store_true", help="continue from the bundle's a2e checkpoint")
+    p.set_defaults(func=run_a2e)
+
+
+def run_a2e(args) -> None:
+    import json
+    from dataclasses import replace
+
+    from emotalker.core.train_a2e import TrainA2EConfig, train_a2e
+
+    cfg = TrainA2EConfig()
+    if args.steps is not None:
+        cfg = replace(cfg, steps=args.steps)
+    if args.batch is not None:
+        cfg = replace(cfg, batch=args.batch)
+    if args.window is not None:
+        cfg = replace(cfg, window=args.window)
+    model = {k: v for k, v in (("d_model", args.d_model), ("n_layers", args.layers)) if v is not None}
+    if model:
+        cfg = replace(cfg, model=model)
+    if args.features == "speech":
+        if not args.speech_model:
+            from emotalker.core.errors import InputError
+
+            raise InputError(None, "--features speech needs --speech-model FOLDER")
+        cfg = replace(cfg, features={"kind": "speech", "model_dir": args.speech_model})
+    metrics = train_a2e(args.dataset, args.avatar, cfg, device=args.device, progress=args.progress, resume=args.resume)
+    if args.progress == "json":
+        print(json.dumps({"stage": "train a2e", "done": True, "metrics": metrics}))
+    else:
+        print(f"wrote {args.avatar}/a2e.safetensors: lip vertex error {metrics['lip_vertex_err_mm']:.3f} mm "
+              f"(training-mean baseline {metrics['baseline_lip_vertex_err_mm']:.3f} mm), "
+              f"jaw correlation {metrics['jaw_corr']:.3f} on {metrics['split']} clips, {metrics['train_minutes']:.1f} min")
 
 
 # ---------------------------------------------------------------------------- Stage 1
@@ -104,53 +155,105 @@ def run_train_neutral(args) -> None:
         print(f"wrote {bundle.root}: {summary['n_gaussians']} Gaussians after {state.step} steps; {shown}")
 
 
-# ---------------------------------------------------------------------------- A2E
+# ---------------------------------------------------------------------------- Stage 2
 
 
-def add_a2e_parser(stages) -> None:
-    p = stages.add_parser("a2e", help="train the audio-to-expression model (audio + emotion -> FLAME expression, jaw, neck)")
+def add_emotion_parser(stages) -> None:
+    p = stages.add_parser("emotion", help="Stage 2: the spatial-audio-emotion attention (Gaussian offsets over Stage 1)")
     p.add_argument("dataset", help="dataset folder (emotalker-dataset/1)")
-    p.add_argument("--avatar", required=True, help="avatar bundle folder to write a2e.safetensors into (created if absent)")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default 2000)")
-    p.add_argument("--batch", type=int, default=None, help="windows a step (default 16)")
-    p.add_argument("--window", type=int, default=None, help="frames a training window (default 64)")
-    p.add_argument("--d-model", type=int, default=None, help="transformer width (default 128)")
-    p.add_argument("--layers", type=int, default=None, help="transformer layers (default 2)")
-    p.add_argument("--features", choices=("logmel", "speech"), default="logmel",
-                   help="audio features: log-mel (default) or wav2vec2/HuBERT from --speech-model")
-    p.add_argument("--speech-model", default=None, help="local wav2vec2/HuBERT folder (save_pretrained layout) for --features speech")
+    p.add_argument("--avatar", required=True, help="avatar folder holding Stage 1 (and A2E, whose audio features Stage 2 shares)")
+    add_emotion_options(p)
+    p.set_defaults(func=run_train_emotion)
+
+
+def add_emotion_options(p, prefix: str = "") -> None:
+    """Stage 2's options (`prefix` keeps them apart inside `train all`)."""
+    p.add_argument(f"--{prefix}steps", dest="emotion_steps", type=int, default=3000, help="training steps, one frame each (default 3000)")
+    p.add_argument("--resolution", type=int, default=None, help="longer image side to train at (default: Stage 1's)")
+    p.add_argument("--no-null-token", action="store_true", help="ablation: mask out the null token (the paper's 'w/o null vector')")
+    p.add_argument("--tune-neutral", type=float, default=0.0, metavar="SCALE",
+                   help="also tune Stage 1 at SCALE times its own learning rates (default 0: frozen)")
+    p.add_argument("--text-checkpoint", default=None, help="local open_clip checkpoint: CLIP text embeddings for emotion/intensity")
+    p.add_argument("--text-model", default="ViT-B-32", help="open_clip model name of --text-checkpoint (default ViT-B-32)")
+    p.add_argument("--vgg-weights", default=None, help="local VGG16 weights file: adds the 0.1 x VGG feature loss")
+    p.add_argument("--eval-stride", type=int, default=5, help="evaluate every Nth test frame at the end (default 5)")
+    if not prefix:
+        p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+        p.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
+        p.add_argument("--resume", action="store_true", help="continue from the bundle's emotion checkpoint")
+        p.add_argument("--seed", type=int, default=0)
+
+
+def emotion_config(args):
+    from emotalker.core.bundle import AvatarBundle
+    from emotalker.core.errors import InputError
+    from emotalker.core.train_emotion import TrainEmotionConfig
+
+    if args.emotion_steps < 1:
+        raise InputError(None, "--steps must be at least 1")
+    resolution, background = args.resolution, (1.0, 1.0, 1.0)
+    neutral = AvatarBundle.open(args.avatar).manifest().get("stages", {}).get("neutral", {})
+    if resolution is None and neutral.get("resolution"):
+        resolution = max(neutral["resolution"])
+    background = tuple(neutral.get("background", background))
+    return TrainEmotionConfig(steps=args.emotion_steps, resolution=resolution, background=background,
+                              use_null=not args.no_null_token, neutral_lr_scale=args.tune_neutral,
+                              text_checkpoint=args.text_checkpoint, text_model=args.text_model,
+                              vgg_weights=args.vgg_weights, eval_stride=max(1, args.eval_stride), seed=args.seed)
+
+
+def run_train_emotion(args) -> None:
+    import json
+
+    from emotalker.core.train_emotion import train_emotion
+
+    metrics = train_emotion(args.dataset, args.avatar, emotion_config(args), device=args.device,
+                            progress=args.progress, resume=args.resume)
+    if args.progress == "json":
+        print(json.dumps({"stage": "train emotion", "done": True, "metrics": metrics}))
+        return
+    line = f"wrote {args.avatar}/emotion.safetensors in {metrics['train_minutes']:.1f} min"
+    if "stage2" in metrics:
+        line += (f"; test PSNR {metrics['stage2']['psnr']:.2f} dB with Stage 2, "
+                 f"{metrics['stage1_only']['psnr']:.2f} dB with Stage 1 alone")
+    print(line)
+
+
+# ---------------------------------------------------------------------------- all stages
+
+
+def add_all_parser(stages) -> None:
+    p = stages.add_parser("all", help="train the three stages in turn: neutral, a2e, emotion")
+    p.add_argument("dataset", help="dataset folder (emotalker-dataset/1)")
+    p.add_argument("--out", required=True, help="avatar folder to write (created when missing)")
+    p.add_argument("--neutral-steps", type=int, default=30000, help="Stage 1 steps (default 30000)")
+    p.add_argument("--gaussians", type=int, default=10000, help="Stage 1 face Gaussians at the start (default 10000)")
+    p.add_argument("--a2e-steps", type=int, default=2000, help="A2E steps (default 2000)")
+    add_emotion_options(p, prefix="emotion-")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
-    p.add_argument("--resume", action="store_true", help="continue from the bundle's a2e checkpoint")
-    p.set_defaults(func=run_a2e)
+    p.add_argument("--resume", action="store_true", help="continue each stage from its checkpoint")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_train_all)
 
 
-def run_a2e(args) -> None:
-    import json
-    from dataclasses import replace
+def run_train_all(args) -> None:
+    """Each stage through its own command, so `train all` is exactly the three commands in a row."""
+    from emotalker.bake.cli import build_parser
 
-    from emotalker.core.train_a2e import TrainA2EConfig, train_a2e
-
-    cfg = TrainA2EConfig()
-    if args.steps is not None:
-        cfg = replace(cfg, steps=args.steps)
-    if args.batch is not None:
-        cfg = replace(cfg, batch=args.batch)
-    if args.window is not None:
-        cfg = replace(cfg, window=args.window)
-    model = {k: v for k, v in (("d_model", args.d_model), ("n_layers", args.layers)) if v is not None}
-    if model:
-        cfg = replace(cfg, model=model)
-    if args.features == "speech":
-        if not args.speech_model:
-            from emotalker.core.errors import InputError
-
-            raise InputError(None, "--features speech needs --speech-model FOLDER")
-        cfg = replace(cfg, features={"kind": "speech", "model_dir": args.speech_model})
-    metrics = train_a2e(args.dataset, args.avatar, cfg, device=args.device, progress=args.progress, resume=args.resume)
-    if args.progress == "json":
-        print(json.dumps({"stage": "train a2e", "done": True, "metrics": metrics}))
-    else:
-        print(f"wrote {args.avatar}/a2e.safetensors: lip vertex error {metrics['lip_vertex_err_mm']:.3f} mm "
-              f"(training-mean baseline {metrics['baseline_lip_vertex_err_mm']:.3f} mm), "
-              f"jaw correlation {metrics['jaw_corr']:.3f} on {metrics['split']} clips, {metrics['train_minutes']:.1f} min")
+    common = ["--device", args.device, "--progress", args.progress, *(["--resume"] if args.resume else [])]
+    res = ["--resolution", str(args.resolution)] if args.resolution else []
+    runs = [
+        ["train", "neutral", args.dataset, "--out", args.out, "--steps", str(args.neutral_steps),
+         "--gaussians", str(args.gaussians), "--seed", str(args.seed), *res, *common],
+        ["train", "a2e", args.dataset, "--avatar", args.out, "--steps", str(args.a2e_steps), *common],
+        ["train", "emotion", args.dataset, "--avatar", args.out, "--steps", str(args.emotion_steps),
+         "--seed", str(args.seed), "--eval-stride", str(args.eval_stride), "--tune-neutral", str(args.tune_neutral),
+         *res, *(["--no-null-token"] if args.no_null_token else []),
+         *(["--text-checkpoint", args.text_checkpoint, "--text-model", args.text_model] if args.text_checkpoint else []),
+         *(["--vgg-weights", args.vgg_weights] if args.vgg_weights else []), *common],
+    ]
+    parser = build_parser()
+    for argv in runs:
+        stage_args = parser.parse_args(argv)
+        stage_args.func(stage_args)
