@@ -19,8 +19,10 @@ FPS = 25
 SR = 16000
 
 
-def make_tiny_avatar(root: Path, n_gaussians: int = 150, a2e: bool = True, seed: int = 0) -> Path:
-    """Write a bundle with flame_model.npz, neutral.safetensors and (optionally) a2e.safetensors."""
+def make_tiny_avatar(root: Path, n_gaussians: int = 150, a2e: bool = True, seed: int = 0, emotion: bool = False) -> Path:
+    """Write a bundle with flame_model.npz, neutral.safetensors and (optionally) a2e.safetensors and
+    emotion.safetensors (Stage 2 built through its API, its zero-initialised heads randomised so
+    that its offsets are not zero)."""
     import torch
 
     from emotalker.core.a2e import A2EConfig, A2EModel
@@ -46,6 +48,21 @@ def make_tiny_avatar(root: Path, n_gaussians: int = 150, a2e: bool = True, seed:
             net.head.weight.normal_(0, 0.3)
         net.eval().save(bundle.stage_path("a2e"), {"fps": FPS})
         bundle.update_manifest("a2e", file=bundle.stage_path("a2e").name, fps=FPS)
+    if emotion:
+        from emotalker.core.audio_features import AudioFeaturizer, FeatureConfig
+        from emotalker.core.emotion import EmotionConfig, EmotionDeformer
+
+        features = FeatureConfig()
+        torch.manual_seed(seed + 1)
+        deformer = EmotionDeformer(EmotionConfig(n_gaussians=model.n_gaussians,
+                                                 audio_dim=features.window * AudioFeaturizer(features).dim,
+                                                 features=features, d_model=8, ffn=8, audio_hidden=16))
+        with torch.no_grad():
+            for name, p in deformer.named_parameters():
+                if "head" in name and p.abs().max() == 0:
+                    p.normal_(0, 0.2)
+        deformer.eval().save(bundle.stage_path("emotion"))
+        bundle.update_manifest("emotion", file=bundle.stage_path("emotion").name)
     bundle.update_manifest(None, fps=FPS)
     return root
 

@@ -164,6 +164,21 @@ def test_edited_flame_curves_feed_back(inputs, tmp_path):
     assert len(list((tmp_path / "s1").glob("speech_*.ply"))) == 4
 
 
+def test_stage2_changes_emotional_frames_and_no_emotion_turns_it_off(tmp_path):
+    make_tiny_avatar(tmp_path / "avatar", emotion=True)
+    make_speech(tmp_path / "speech.wav", seconds=0.4)
+    tracks = _tracks(tmp_path / "t.json", {"emotion.happy": {"keys": [[1, 1.0]]},
+                                           "intensity": {"interpolation": "linear", "keys": [[1, 0.0], [10, 3.0]]}})
+    common = dict(avatar=str(tmp_path / "avatar"), audio=str(tmp_path / "speech.wav"), tracks=tracks, ply=True,
+                  progress="none")
+    with_s2 = bake_clip(BakeOptions(out=str(tmp_path / "s2"), **common))
+    bake_clip(BakeOptions(out=str(tmp_path / "s1"), no_emotion=True, **common))
+    assert with_s2.emotion_stage
+    read = lambda d, f: (tmp_path / d / f"speech_{f:06d}.ply").read_bytes()  # noqa: E731
+    assert read("s2", 1) == read("s1", 1)  # intensity 0: Stage 1 exactly
+    assert read("s2", 8) != read("s1", 8)  # intensity 2.33: the emotion offsets show
+
+
 def test_killed_bake_resumes_to_identical_files(inputs, tmp_path):
     args = [str(inputs / "avatar"), "--audio", str(inputs / "speech.wav"), "--emotion", "surprised", "--intensity",
             "3", "--ply", "--png", "--resolution", "32"]

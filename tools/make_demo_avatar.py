@@ -14,11 +14,13 @@ small enough to ship in the repository (<= 25 MB):
    the step counts are small because the demo must be made on a shared 2-core
    CPU: it is a demonstration of the pipeline, not a quality avatar;
 3. A2E on the same dataset (log-mel features, STEPS_A2E steps);
-4. Stage 2 (emotion offsets) is not part of this build yet, so the demo avatar
-   is Stage 1 + A2E: emotion reaches the face through A2E's expressions;
+4. Stage 2 (emotion offsets over Stage 1, `emotalker train emotion`'s
+   defaults), STEPS_EMOTION steps;
 5. copies the bundle (avatar.json, flame_model.npz, neutral.safetensors,
-   a2e.safetensors) to OUT/demo_avatar and speaks DEMO_TEXT with espeak-ng into
-   OUT/demo_speech.wav (16 kHz, 16-bit).
+   a2e.safetensors, emotion.safetensors) to OUT/demo_avatar and speaks DEMO_TEXT
+   with espeak-ng into OUT/demo_speech.wav (16 kHz, 16-bit).
+
+A stage already in WORK/avatar is kept, so a re-run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 SAMPLE = dict(clips=24, resolution=128, duration=2.5, seed=0)
 STEPS_NEUTRAL = 400
 STEPS_A2E = 300
+STEPS_EMOTION = 300
 N_GAUSSIANS = 4000
 MAX_GAUSSIANS = 6000
 N_BLENDSHAPES = 20
@@ -109,6 +112,13 @@ def train_a2e(dataset_root: Path, avatar: Path) -> dict:
     return train(dataset_root, avatar, TrainA2EConfig(steps=STEPS_A2E), device="cpu", progress="bar")
 
 
+def train_emotion(dataset_root: Path, avatar: Path) -> dict:
+    from emotalker.core.train_emotion import TrainEmotionConfig, train_emotion as train
+
+    return train(dataset_root, avatar, TrainEmotionConfig(steps=STEPS_EMOTION, resolution=SAMPLE["resolution"]),
+                 device="cpu", progress="bar")
+
+
 def speak(path: Path) -> float:
     """DEMO_TEXT with espeak-ng, at a rate that lasts about DEMO_SECONDS, into a 16 kHz wav; returns seconds."""
     import numpy as np
@@ -139,15 +149,21 @@ def main() -> int:
     t0 = time.monotonic()
     dataset = make_dataset(work)
     print(f"dataset ready in {time.monotonic() - t0:.0f} s")
+    from emotalker.core.bundle import AvatarBundle
+
     avatar = work / "avatar"
-    metrics = train_neutral(dataset, avatar, work)
-    print(f"stage 1: {metrics}  ({time.monotonic() - t0:.0f} s)")
-    a2e = train_a2e(dataset, avatar)
-    print(f"a2e: {a2e}  ({time.monotonic() - t0:.0f} s)")
+    done = lambda stage: (avatar / "avatar.json").is_file() and AvatarBundle.open(avatar).has_stage(stage)  # noqa: E731
+    for stage, train in (("neutral", lambda: train_neutral(dataset, avatar, work)), ("a2e", lambda: train_a2e(dataset, avatar)),
+                         ("emotion", lambda: train_emotion(dataset, avatar))):
+        if done(stage):
+            print(f"{stage}: already in {avatar}")
+            continue
+        metrics = train()
+        print(f"{stage}: {metrics}  ({time.monotonic() - t0:.0f} s)")
 
     target = out / "demo_avatar"
     target.mkdir(parents=True, exist_ok=True)
-    for name in ("avatar.json", "flame_model.npz", "neutral.safetensors", "a2e.safetensors"):
+    for name in ("avatar.json", "flame_model.npz", "neutral.safetensors", "a2e.safetensors", "emotion.safetensors"):
         shutil.copyfile(avatar / name, target / name)
     seconds = speak(out / "demo_speech.wav")
     size = sum(p.stat().st_size for p in target.iterdir()) + (out / "demo_speech.wav").stat().st_size

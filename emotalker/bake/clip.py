@@ -9,7 +9,8 @@
    tracks' per-frame emotion weights and intensity, eyelids from the blink
    track; written to `<out>/<name>_flame.npz` for editing and `--flame-curves`;
 3. the resumable frame loop (emotalker.bake.sequence) over the frame range:
-   per-frame Gaussians (AvatarEvaluator: Stage 1, + Stage 2 when present) to
+   per-frame Gaussians (AvatarEvaluator: Stage 1, + Stage 2 when present, which
+   also reads the frame's audio window and the camera's direction) to
    `<name>_NNNNNN.ply` and/or rendered `<name>_NNNNNN.png`;
 4. the sidecar `<name>.json` (PLY), then `<name>.mp4` with the audio (from the PNGs).
 
@@ -118,7 +119,7 @@ def bake_clip(opts: BakeOptions, progress_sink: Callable[[dict], None] | None = 
     from emotalker.core.flame import FlameModel
 
     from .cameras import Camera, front_camera
-    from .engine import AvatarEvaluator, FlameCurves, FrameProducer, curves_from_a2e
+    from .engine import AvatarEvaluator, FlameCurves, FrameProducer, audio_rows, camera_code, curves_from_a2e
     from .ply import ply_sink, write_sidecar
     from .sequence import file_digest, run_sequence
     from .tracks import Tracks, load_tracks_or_shorthand
@@ -180,8 +181,14 @@ def bake_clip(opts: BakeOptions, progress_sink: Callable[[dict], None] | None = 
     curves_path = out / f"{name}_flame.npz"
 
     # 3. The frame loop.
+    # Stage 2 reads each frame's audio window and the camera it is seen from (the render camera;
+    # the default front camera for a PLY-only bake).
+    stage2 = {}
+    if evaluator.uses_emotion:
+        stage2 = {"audio": audio_rows(samples, fps, evaluator.audio_features, curve_frames),
+                  "camera": camera_code(camera.viewmat).to(device)}
     producer = FrameProducer(evaluator, curves, per_row.emotion, per_row.intensity, per_row.blink,
-                             chunk=opts.chunk, device=device)
+                             chunk=opts.chunk, device=device, **stage2)
     sinks = []
     if opts.ply:
         sinks.append(ply_sink(out, name, sh_degree=out_degree, up_axis=opts.up_axis, count=evaluator.n_gaussians))

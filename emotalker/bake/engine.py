@@ -6,8 +6,9 @@ Three pieces, each with one job:
   plus eyelids from the blink track), saved as an editable .npz that `--flame-curves`
   reads back (the Blender add-on edits them as F-curves);
 - `AvatarEvaluator`: the avatar's per-frame Gaussians. Stage 1 always; Stage 2
-  (emotion offsets) plugs in at exactly one place, `AvatarEvaluator.evaluate`,
-  when the bundle has it and the caller did not turn it off;
+  (emotion offsets, `Stage2Offsets`) plugs in at exactly one place,
+  `AvatarEvaluator.evaluate`, when the bundle has it and the caller did not
+  turn it off (`--no-emotion`);
 - `FrameProducer`: the streaming producer the frame loop calls per frame. It
   evaluates `chunk` frames at once (batched tensors are several times faster
   than one frame at a time) and keeps only that chunk, so memory does not grow
@@ -155,11 +156,10 @@ class AvatarEvaluator:
     """Per-frame Gaussians of an avatar: Stage 1 alone, or Stage 1 + Stage 2 emotion offsets.
 
     Build with `AvatarEvaluator.open(bundle, use_emotion=...)`; `evaluate(inputs)`
-    returns the raw batched Gaussians (FrameBatch: means [B,N,3], quats [B,N,4],
-    log_scales [B,N,3], opacity_logits [B,N], sh [B,N,K,3]).
+    returns one raw `Gaussians` a frame (face Gaussians first, then teeth).
     """
 
-    def __init__(self, stage1, stage2=None, sh_degree: int | None = None):
+    def __init__(self, stage1, stage2: "Stage2Offsets | None" = None, sh_degree: int | None = None):
         self.stage1 = stage1
         self.stage2 = stage2
         self.sh_degree = stage1.active_sh_degree if sh_degree is None else sh_degree
@@ -175,7 +175,7 @@ class AvatarEvaluator:
         stage1 = GaussianBlendshapes.load(path, FlameModel.load(bundle.flame_path), device=device).eval()
         for p in stage1.parameters():
             p.requires_grad_(False)
-        stage2 = load_stage2(bundle, device) if use_emotion and bundle.has_stage("emotion") else None
+        stage2 = Stage2Offsets.open(bundle, stage1, device) if use_emotion and bundle.has_stage("emotion") else None
         degree = stage1.active_sh_degree if sh_degree is None else min(sh_degree, stage1.active_sh_degree)
         return cls(stage1, stage2, degree)
 
@@ -187,43 +187,72 @@ class AvatarEvaluator:
     def uses_emotion(self) -> bool:
         return self.stage2 is not None
 
-    def evaluate(self, inputs: FrameInputs):
-        """FrameInputs of B frames -> FrameBatch of B frames (Stage 1, plus Stage 2 when loaded)."""
+    @property
+    def audio_features(self):
+        """The FeatureConfig of the audio windows Stage 2 reads (None without Stage 2)."""
+        return None if self.stage2 is None else self.stage2.deformer.cfg.features
+
+    def evaluate(self, inputs: FrameInputs) -> list:
+        """FrameInputs of B frames -> B `Gaussians` (Stage 1, plus Stage 2's offsets when loaded)."""
         import torch
 
         with torch.inference_mode():
-            batch = self.stage1.evaluate(inputs.params, self.sh_degree)
+            frames = self.stage1.evaluate(inputs.params, self.sh_degree).unbind()
             if self.stage2 is not None:
                 # The one place Stage 2 plugs in: offsets of rotation, scale, colour and opacity on
-                # top of the neutral state, given the frame's FLAME params, emotion, intensity, blink
-                # and what `inputs.extras` carries (audio window, camera code).
-                batch = self.stage2(batch, inputs)
-        return batch
+                # top of the neutral state, from the frame's FLAME params, emotion, intensity, blink,
+                # audio window and camera code.
+                frames = self.stage2(frames, inputs)
+        return frames
 
 
-def load_stage2(bundle: AvatarBundle, device: Any = "cpu"):
-    """Stage 2 of a bundle as a callable (FrameBatch, FrameInputs) -> FrameBatch.
+class Stage2Offsets:
+    """Stage 2 (emotalker.core.emotion) applied to B frames of Stage 1 Gaussians.
 
-    Stage 2 (emotalker.core.emotion) is not part of this build yet; a bundle that
-    has it is refused with a clear message rather than baked without it silently.
+    Per frame: the mesh cue dM of the frame's FLAME params (batched over the B
+    frames), the conditioning (emotion weights, intensity, blink, the frame's
+    audio window `inputs.extras["audio"]` [B, Da], the camera code
+    `inputs.extras["camera"]` [3] or None for the training mean), then the
+    deformer's offsets on the face Gaussians. Intensity 0 leaves Stage 1 as is.
     """
-    try:
-        from emotalker.core import emotion  # noqa: F401  (provided by the Stage 2 work)
-    except ImportError:
-        raise InputError(bundle.stage_path("emotion"), "this avatar has a Stage 2 (emotion) model, which this "
-                         "emotalker build cannot evaluate yet; bake with --no-emotion for Stage 1 alone") from None
-    loader = getattr(emotion, "load_evaluator", None)
-    if loader is None:
-        raise InputError(bundle.stage_path("emotion"), "emotalker.core.emotion has no load_evaluator(bundle, device); "
-                         "bake with --no-emotion for Stage 1 alone")
-    return loader(bundle, device)
+
+    def __init__(self, deformer, stage1):
+        self.deformer, self.stage1 = deformer, stage1
+
+    @classmethod
+    def open(cls, bundle: AvatarBundle, stage1, device: Any = "cpu") -> "Stage2Offsets":
+        from emotalker.core.emotion import EmotionDeformer
+
+        deformer, _ = EmotionDeformer.load(bundle.stage_path("emotion"), device=device)
+        if deformer.cfg.n_gaussians != stage1.n_gaussians:
+            raise InputError(bundle.stage_path("emotion"), f"Stage 2 was trained for {deformer.cfg.n_gaussians} face "
+                             f"Gaussians but this avatar's Stage 1 has {stage1.n_gaussians}; retrain `emotalker train emotion`")
+        return cls(deformer.eval().requires_grad_(False), stage1)
+
+    def __call__(self, frames: list, inputs: FrameInputs) -> list:
+        from emotalker.core.emotion import EmotionInputs, apply_offsets, mesh_cue
+
+        audio, camera = inputs.extras.get("audio"), inputs.extras.get("camera")
+        if audio is None:
+            raise ValueError("Stage 2 needs each frame's audio window in inputs.extras['audio']")
+        active = [b for b in range(len(frames)) if float(inputs.intensity[b]) > 0.0]
+        if not active:
+            return frames
+        dM = mesh_cue(self.stage1, inputs.params)  # [B, N, 3]
+        out = list(frames)
+        for b in active:
+            cond = EmotionInputs(inputs.emotion[b], float(inputs.intensity[b]), float(inputs.blink[b]), audio[b], camera)
+            out[b] = apply_offsets(frames[b], self.deformer.offsets(dM[b], cond))
+        return out
 
 
 class FrameProducer:
     """`produce(frame)` for the frame loop: the Gaussians of one timeline frame, `chunk` frames evaluated at once.
 
     curves: FlameCurves covering every frame asked for; emotion [T,8], intensity [T],
-    blink [T]: the track values per curve row (for Stage 2). Only the current chunk is kept.
+    blink [T]: the track values per curve row; audio [T, Da]: each row's audio
+    window and camera [3]: the camera code (both for Stage 2; None without it).
+    Only the current chunk is kept.
 
     Chunks are fixed blocks of curve rows (rows 0..chunk-1, chunk..2*chunk-1, ...),
     whatever the frame range and whichever frames a resumed run still needs:
@@ -233,9 +262,11 @@ class FrameProducer:
     """
 
     def __init__(self, evaluator: AvatarEvaluator, curves: FlameCurves, emotion: np.ndarray, intensity: np.ndarray,
-                 blink: np.ndarray, chunk: int = 8, device: Any = "cpu"):
+                 blink: np.ndarray, chunk: int = 8, device: Any = "cpu", audio: np.ndarray | None = None,
+                 camera: Any = None):
         self.evaluator, self.curves = evaluator, curves
         self.emotion, self.intensity, self.blink = emotion, intensity, blink
+        self.audio, self.camera = audio, camera
         self.chunk = max(1, int(chunk))
         self.device = device
         self._block: int | None = None
@@ -251,7 +282,10 @@ class FrameProducer:
         t = lambda a: torch.as_tensor(np.ascontiguousarray(a[rows]), dtype=torch.float32, device=self.device)  # noqa: E731
         c = self.curves
         params = FlameParams(expr=t(c.expr), jaw=t(c.jaw), neck=t(c.neck), eyes=t(c.eyes), eyelids=t(c.eyelids))
-        return FrameInputs(params, t(self.emotion), t(self.intensity), t(self.blink), np.asarray(frames))
+        extras = {"camera": self.camera}
+        if self.audio is not None:
+            extras["audio"] = t(self.audio)
+        return FrameInputs(params, t(self.emotion), t(self.intensity), t(self.blink), np.asarray(frames), extras)
 
     def __call__(self, frame: int):
         """The Gaussians (emotalker.core.gaussians.Gaussians) of timeline `frame`."""
@@ -262,7 +296,29 @@ class FrameProducer:
         if block != self._block:
             first = c.frame_start + block * self.chunk
             todo = list(range(first, min(first + self.chunk, c.frame_end + 1)))
-            batch = self.evaluator.evaluate(self.inputs(todo))
-            self._cached = dict(zip(todo, batch.unbind()))  # drops the previous block
+            self._cached = dict(zip(todo, self.evaluator.evaluate(self.inputs(todo))))  # drops the previous block
             self._block = block
         return self._cached[frame]
+
+
+def audio_rows(samples: np.ndarray, fps: float, features, frames: np.ndarray) -> np.ndarray:
+    """Stage 2's audio window of each timeline frame (frame 1 = audio start) -> [len(frames), Da] float32.
+
+    samples [S] at 16 kHz; frames past either end of the audio take the nearest frame's window.
+    """
+    from emotalker.core.audio import duration_frames
+    from emotalker.core.emotion_frames import audio_windows
+
+    n_audio = duration_frames(len(samples), fps)
+    windows = audio_windows(samples, fps, n_audio, features)
+    return np.ascontiguousarray(windows[np.clip(np.asarray(frames) - 1, 0, n_audio - 1)])
+
+
+def camera_code(viewmat: np.ndarray):
+    """Stage 2's camera code [3] (torch) of a world-to-camera viewmat [4,4]."""
+    import torch
+
+    from emotalker.core.emotion import camera_code as code
+
+    return code(torch.as_tensor(np.asarray(viewmat), dtype=torch.float32))
+

@@ -83,13 +83,13 @@ def render_frame(params: dict, ctx) -> dict:
     params: avatar (bundle folder), cache (folder), frame (timeline frame),
     curves (a FLAME curves .npz, e.g. a bake's <name>_flame.npz; without it the
     neutral face), viewmat [4][4] (OpenCV, world-to-camera), K [3][3], width,
-    height, and optionally no_emotion. Writes <cache>/frame_NNNNNN.npy, RGBA
+    height; audio (the clip's sound: Stage 2 reads it) and no_emotion, optional. Writes <cache>/frame_NNNNNN.npy, RGBA
     float32 [H,W,4] with straight alpha, and returns its path.
     """
     import torch
 
     from emotalker.bake.cameras import Camera
-    from emotalker.bake.engine import AvatarEvaluator, FlameCurves, FrameProducer
+    from emotalker.bake.engine import AvatarEvaluator, FlameCurves, FrameProducer, audio_rows, camera_code
 
     for key in ("avatar", "cache", "frame", "viewmat", "K", "width", "height"):
         if key not in params:
@@ -116,7 +116,16 @@ def render_frame(params: dict, ctx) -> dict:
         emotion = np.eye(len(EMOTIONS), dtype=np.float32)[[EMOTIONS.index("neutral")]]
         intensity, blink = z(1), z(1)
         curves = FlameCurves(z(1, n), z(1, 3), z(1, 3), z(1, 6), z(1, 2), emotion, intensity, 25.0, frame)
-    gaussians = FrameProducer(evaluator, curves, emotion, intensity, blink, chunk=1)(frame)
+    stage2 = {}
+    if evaluator.uses_emotion:
+        if not params.get("audio"):
+            raise InputError(bundle.stage_path("emotion"), "render_frame needs the clip's 'audio' for this avatar's "
+                                                           "Stage 2 (or pass no_emotion)")
+        from emotalker.core.audio import load_audio
+
+        stage2 = {"audio": audio_rows(load_audio(params["audio"]), curves.fps, evaluator.audio_features, np.array([frame])),
+                  "camera": camera_code(camera.viewmat)}
+    gaussians = FrameProducer(evaluator, curves, emotion, intensity, blink, chunk=1, **stage2)(frame)
     quats, scales, opacities, sh = gaussians.activated()
     t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
     from emotalker.core.render import rasterize
