@@ -11,11 +11,13 @@ Figures (medians over repeats; the machine may be shared, so they are noisy):
                             (a list of per-Gaussian tuples), SH degree 3
   tracks_eval_frames_s      evaluating 8 bezier emotion channels + intensity per frame
   eval_fps                  per-frame Gaussian evaluation as the bake runs it (FrameProducer, chunks of 8
-                            frames), 20,000 Gaussians (Stage 1 on the procedural head, 50 blendshapes,
-                            SH degree 1), CPU; goal >= 100. Stage 2 is not in this build: Stage 1 alone
+                            frames), 20,000 Gaussians: Stage 1 on the procedural head (50 blendshapes,
+                            SH degree 1) + Stage 2 (default EmotionConfig, happy at intensity 2), CPU;
+                            goal >= 100
   eval_fps_unbatched        baseline: the same, one frame a call (chunk 1)
+  eval_fps_stage1           Stage 1 alone (what --no-emotion or a Stage-1-only avatar costs)
   render_fps_256            CPU render of those Gaussians, 256x256, front camera, to RGBA uint8
-  bake_fps_ply              the whole per-frame loop (evaluate + write PLY) as `emotalker bake --ply` runs it
+  bake_fps_ply              the whole per-frame loop (Stage 1 + 2, write PLY) as `emotalker bake --ply` runs it
 
 MB/s counts the bytes of the file (header + rows). Files go to --dir (default
 the system temp folder, which may be memory-backed: then the figures measure
@@ -139,20 +141,38 @@ def model_figures(n: int, repeats: int) -> dict:
     from emotalker.bake.clip import render_rgba
     from emotalker.bake.engine import AvatarEvaluator, FlameCurves, FrameProducer
 
+    import torch
+
+    from emotalker.bake.engine import Stage2Offsets
+    from emotalker.core.audio_features import AudioFeaturizer, FeatureConfig
+    from emotalker.core.emotion import EmotionConfig, EmotionDeformer
+
     rig, model = stage1_avatar(n)
-    evaluator = AvatarEvaluator(model)
+    features = FeatureConfig()
+    audio_dim = features.window * AudioFeaturizer(features).dim
+    torch.manual_seed(0)
+    deformer = EmotionDeformer(EmotionConfig(n_gaussians=model.n_gaussians, audio_dim=audio_dim, features=features))
+    with torch.no_grad():  # the heads start at zero; give them values so the offsets are real work
+        for name, p in deformer.named_parameters():
+            if "head" in name:
+                p.normal_(0, 0.05)
+    stage2 = Stage2Offsets(deformer.eval().requires_grad_(False), model)
     T = 96
     rng = np.random.default_rng(0)
     z = lambda *s: np.zeros(s, np.float32)  # noqa: E731
     curves = FlameCurves((rng.standard_normal((T, rig.n_expr)) * 0.5).astype(np.float32),
                          (np.abs(rng.standard_normal((T, 3))) * 0.1).astype(np.float32), z(T, 3), z(T, 6), z(T, 2),
                          np.eye(len(EMOTIONS), dtype=np.float32)[np.zeros(T, int)], z(T), 25.0, 1)
+    audio = rng.standard_normal((T, audio_dim)).astype(np.float32)
+    happy = np.eye(len(EMOTIONS), dtype=np.float32)[np.full(T, EMOTIONS.index("happy"))]
+    intensity = np.full(T, 2.0, np.float32)
+    evaluator = AvatarEvaluator(model, stage2)
     out: dict[str, object] = {"n_gaussians_model": evaluator.n_gaussians}
 
     def frames_per_second(chunk: int, frames: int) -> float:
         rates = []
         for _ in range(max(2, repeats // 5)):
-            producer = FrameProducer(evaluator, curves, curves.emotion_weights, curves.intensity, z(T), chunk=chunk)
+            producer = FrameProducer(evaluator, curves, happy, intensity, z(T), chunk=chunk, audio=audio)
             t = time.perf_counter()
             for f in range(1, frames + 1):
                 producer(f)
@@ -162,6 +182,8 @@ def model_figures(n: int, repeats: int) -> dict:
     frames_per_second(8, 8)  # warm-up
     out["eval_fps"] = frames_per_second(8, 64)
     out["eval_fps_unbatched"] = frames_per_second(1, 32)
+    evaluator.stage2 = None
+    out["eval_fps_stage1"] = frames_per_second(8, 64)
 
     camera = front_camera(rig.v_template, 256)
     gaussians = FrameProducer(evaluator, curves, curves.emotion_weights, curves.intensity, z(T), chunk=1)(1)
@@ -169,7 +191,8 @@ def model_figures(n: int, repeats: int) -> dict:
     out["render_fps_256"] = 1.0 / statistics.median(seconds)
 
     with tempfile.TemporaryDirectory() as tmp:
-        producer = FrameProducer(evaluator, curves, curves.emotion_weights, curves.intensity, z(T), chunk=8)
+        evaluator.stage2 = stage2
+        producer = FrameProducer(evaluator, curves, happy, intensity, z(T), chunk=8, audio=audio)
         t = time.perf_counter()
         for f in range(1, 33):
             write_ply(Path(tmp) / f"f_{f:06d}.ply", producer(f))
@@ -183,8 +206,13 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=20_000, help="Gaussians per frame")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--dir", default=None, help="folder for the written files (default: a temp folder)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     args = parser.parse_args()
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     figures: dict[str, object] = {}
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         tmp = Path(tmp)

@@ -309,3 +309,26 @@ def test_worker_bake_reports_progress_and_render_frame_writes_rgba(inputs, tmp_p
     assert not np.array_equal(neutral, rgba)  # frame 3's expression differs from the neutral face
     with pytest.raises(InputError, match="outside the curves"):
         METHODS["render_frame"]({**params, "frame": 99}, ctx)
+
+
+def test_front_camera_frames_the_head_and_camera_files_are_checked(tmp_path):
+    from emotalker.bake.cameras import Camera
+
+    verts = tiny_rig(n_expr=6).v_template
+    cam = front_camera(verts, 200, 100)
+    cam_pts = verts @ cam.viewmat[:3, :3].T + cam.viewmat[:3, 3]
+    assert (cam_pts[:, 2] > 0).all()  # in front of the camera
+    uv = cam_pts @ cam.K.T
+    uv = uv[:, :2] / uv[:, 2:]
+    assert (uv[:, 0] > 0).all() and (uv[:, 0] < 200).all() and (uv[:, 1] > 0).all() and (uv[:, 1] < 100).all()
+    assert uv[:, 1].max() - uv[:, 1].min() > 0.7 * 100  # the head fills most of the frame's height
+    top = verts[:, 1].argmax()
+    assert uv[top, 1] == uv[:, 1].min()  # FLAME's +Y is up in the image
+    assert Camera.from_dict(cam.to_dict()).to_dict() == cam.to_dict()
+    bad = {**cam.to_dict(), "viewmat": np.diag([2.0, 1, 1, 1]).tolist()}
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(InputError, match="rotation"):
+        Camera.load(tmp_path / "bad.json")
+    (tmp_path / "bad.json").write_text(json.dumps({**cam.to_dict(), "width": 0}))
+    with pytest.raises(InputError, match="width"):
+        Camera.load(tmp_path / "bad.json")
