@@ -51,13 +51,14 @@ class FrameSet:
     """Frames of some clips of a Dataset at (width, height); `len`, `refs`, `get(i)`."""
 
     def __init__(self, dataset, clip_ids: list[str], resolution: int | None = None,
-                 background=(1.0, 1.0, 1.0), device="cpu", stride: int = 1):
+                 background=(1.0, 1.0, 1.0), device="cpu", stride: int = 1, cache_limit: int = 4000):
         self.dataset = dataset
         self.width, self.height = working_size(dataset.width, dataset.height, resolution)
         self.background = torch.tensor(background, dtype=torch.float32, device=device)
         self.device = torch.device(device)
         self.refs = [(c, t) for c in clip_ids for t in range(0, dataset.n_frames(c), stride)]
         self._cache: dict[tuple[str, int], torch.Tensor] = {}
+        self.cache_limit = cache_limit  # frames kept (uint8); 4000 at 256^2 is about 1 GB
 
     def __len__(self) -> int:
         return len(self.refs)
@@ -74,7 +75,8 @@ class FrameSet:
                 a = pre[..., 3:]
                 rgba = torch.cat([pre[..., :3] / a.clamp_min(1e-6), a], -1)
             img = (rgba.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
-            self._cache[key] = img
+            if len(self._cache) < self.cache_limit:
+                self._cache[key] = img
         return img.to(self.device).float() / 255
 
     def get(self, i: int) -> Frame:

@@ -27,16 +27,15 @@ def ssim_map(pred: torch.Tensor, target: torch.Tensor, window: int = 11, sigma: 
     x = pred.reshape(-1, H, W, C).permute(0, 3, 1, 2)
     y = target.reshape(-1, H, W, C).permute(0, 3, 1, 2)
     g = _gaussian_window(window, sigma, x.dtype, x.device)
-    gx, gy = g.view(1, 1, 1, -1).expand(C, 1, 1, -1), g.view(1, 1, -1, 1).expand(C, 1, -1, 1)
-
-    def blur(t):
-        t = F.conv2d(t, gx, padding=(0, window // 2), groups=C)
-        return F.conv2d(t, gy, padding=(window // 2, 0), groups=C)
-
-    mu_x, mu_y = blur(x), blur(y)
-    sxx = blur(x * x) - mu_x * mu_x
-    syy = blur(y * y) - mu_y * mu_y
-    sxy = blur(x * y) - mu_x * mu_y
+    # Blur the five statistics in one grouped convolution a direction (5 * C channels).
+    stats = torch.cat([x, y, x * x, y * y, x * y], 1)
+    ch = stats.shape[1]
+    stats = F.conv2d(stats, g.view(1, 1, 1, -1).expand(ch, 1, 1, -1), padding=(0, window // 2), groups=ch)
+    stats = F.conv2d(stats, g.view(1, 1, -1, 1).expand(ch, 1, -1, 1), padding=(window // 2, 0), groups=ch)
+    mu_x, mu_y, bxx, byy, bxy = stats.split(C, 1)
+    sxx = bxx - mu_x * mu_x
+    syy = byy - mu_y * mu_y
+    sxy = bxy - mu_x * mu_y
     c1, c2 = 0.01 ** 2, 0.03 ** 2
     s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x * mu_x + mu_y * mu_y + c1) * (sxx + syy + c2))
     return s.mean(1).reshape(*shape[:-3], H, W)

@@ -286,6 +286,9 @@ class NeutralTrainer:
         and at the end. `progress`: a Progress (update per step); `on_step(trainer, stats)`:
         a hook called after each step (evaluation curves, tests that stop a run)."""
         cfg = self.cfg
+        # Adam's second moments of the tiny delta gradients fall into denormal floats,
+        # which make CPU arithmetic (sqrt above all) tens of times slower.
+        torch.set_flush_denormal(True)
         t0 = time.monotonic() - self.state.seconds
         while self.state.step < cfg.steps:
             stats = self.train_step()
@@ -294,7 +297,7 @@ class NeutralTrainer:
                 self.state.history.append({"step": self.state.step, "loss": stats["loss"], "psnr": stats["psnr"],
                                            "seconds": round(self.state.seconds, 3), "n": stats["n"]})
             if progress is not None:
-                progress.update(1, loss=stats["loss"], psnr=stats["psnr"], n=stats["n"])
+                progress.update(1, loss=stats["loss"], psnr=stats["psnr"], gaussians=stats["n"])
             if checkpoint is not None and (self.state.step % cfg.checkpoint_every == 0 or self.state.step == cfg.steps):
                 self.save_checkpoint(checkpoint)
             if on_step is not None:
