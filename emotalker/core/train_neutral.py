@@ -294,7 +294,7 @@ class NeutralTrainer:
                 self.state.history.append({"step": self.state.step, "loss": stats["loss"], "psnr": stats["psnr"],
                                            "seconds": round(self.state.seconds, 3), "n": stats["n"]})
             if progress is not None:
-                progress.update(1, loss=stats["loss"], psnr=stats["psnr"], n=stats["n"])
+                progress.update(1, loss=stats["loss"], psnr=stats["psnr"], gaussians=stats["n"])
             if checkpoint is not None and (self.state.step % cfg.checkpoint_every == 0 or self.state.step == cfg.steps):
                 self.save_checkpoint(checkpoint)
             if on_step is not None:
