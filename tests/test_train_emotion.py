@@ -119,3 +119,18 @@ def test_a2e_driven_frames_replace_the_tracked_expression(data):
     assert torch.allclose(frame.params.expr[0], p.expr[3]) and inputs.intensity == 3.0
     m = evaluate_emotion(load_stage1(bundle), None, frames, indices=[0, 3], backend="cpu")
     assert m["frames"] == 2 and m["psnr"] > 5
+
+
+def test_train_all_runs_the_three_stages_in_turn(data, tmp_path):
+    from emotalker.bake.cli import main
+
+    dataset_root, _ = data
+    out = tmp_path / "all"
+    assert main(["train", "all", str(dataset_root), "--out", str(out), "--neutral-steps", "2", "--gaussians", "100",
+                 "--a2e-steps", "2", "--emotion-steps", "2", "--eval-stride", "8", "--progress", "none"]) in (0, None)
+    bundle = AvatarBundle.open(out)
+    assert all(bundle.has_stage(s) for s in ("neutral", "a2e", "emotion"))
+    model, _ = load_from_bundle(out)
+    assert model.cfg.n_gaussians == load_stage1(bundle).n_gaussians
+    # Stage 2 reads the same audio features as the bundle's A2E.
+    assert model.cfg.features == feature_config(bundle)

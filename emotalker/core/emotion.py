@@ -332,25 +332,27 @@ class EmotionDeformer(nn.Module):
         cfg = self.cfg
         W = self.query_in.weight
         dm, df = cfg.d_mesh, cfg.d_blink + 3
-        f = torch.addmm(self.mesh_in.bias, dM, (self.mesh_in.weight * cfg.mesh_scale).T).relu_()
-        z = torch.mm(f, W[:, :dm].T)
+        ct = lambda m: m.T.contiguous()  # noqa: E731 - MKL is slowest on strided operands
+        f = torch.addmm(self.mesh_in.bias, dM, ct(self.mesh_in.weight * cfg.mesh_scale)).relu_()
+        z = torch.mm(f, ct(W[:, :dm]))
         if cfg.use_null:
-            z.addmm_(self.null, W[:, dm + df:].T)
+            z.addmm_(self.null, ct(W[:, dm + df:]))
         c = self.query_in.bias + W[:, dm: dm + df] @ frame_q  # pending [d]
         H, T = cfg.n_heads, tokens.shape[0]
         block = torch.block_diag(*[torch.ones(T, T, device=z.device)] * H)
         for layer in self.layers:
             S, s0, U, u0 = layer.fold(tokens)
+            S, U = S.contiguous(), U.contiguous()
             e = torch.addmm(s0 + c @ S, z, S).clamp_max_(60.0).exp_()
             e.div_(e @ block)
             z.addmm_(e, U)
             c = c + u0
-            h = torch.addmm(layer.ff1.bias + c @ layer.ff1.weight.T, z, layer.ff1.weight.T).relu_()
-            z.addmm_(h, layer.ff2.weight.T)
+            h = torch.addmm(layer.ff1.bias + c @ layer.ff1.weight.T, z, ct(layer.ff1.weight)).relu_()
+            z.addmm_(h, ct(layer.ff2.weight))
             c = c + layer.ff2.bias
         l1, l2 = self.head[0], self.head[2]
-        h = torch.addmm(l1.bias + c @ l1.weight.T, z, l1.weight.T).relu_()
-        return torch.addmm(l2.bias * gate, h, l2.weight.T * gate)
+        h = torch.addmm(l1.bias + c @ l1.weight.T, z, ct(l1.weight)).relu_()
+        return torch.addmm(l2.bias * gate, h, ct(l2.weight) * gate)
 
     # -- files ----------------------------------------------------------------------------
 
