@@ -60,6 +60,7 @@ class BakeOptions:
     progress: str = "bar"
     device: str = "cpu"
     chunk: int = 8
+    threads: int | None = None  # torch CPU threads (None: torch's default)
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)  # the MP4's; PNGs keep alpha
 
     @classmethod
@@ -136,6 +137,10 @@ def bake_clip(opts: BakeOptions, progress_sink: Callable[[dict], None] | None = 
         raise InputError("--name", f"{name!r} must be letters, digits, '.', '_' or '-'")
     out = Path(opts.out)
     device = torch.device(opts.device)
+    if opts.threads is not None:
+        if opts.threads < 1:
+            raise InputError("--threads", f"must be at least 1, got {opts.threads}")
+        torch.set_num_threads(opts.threads)
 
     # 1. Inputs, all checked before anything is written.
     bundle = AvatarBundle.open(opts.avatar)
@@ -193,7 +198,7 @@ def bake_clip(opts: BakeOptions, progress_sink: Callable[[dict], None] | None = 
     if opts.ply:
         sinks.append(ply_sink(out, name, sh_degree=out_degree, up_axis=opts.up_axis, count=evaluator.n_gaussians))
     if opts.png or opts.mp4:
-        sinks.append(png_sink(out, name, lambda g: render_rgba(g, camera)))
+        sinks.append(png_sink(out, name, lambda g: render_rgba(g, camera, opts.threads)))
     fingerprint = {
         "neutral": file_digest(bundle.stage_path("neutral")), "flame_model": file_digest(bundle.flame_path),
         "emotion": file_digest(bundle.stage_path("emotion")) if evaluator.uses_emotion else None,
@@ -231,8 +236,12 @@ def bake_clip(opts: BakeOptions, progress_sink: Callable[[dict], None] | None = 
                       evaluator.uses_emotion, outputs)
 
 
-def render_rgba(gaussians, camera) -> np.ndarray:
-    """Render Gaussians (raw) from `camera` on the CPU -> uint8 RGBA [H,W,4] (straight alpha)."""
+def render_rgba(gaussians, camera, threads: int | None = None) -> np.ndarray:
+    """Render Gaussians (raw) from `camera` on the CPU -> uint8 RGBA [H,W,4] (straight alpha).
+
+    `threads`: torch's thread count to restore afterwards: starting numba's parallel
+    kernels resets the OpenMP thread count that torch shares.
+    """
     import torch
 
     from emotalker.core.render import rasterize
@@ -244,6 +253,8 @@ def render_rgba(gaussians, camera) -> np.ndarray:
     with torch.inference_mode():
         out = rasterize(gaussians.means, quats, scales, opacities, sh, t(camera.viewmat)[None], t(camera.K)[None],
                         camera.width, camera.height, sh_degree=gaussians.sh_degree)
+    if threads is not None:
+        torch.set_num_threads(threads)
     return to_rgba8(out.rgb[0], out.alpha[0], premultiplied=True)
 
 

@@ -34,7 +34,8 @@ def demo_tracks(n_frames: int, fps: float) -> dict:
 
 
 def run_demo(out: str | Path = "emotalker-demo", resolution: int = 256, progress: str = "bar",
-             log: Callable[[str], None] = print, avatar: Path = DEMO_AVATAR, speech: Path = DEMO_SPEECH) -> dict:
+             log: Callable[[str], None] = print, avatar: Path = DEMO_AVATAR, speech: Path = DEMO_SPEECH,
+             threads: int | None = None) -> dict:
     """Bake the sample into `out`; returns {output kind: path}. Prints where each output is."""
     from emotalker.core.audio import duration_frames, load_audio
     from emotalker.core.bundle import AvatarBundle
@@ -56,7 +57,8 @@ def run_demo(out: str | Path = "emotalker-demo", resolution: int = 256, progress
     tracks_path = out / "demo_tracks.json"
     write_json(tracks_path, tracks_doc)
     result = bake_clip(BakeOptions(avatar=str(avatar), audio=str(speech), out=str(out), tracks=str(tracks_path),
-                                   ply=True, mp4=True, resolution=resolution, name="demo", progress=progress))
+                                   ply=True, mp4=True, resolution=resolution, name="demo", progress=progress,
+                                   threads=threads))
 
     # Contact sheet: evenly spaced frames labelled with their emotion mix.
     from PIL import Image

@@ -28,6 +28,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--no-emotion", action="store_true", help="Stage 1 alone even when the avatar has Stage 2")
     p.add_argument("--overwrite", action="store_true", help="delete frames baked from other inputs and start over")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is fastest on a busy machine)")
     p.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
     p.set_defaults(func=run_bake)
 
@@ -41,6 +42,7 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("demo", help="bake the built-in sample: 5 s of speech, happy cross-fading to sad -> PLY, MP4, contact sheet")
     p.add_argument("--out", default="emotalker-demo", help="output folder (default ./emotalker-demo)")
     p.add_argument("--resolution", type=int, default=256, help="video width and height (default 256)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is fastest on a busy machine)")
     p.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
     p.set_defaults(func=run_demo)
 
@@ -56,7 +58,8 @@ def _options_from_args(args):
                        intensity=args.intensity, frames=args.frames, fps=args.fps, camera=args.camera,
                        resolution=args.resolution, flame_curves=args.flame_curves, sh_degree=args.sh_degree,
                        up_axis=args.up_axis, name=args.name, no_emotion=args.no_emotion, overwrite=args.overwrite,
-                       progress=args.progress, device=str(resolve_device(args.device)), **export)
+                       progress=args.progress, device=str(resolve_device(args.device)), threads=args.threads,
+                       **export)
 
 
 def run_bake(args) -> None:
@@ -110,4 +113,4 @@ def _inside(path: Path, root: Path) -> bool:
 def run_demo(args) -> None:
     from emotalker.bake.demo import run_demo as demo
 
-    demo(args.out, resolution=args.resolution, progress=args.progress, log=print)
+    demo(args.out, resolution=args.resolution, progress=args.progress, log=print, threads=args.threads)
