@@ -139,6 +139,23 @@ def speak(path: Path) -> float:
     return len(samples) / SAMPLE_RATE
 
 
+def _scrub_paths(path: Path, work: Path) -> None:
+    """Replace this machine's working folder in a shipped file's provenance with "WORK"
+    (training records the dataset's absolute path; the repository must not hold one)."""
+    import json
+
+    from emotalker.core.fileio import load_tensors, read_json, save_tensors, write_json
+
+    prefix = str(work.resolve())
+    scrub = lambda obj: json.loads(json.dumps(obj).replace(prefix, "WORK"))  # noqa: E731
+    if path.suffix == ".json":
+        write_json(path, scrub(read_json(path, "avatar manifest")))
+    elif path.suffix == ".safetensors":
+        tensors, meta = load_tensors(path)
+        if prefix in json.dumps(meta):
+            save_tensors(path, tensors, scrub(meta))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default=str(ROOT / "build" / "demo-avatar"), help="working folder (dataset, checkpoints)")
@@ -165,6 +182,7 @@ def main() -> int:
     target.mkdir(parents=True, exist_ok=True)
     for name in ("avatar.json", "flame_model.npz", "neutral.safetensors", "a2e.safetensors", "emotion.safetensors"):
         shutil.copyfile(avatar / name, target / name)
+        _scrub_paths(target / name, work)
     seconds = speak(out / "demo_speech.wav")
     size = sum(p.stat().st_size for p in target.iterdir()) + (out / "demo_speech.wav").stat().st_size
     print(f"wrote {target} and {out / 'demo_speech.wav'} ({seconds:.2f} s of speech): {size / 1e6:.1f} MB in all, "
