@@ -79,7 +79,7 @@ def train_neutral(dataset_root: Path, avatar: Path, work: Path) -> dict:
     else:
         trainer = NeutralTrainer(new_model(flame, N_GAUSSIANS, sh_degree=1, n_blendshapes=N_BLENDSHAPES), frames, cfg)
     with Progress("train neutral", total=cfg.steps, initial=trainer.state.step) as bar:
-        state = trainer.run(checkpoint=ckpt, progress=_StepBar(bar))
+        state = trainer.run(checkpoint=ckpt, progress=bar)
     model = trainer.model.eval()
     test = FrameSet(dataset, test_ids, resolution=SAMPLE["resolution"], stride=5)
     metrics = evaluate(model, test)
@@ -91,19 +91,6 @@ def train_neutral(dataset_root: Path, avatar: Path, work: Path) -> dict:
                            test_metrics=metrics, dataset="tools/make_demo_avatar.py " + str(SAMPLE))
     bundle.update_manifest(None, fps=dataset.fps)
     return metrics
-
-
-class _StepBar:
-    """NeutralTrainer.run calls progress.update(1, ..., n=<Gaussian count>), which clashes with
-    Progress.update's own `n` (steps); this passes the count on under another name."""
-
-    def __init__(self, bar):
-        self.bar = bar
-
-    def update(self, steps: int = 1, **scalars) -> None:
-        if "n" in scalars:
-            scalars["gaussians"] = scalars.pop("n")
-        self.bar.update(steps, **scalars)
 
 
 def train_a2e(dataset_root: Path, avatar: Path) -> dict:
