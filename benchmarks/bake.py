@@ -10,9 +10,14 @@ Figures (medians over repeats; the machine may be shared, so they are noisy):
   plyfile_inria_mb_s        baseline: plyfile fed the way the INRIA 3DGS code does
                             (a list of per-Gaussian tuples), SH degree 3
   tracks_eval_frames_s      evaluating 8 bezier emotion channels + intensity per frame
-  eval_fps                  per-frame Gaussian evaluation (Stage 1 + Stage 2), 20,000 Gaussians, CPU:
-                            null until the model exists (see TODO below)
-  render_fps_256            CPU render, 256x256: null until bake renders through the model (TODO below)
+  eval_fps                  per-frame Gaussian evaluation as the bake runs it (FrameProducer, chunks of 8
+                            frames), 20,000 Gaussians: Stage 1 on the procedural head (50 blendshapes,
+                            SH degree 1) + Stage 2 (default EmotionConfig, happy at intensity 2), CPU;
+                            goal >= 100
+  eval_fps_unbatched        baseline: the same, one frame a call (chunk 1)
+  eval_fps_stage1           Stage 1 alone (what --no-emotion or a Stage-1-only avatar costs)
+  render_fps_256            CPU render of those Gaussians, 256x256, front camera, to RGBA uint8
+  bake_fps_ply              the whole per-frame loop (Stage 1 + 2, write PLY) as `emotalker bake --ply` runs it
 
 MB/s counts the bytes of the file (header + rows). Files go to --dir (default
 the system temp folder, which may be memory-backed: then the figures measure
@@ -112,14 +117,103 @@ def mb_s(size_and_seconds: tuple[float, list[float]]) -> float:
     return size / statistics.median(seconds) / 1e6
 
 
+def stage1_avatar(n: int):
+    """A Stage 1 model of n Gaussians (face + 300 teeth) on the procedural head, with random deltas
+    (evaluation cost does not depend on the values)."""
+    import torch
+
+    from emotalker.core.blendshapes import BlendshapeConfig, GaussianBlendshapes
+    from emotalker.core.head import make_head
+
+    rig = make_head()
+    model = GaussianBlendshapes.initialize(rig, BlendshapeConfig(n_gaussians=n - 600, n_blendshapes=50, sh_degree=1))
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(0)
+        for name in ("d_means", "d_quats", "d_log_scales", "d_opacity", "d_sh"):
+            getattr(model, name).copy_(torch.randn(getattr(model, name).shape, generator=g) * 1e-3)
+        model.opacity_logits.fill_(2.0)
+    return rig, model.eval().requires_grad_(False)
+
+
+def model_figures(n: int, repeats: int) -> dict:
+    """eval_fps (chunked and one frame a call), render_fps_256 and the bake loop's frames/s with PLY writes."""
+    from emotalker.bake.cameras import front_camera
+    from emotalker.bake.clip import render_rgba
+    from emotalker.bake.engine import AvatarEvaluator, FlameCurves, FrameProducer
+
+    import torch
+
+    from emotalker.bake.engine import Stage2Offsets
+    from emotalker.core.audio_features import AudioFeaturizer, FeatureConfig
+    from emotalker.core.emotion import EmotionConfig, EmotionDeformer
+
+    rig, model = stage1_avatar(n)
+    features = FeatureConfig()
+    audio_dim = features.window * AudioFeaturizer(features).dim
+    torch.manual_seed(0)
+    deformer = EmotionDeformer(EmotionConfig(n_gaussians=model.n_gaussians, audio_dim=audio_dim, features=features))
+    with torch.no_grad():  # the heads start at zero; give them values so the offsets are real work
+        for name, p in deformer.named_parameters():
+            if "head" in name:
+                p.normal_(0, 0.05)
+    stage2 = Stage2Offsets(deformer.eval().requires_grad_(False), model)
+    T = 96
+    rng = np.random.default_rng(0)
+    z = lambda *s: np.zeros(s, np.float32)  # noqa: E731
+    curves = FlameCurves((rng.standard_normal((T, rig.n_expr)) * 0.5).astype(np.float32),
+                         (np.abs(rng.standard_normal((T, 3))) * 0.1).astype(np.float32), z(T, 3), z(T, 6), z(T, 2),
+                         np.eye(len(EMOTIONS), dtype=np.float32)[np.zeros(T, int)], z(T), 25.0, 1)
+    audio = rng.standard_normal((T, audio_dim)).astype(np.float32)
+    happy = np.eye(len(EMOTIONS), dtype=np.float32)[np.full(T, EMOTIONS.index("happy"))]
+    intensity = np.full(T, 2.0, np.float32)
+    evaluator = AvatarEvaluator(model, stage2)
+    out: dict[str, object] = {"n_gaussians_model": evaluator.n_gaussians}
+
+    def frames_per_second(chunk: int, frames: int) -> float:
+        rates = []
+        for _ in range(max(2, repeats // 5)):
+            producer = FrameProducer(evaluator, curves, happy, intensity, z(T), chunk=chunk, audio=audio)
+            t = time.perf_counter()
+            for f in range(1, frames + 1):
+                producer(f)
+            rates.append(frames / (time.perf_counter() - t))
+        return statistics.median(rates)
+
+    frames_per_second(8, 8)  # warm-up
+    out["eval_fps"] = frames_per_second(8, 64)
+    out["eval_fps_unbatched"] = frames_per_second(1, 32)
+    evaluator.stage2 = None
+    out["eval_fps_stage1"] = frames_per_second(8, 64)
+
+    camera = front_camera(rig.v_template, 256)
+    gaussians = FrameProducer(evaluator, curves, curves.emotion_weights, curves.intensity, z(T), chunk=1)(1)
+    threads = torch.get_num_threads()  # numba's first parallel launch resets torch's OpenMP count
+    seconds = timed(lambda i: render_rgba(gaussians, camera, threads), max(3, repeats // 2))
+    out["render_fps_256"] = 1.0 / statistics.median(seconds)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        evaluator.stage2 = stage2
+        producer = FrameProducer(evaluator, curves, happy, intensity, z(T), chunk=8, audio=audio)
+        t = time.perf_counter()
+        for f in range(1, 33):
+            write_ply(Path(tmp) / f"f_{f:06d}.ply", producer(f))
+        out["bake_fps_ply"] = 32 / (time.perf_counter() - t)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--n", type=int, default=20_000, help="Gaussians per frame")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--dir", default=None, help="folder for the written files (default: a temp folder)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     args = parser.parse_args()
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     figures: dict[str, object] = {}
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         tmp = Path(tmp)
@@ -153,14 +247,8 @@ def main() -> int:
     seconds = timed(lambda i: tracks.evaluate(frames), args.repeats)
     figures["tracks_eval_frames_s"] = len(frames) / statistics.median(seconds)
 
-    # TODO(model): eval_fps = frames per second of (FLAME params -> Stage 1 + Stage 2 Gaussians)
-    # for 20,000 Gaussians on CPU, once Stage 1 (branch stage1) and Stage 2 expose per-frame evaluation.
-    figures["eval_fps"] = None
-    # TODO(model): render_fps_256 = frames per second of rasterize(...) at 256x256 on CPU for the baked
-    # Gaussians, once bake renders PNG frames through the renderer (branch render).
-    figures["render_fps_256"] = None
-    figures["not_measured"] = ["eval_fps", "render_fps_256"]
-    figures["machine"] = {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
+    figures.update(model_figures(args.n, args.repeats))
+    figures["machine"] = {"torch_threads": __import__("torch").get_num_threads(), "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
                           "n_gaussians": args.n, "repeats": args.repeats}
 
     width = max(len(k) for k in figures)

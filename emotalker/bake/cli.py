@@ -21,6 +21,8 @@ COMMAND_MODULES = (
     "emotalker.bake.commands.dataset",
     "emotalker.bake.commands.train",
     "emotalker.bake.commands.a2e",
+    "emotalker.bake.commands.avatar",
+    "emotalker.bake.commands.bake",
 )
 
 

@@ -84,12 +84,15 @@ def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def run_sequence(frames: Sequence[int], produce: Callable[[int], Any], sinks: Sequence[FrameSink], *,
                  out_dir: str | os.PathLike, fingerprint: dict[str, Any], overwrite: bool = False,
-                 progress: str = "bar", stage: str = "bake") -> SequenceResult:
+                 progress: str = "bar", stage: str = "bake",
+                 progress_sink: Callable[[dict], None] | None = None) -> SequenceResult:
     """Write every sink's file for every frame in `frames`, resuming where a previous run stopped.
 
     `produce(frame)` is called only for frames with a missing file. Errors it
     raises (an InputError for bad input, KeyboardInterrupt) stop the run with all
-    earlier frames intact and no partial file under a final name.
+    earlier frames intact and no partial file under a final name. `progress_sink`
+    receives the JSON progress events instead of stdout (the worker's, which
+    also raises when the job is cancelled: each frame boundary is a safe stop).
     """
     if not sinks:
         raise ValueError("run_sequence needs at least one sink")
@@ -100,7 +103,7 @@ def run_sequence(frames: Sequence[int], produce: Callable[[int], Any], sinks: Se
         _check_or_start_run(out_dir, sinks, fingerprint, overwrite)
         n_done = sum(all(s.path(f).exists() for s in sinks) for f in frames)
         written = 0
-        with Progress(stage, total=len(frames), mode=progress, initial=n_done) as bar:
+        with Progress(stage, total=len(frames), mode=progress, initial=n_done, sink=progress_sink) as bar:
             for frame in frames:
                 missing = [s for s in sinks if not s.path(frame).exists()]
                 if not missing:

@@ -57,4 +57,92 @@ def avatar_proxy(params: dict, ctx) -> dict:
     }
 
 
-METHODS = {"avatar_proxy": avatar_proxy}
+def bake(params: dict, ctx) -> dict:
+    """Bake a clip exactly as `emotalker bake` does, with progress through the protocol.
+
+    params: the BakeOptions fields (emotalker.bake.clip): avatar, audio, out and
+    tracks (a file) or emotion/intensity, plus any of ply, png, mp4, frames,
+    fps, camera, resolution, flame_curves, sh_degree, up_axis, name,
+    no_emotion, overwrite, device. A cancel stops at the next frame boundary;
+    a later bake of the same inputs resumes. Returns the BakeResult as a dict.
+    """
+    from emotalker.bake.clip import BakeOptions, bake_clip
+    from emotalker.core.device import resolve_device
+
+    fields = dict(params)
+    fields["progress"] = "json"
+    fields["device"] = str(resolve_device(fields.get("device", "auto")))
+    if not any(fields.get(k) for k in ("ply", "png", "mp4")):
+        fields["ply"] = True
+    return bake_clip(BakeOptions.from_fields(fields), progress_sink=ctx.progress).to_dict()
+
+
+def render_frame(params: dict, ctx) -> dict:
+    """Render one frame of an avatar for the viewport or F12.
+
+    params: avatar (bundle folder), cache (folder), frame (timeline frame),
+    curves (a FLAME curves .npz, e.g. a bake's <name>_flame.npz; without it the
+    neutral face), viewmat [4][4] (OpenCV, world-to-camera), K [3][3], width,
+    height; audio (the clip's sound: Stage 2 reads it) and no_emotion, optional. Writes <cache>/frame_NNNNNN.npy, RGBA
+    float32 [H,W,4] with straight alpha, and returns its path.
+    """
+    import torch
+
+    from emotalker.bake.cameras import Camera
+    from emotalker.bake.engine import AvatarEvaluator, FlameCurves, FrameProducer, audio_rows, camera_code
+
+    for key in ("avatar", "cache", "frame", "viewmat", "K", "width", "height"):
+        if key not in params:
+            raise InputError(None, f"render_frame needs {key!r}")
+    camera = Camera.from_dict({"format": "emotalker-camera/1", **{k: params[k] for k in ("viewmat", "K", "width", "height")}},
+                              source="render_frame camera")
+    bundle = AvatarBundle.open(params["avatar"])
+    evaluator = AvatarEvaluator.open(bundle, use_emotion=not params.get("no_emotion", False))
+    frame = int(params["frame"])
+    if params.get("curves"):
+        curves = FlameCurves.load(params["curves"], evaluator.stage1.flame_model.n_expr)
+        if not curves.frame_start <= frame <= curves.frame_end:
+            raise InputError(params["curves"], f"frame {frame} is outside the curves' frames "
+                                               f"{curves.frame_start}..{curves.frame_end}")
+        rows = curves.rows(np.array([frame]))
+        emotion, intensity = curves.emotion_weights[rows], curves.intensity[rows]
+        blink = curves.eyelids[rows, 0]
+        curves = FlameCurves(*(getattr(curves, k)[rows] for k in ("expr", "jaw", "neck", "eyes", "eyelids",
+                                                                    "emotion_weights", "intensity")),
+                             fps=curves.fps, frame_start=frame)
+    else:
+        n = evaluator.stage1.flame_model.n_expr
+        z = lambda *s: np.zeros(s, np.float32)  # noqa: E731
+        emotion = np.eye(len(EMOTIONS), dtype=np.float32)[[EMOTIONS.index("neutral")]]
+        intensity, blink = z(1), z(1)
+        curves = FlameCurves(z(1, n), z(1, 3), z(1, 3), z(1, 6), z(1, 2), emotion, intensity, 25.0, frame)
+    stage2 = {}
+    if evaluator.uses_emotion:
+        if not params.get("audio"):
+            raise InputError(bundle.stage_path("emotion"), "render_frame needs the clip's 'audio' for this avatar's "
+                                                           "Stage 2 (or pass no_emotion)")
+        from emotalker.core.audio import load_audio
+
+        stage2 = {"audio": audio_rows(load_audio(params["audio"]), curves.fps, evaluator.audio_features, np.array([frame])),
+                  "camera": camera_code(camera.viewmat)}
+    gaussians = FrameProducer(evaluator, curves, emotion, intensity, blink, chunk=1, **stage2)(frame)
+    quats, scales, opacities, sh = gaussians.activated()
+    t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
+    from emotalker.core.render import rasterize
+
+    with torch.inference_mode():
+        out = rasterize(gaussians.means, quats, scales, opacities, sh, t(camera.viewmat)[None], t(camera.K)[None],
+                        camera.width, camera.height, sh_degree=gaussians.sh_degree)
+    rgb, alpha = out.rgb[0].numpy(), out.alpha[0].numpy()
+    straight = np.where(alpha > 1e-6, rgb / np.maximum(alpha, 1e-6), 0.0)
+    rgba = np.concatenate([np.clip(straight, 0, 1), alpha], -1).astype(np.float32)
+    cache = Path(params["cache"])
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / f"frame_{frame:06d}.npy"
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, rgba)
+    return {"path": str(path), "width": camera.width, "height": camera.height}
+
+
+METHODS = {"avatar_proxy": avatar_proxy, "bake": bake, "render_frame": render_frame}

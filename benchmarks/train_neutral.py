@@ -1,0 +1,190 @@
+"""Stage 1 quality and speed on the `default` sample dataset, on this machine.
+
+Trains Gaussian blendshapes for a wall-clock budget (default 20 minutes of
+training; evaluation pauses are not counted), then reports on the held-out
+(test) clips: PSNR, SSIM and L1 over the whole image, inside the head and
+inside the mouth box, the Gaussian count and the training time. The
+baseline in the same run is the untrained initialisation (albedo-coloured
+Gaussians on the mesh). Also measures how fast the trained model evaluates
+frames (what baking calls), one at a time and in batches.
+
+    python benchmarks/train_neutral.py --json out.json [--dataset DIR] [--minutes 20]
+        [--resolution 256] [--plot docs/img/stage1_psnr_curve.png]
+        [--compare docs/img/stage1_heldout.png] [--out AVATAR]
+
+Timings on a shared CPU are noisy; the JSON records the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from emotalker.core.dataset import Dataset  # noqa: E402
+from emotalker.core.eval_neutral import evaluate, render_frame  # noqa: E402
+from emotalker.core.flame import FlameParams  # noqa: E402
+from emotalker.core.frames import FrameSet  # noqa: E402
+from emotalker.core.train_neutral import NeutralTrainer, TrainNeutralConfig, new_model  # noqa: E402
+
+
+class _Stop(Exception):
+    pass
+
+
+def evenly(n_total: int, n: int) -> list[int]:
+    return np.unique(np.linspace(0, n_total - 1, min(n, n_total)).round().astype(int)).tolist()
+
+
+def frames_per_second(model, batch: int, repeats: int = 5) -> float:
+    """Frames a second of model evaluation (no rendering) for batches of `batch` random expressions."""
+    g = torch.Generator().manual_seed(0)
+    K = model.flame_model.n_expr
+    p = FlameParams(expr=torch.randn(batch, K, generator=g), jaw=0.1 * torch.randn(batch, 3, generator=g),
+                    neck=0.05 * torch.randn(batch, 3, generator=g), eyelids=torch.rand(batch, 2, generator=g))
+    with torch.no_grad():
+        model.evaluate(p)
+        t = time.perf_counter()
+        for _ in range(repeats):
+            model.evaluate(p)
+        return batch * repeats / (time.perf_counter() - t)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="/tmp/emotalker-sample-default")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--minutes", type=float, default=20.0, help="training wall-clock budget")
+    ap.add_argument("--resolution", type=int, default=256)
+    ap.add_argument("--gaussians", type=int, default=10000, help="initial face Gaussians")
+    ap.add_argument("--max-gaussians", type=int, default=30000)
+    ap.add_argument("--steps", type=int, default=0, help="fixed step count (default: fit the budget)")
+    ap.add_argument("--eval-every", type=float, default=2.0, help="minutes between curve points")
+    ap.add_argument("--curve-frames", type=int, default=8, help="held-out frames a curve point")
+    ap.add_argument("--test-frames", type=int, default=120, help="held-out frames in the final evaluation")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    ap.add_argument("--plot", default=None, help="PNG of test PSNR over training time")
+    ap.add_argument("--compare", default=None, help="PNG of ground truth beside renders, held-out frames")
+    ap.add_argument("--out", default=None, help="keep the trained avatar's neutral.safetensors here")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    ds = Dataset.open(args.dataset)
+    flame = ds.flame_model()
+    train = FrameSet(ds, [c.id for c in ds.split("train")], args.resolution)
+    test = FrameSet(ds, [c.id for c in ds.split("test")], args.resolution)
+    curve_idx = evenly(len(test), args.curve_frames)
+    test_idx = evenly(len(test), args.test_frames)
+    print(f"dataset {args.dataset}: {len(train)} train / {len(test)} test frames at {train.width}x{train.height}", flush=True)
+
+    model = new_model(flame, args.gaussians)
+    baseline = evaluate(model, test, test_idx)
+    print(f"baseline (untrained init): test PSNR {baseline['psnr']:.2f} dB, mouth {baseline['mouth_psnr']:.2f} dB", flush=True)
+
+    budget = args.minutes * 60
+    probe_steps = 50
+    probe: dict = {}
+    cfg = TrainNeutralConfig(steps=args.steps or 10**6, resolution=args.resolution, max_gaussians=args.max_gaussians,
+                             checkpoint_every=10**9)
+    trainer = NeutralTrainer(model, train, cfg)
+    curve: list[dict] = []
+    paused = {"s": 0.0}
+    next_eval = {"t": 0.0}
+
+    def on_step(tr: NeutralTrainer, stats) -> None:
+        step, t = tr.state.step, tr.state.seconds
+        if step == 10:
+            probe["t10"] = t
+        if not args.steps and step == probe_steps:
+            # Fit the schedule (lr decay, densification window) to the time left; the
+            # first steps (JIT compilation) are left out of the rate.
+            per_step = (t - probe["t10"]) / (probe_steps - 10)
+            total = int(probe_steps + (budget - t) / per_step * 0.97)
+            tr.cfg = TrainNeutralConfig(**{**tr.cfg.__dict__, "steps": total, "densify_from": None,
+                                           "densify_until": None, "sh_increase_every": None}).resolved()
+            print(f"probe: {per_step * 1000:.0f} ms/step -> {total} steps", flush=True)
+        if t >= next_eval["t"] or step == tr.cfg.steps:
+            t0 = time.monotonic()
+            m = evaluate(tr.model, test, curve_idx)
+            curve.append({"minutes": round(t / 60, 3), "step": step, "test_psnr": m["psnr"],
+                          "n_gaussians": stats["n"], "train_psnr_recent": float(np.mean([h["psnr"] for h in tr.state.history[-10:]] or [stats["psnr"]]))})
+            print(f"  {t / 60:6.2f} min  step {step:6d}  test PSNR {m['psnr']:.2f} dB  n={stats['n']}", flush=True)
+            next_eval["t"] = t + args.eval_every * 60
+            # Evaluation time is not training time: shift the trainer's clock back.
+            paused["s"] += time.monotonic() - t0
+        if tr.state.seconds - paused["s"] > budget * 1.02 and not args.steps:
+            raise _Stop
+
+    # The trainer measures wall time itself; subtract evaluation pauses afterwards.
+    try:
+        trainer.run(on_step=lambda tr, s: on_step(tr, s))
+    except _Stop:
+        print("stopped at the time budget", flush=True)
+    train_seconds = trainer.state.seconds - paused["s"]
+    model = trainer.model
+    model.active_sh_degree = trainer.sh_degree_at(trainer.state.step)
+
+    final = evaluate(model, test, test_idx)
+    train_eval = evaluate(model, train, evenly(len(train), 40))
+    fps1 = frames_per_second(model, 1)
+    fps25 = frames_per_second(model, 25)
+    n_total = model.n_gaussians + model.n_teeth
+    result = {
+        "dataset": str(args.dataset), "resolution": [train.width, train.height],
+        "test_psnr": final["psnr"], "test_ssim": final["ssim"], "test_l1": final["l1"],
+        "head_psnr": final["head_psnr"], "mouth_psnr": final["mouth_psnr"], "mouth_ssim": final["mouth_ssim"],
+        "mouth_l1": final["mouth_l1"], "train_psnr": train_eval["psnr"], "test_frames": final["frames"],
+        "n_gaussians": n_total, "n_face_gaussians": model.n_gaussians, "n_teeth": model.n_teeth,
+        "train_minutes": round(train_seconds / 60, 2), "steps": trainer.state.step, "planned_steps": trainer.cfg.steps,
+        "ms_per_step": round(train_seconds / max(trainer.state.step, 1) * 1000, 1),
+        "baseline_untrained": {"test_psnr": baseline["psnr"], "mouth_psnr": baseline["mouth_psnr"], "test_ssim": baseline["ssim"]},
+        "eval_frames_per_second": {"batch_1": round(fps1, 1), "batch_25": round(fps25, 1)},
+        "curve": curve, "load_average": os.getloadavg(), "torch_threads": torch.get_num_threads(),
+        "goal": {"test_psnr_db": 30, "minutes": 20, "max_gaussians": 30000},
+    }
+    print(json.dumps({k: v for k, v in result.items() if k != "curve"}, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if args.out:
+        model.save(Path(args.out) / "neutral.safetensors", steps=trainer.state.step)
+    if args.plot:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+        ax.plot([c["minutes"] for c in curve], [c["test_psnr"] for c in curve], "o-", label=f"held-out ({len(curve_idx)} frames)")
+        ax.plot([c["minutes"] for c in curve], [c["train_psnr_recent"] for c in curve], ".--", alpha=0.6, label="training frames (recent steps)")
+        ax.axhline(30, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("training time (minutes, this CPU)")
+        ax.set_ylabel("PSNR (dB)")
+        ax.set_title(f"Stage 1, {train.width}x{train.height}, {n_total} Gaussians", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(args.plot)
+    if args.compare:
+        from PIL import Image
+
+        rows = []
+        for i in evenly(len(test), 4):
+            frame, rgb, _ = render_frame(model, test, i)
+            rows.append(torch.cat([frame.image, rgb], 1))
+        grid = torch.cat([torch.cat(rows[:2], 1), torch.cat(rows[2:4], 1)], 0) if len(rows) == 4 else torch.cat(rows, 0)
+        Path(args.compare).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((grid.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)).save(args.compare)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
