@@ -78,6 +78,7 @@ class A2EConfig:
     def from_dict(cls, d: dict) -> "A2EConfig":
         d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         d["features"] = FeatureConfig.from_dict(d.get("features", {}))
+        d.setdefault("squeeze", 0)  # files from before the input squeeze existed have none
         return cls(**d)
 
 
