@@ -72,7 +72,7 @@ def run_render(args) -> None:
         img = torch.cat([frame.image, rgb], 1) if args.compare else rgb
         arr = (img.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
         with atomic_path(out / f"{frame.t:06d}.png") as tmp:
-            Image.fromarray(arr).save(tmp)
+            Image.fromarray(arr).save(tmp, format="PNG")
     print(f"wrote {min(end, len(frames)) - max(start, 0)} frames to {out}")
 
 
