@@ -105,8 +105,10 @@ def rotate_sh_band1(sh: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
     band-1 basis is C1 (-y, z, -x) = C1 P d, so a colour c^T P d seen after
     rotating by R needs c' = P R P^T c.
     """
-    P = torch.tensor([[0.0, -1.0, 0.0], [0.0, 0.0, 1.0], [-1.0, 0.0, 0.0]], dtype=sh.dtype, device=sh.device)
-    M = P @ R @ P.T
+    # P is a signed permutation, so P R P^T just reorders R's entries and flips signs.
+    perm = [1, 2, 0]
+    sign = torch.tensor([-1.0, 1.0, -1.0], dtype=sh.dtype, device=sh.device)
+    M = R[..., perm, :][..., :, perm] * (sign[:, None] * sign[None, :])
     band1 = M @ sh[..., 1:4, :]
     return torch.cat([sh[..., :1, :], band1, sh[..., 4:, :]], -2)
 
