@@ -71,6 +71,7 @@ def main() -> int:
     ap.add_argument("--eval-every", type=float, default=2.0, help="minutes between curve points")
     ap.add_argument("--curve-frames", type=int, default=8, help="held-out frames a curve point")
     ap.add_argument("--test-frames", type=int, default=120, help="held-out frames in the final evaluation")
+    ap.add_argument("--delta-every", type=int, default=4, help="train the deltas every n-th step")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--plot", default=None, help="PNG of test PSNR over training time")
     ap.add_argument("--compare", default=None, help="PNG of ground truth beside renders, held-out frames")
@@ -95,7 +96,7 @@ def main() -> int:
     probe_steps = 50
     probe: dict = {}
     cfg = TrainNeutralConfig(steps=args.steps or 10**6, resolution=args.resolution, max_gaussians=args.max_gaussians,
-                             checkpoint_every=10**9)
+                             checkpoint_every=10**9, delta_every=args.delta_every)
     trainer = NeutralTrainer(model, train, cfg)
     curve: list[dict] = []
     paused = {"s": 0.0}

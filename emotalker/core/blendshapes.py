@@ -105,8 +105,10 @@ def rotate_sh_band1(sh: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
     band-1 basis is C1 (-y, z, -x) = C1 P d, so a colour c^T P d seen after
     rotating by R needs c' = P R P^T c.
     """
-    P = torch.tensor([[0.0, -1.0, 0.0], [0.0, 0.0, 1.0], [-1.0, 0.0, 0.0]], dtype=sh.dtype, device=sh.device)
-    M = P @ R @ P.T
+    # P is a signed permutation, so P R P^T just reorders R's entries and flips signs.
+    perm = [1, 2, 0]
+    sign = torch.tensor([-1.0, 1.0, -1.0], dtype=sh.dtype, device=sh.device)
+    M = R[..., perm, :][..., :, perm] * (sign[:, None] * sign[None, :])
     band1 = M @ sh[..., 1:4, :]
     return torch.cat([sh[..., :1, :], band1, sh[..., 4:, :]], -2)
 
@@ -263,6 +265,16 @@ class GaussianBlendshapes(nn.Module):
                                  torch.as_tensor(dq, dtype=torch.float32, device=device).contiguous())
         return self._face_deltas
 
+    def _bound_face_deltas(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """face_deltas() restricted to the triangles in face_ids: (G [U,9,K], dq [U,4,K], inverse [N]),
+        cached until the binding changes."""
+        G, dq = self.face_deltas()
+        key = (id(self.face_ids), self.face_ids._version, G.device)
+        if getattr(self, "_bound_cache", None) is None or self._bound_cache[0] != key:
+            used, inv = torch.unique(self.face_ids, return_inverse=True)
+            self._bound_cache = (key, (G[used].contiguous(), dq[used].contiguous(), inv))
+        return self._bound_cache[1]
+
     def rig(self) -> FlameRig:
         """The FLAME rig on the model's device (built once per device)."""
         device = self.means.device
@@ -304,11 +316,11 @@ class GaussianBlendshapes(nn.Module):
         faces, fid, bary = rig.faces, self.face_ids, self.bary
         surface = interpolate_batched(verts, faces, fid, bary)  # [B,N,3]
         surface0 = interpolate(rig.v_template, faces, fid, bary)  # [N,3]
-        G, dq_face = self.face_deltas()
-        Gp = (G @ psi.T).permute(2, 0, 1)[:, fid].reshape(B, -1, 3, 3)  # [B,N,3,3]
-        rq = (dq_face @ psi.T).permute(2, 0, 1)  # [B,F,4]
-        rq[..., 0] += 1
-        rq = nn.functional.normalize(rq, dim=-1)[:, fid]  # [B,N,4]
+        G, dq_face, inv = self._bound_face_deltas()  # only the triangles that carry Gaussians
+        Gp = (G.reshape(-1, K) @ psi.T).T.reshape(B, -1, 3, 3)[:, inv]  # [B,N,3,3]
+        rq = (dq_face.reshape(-1, K) @ psi.T).T.reshape(B, -1, 4)
+        rq = rq + torch.tensor([1.0, 0, 0, 0], device=rq.device)
+        rq = nn.functional.normalize(rq, dim=-1)[:, inv]  # [B,N,4]
         deltas = self._masked_deltas()
 
         def blend(base, name):  # base [N,*D] -> [B,N,*D]: base + sum_k psi_k m_nk delta_nk

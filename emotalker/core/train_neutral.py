@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 
 from .blendshapes import GAUSSIAN_PARAMS, BlendshapeConfig, GaussianBlendshapes
+
+DELTA_PARAMS = ("d_means", "d_quats", "d_log_scales", "d_opacity", "d_sh")
 from .errors import InputError
 from .eval_neutral import render_gaussians
 from .frames import FrameSet
@@ -60,6 +62,7 @@ class TrainNeutralConfig:
     percent_dense: float = 0.01  # clone below, split above this fraction of the head's extent
     prune_opacity: float = 0.005
     sh_increase_every: int | None = None
+    delta_every: int = 1  # train the K blendshape deltas every n-th step (CPU: 4 saves most of their cost)
     checkpoint_every: int = 500
     seed: int = 0
     backend: str = "auto"
@@ -91,7 +94,8 @@ def build_optimizer(model: GaussianBlendshapes, cfg: TrainNeutralConfig) -> torc
            "teeth_means": cfg.lr_means, "teeth_quats": cfg.lr_rotation, "teeth_log_scales": cfg.lr_scale,
            "teeth_opacity_logits": cfg.lr_opacity, "teeth_sh_dc": cfg.lr_sh_dc, "teeth_sh_rest": cfg.lr_sh_rest}
     groups = [{"params": [getattr(model, name)], "lr": lr, "name": name} for name, lr in lrs.items()]
-    return torch.optim.Adam(groups, eps=1e-15)
+    # The fused kernel is ~6x faster than the default on CPU (the deltas are millions of values).
+    return torch.optim.Adam(groups, eps=1e-15, fused=True)
 
 
 def position_lr(step: int, cfg: TrainNeutralConfig) -> float:
@@ -150,6 +154,11 @@ class NeutralTrainer:
         for group in self.opt.param_groups:
             if group["name"] in ("means", "teeth_means"):
                 group["lr"] = position_lr(step, cfg)
+        # Off steps leave the deltas out of autograd: the forward uses their cached masked
+        # product and the backward and Adam skip them.
+        train_deltas = step % max(cfg.delta_every, 1) == 0
+        for name in DELTA_PARAMS:
+            getattr(model, name).requires_grad_(train_deltas)
         i = int(torch.randint(len(self.frames), (1,), generator=self.generator))
         frame = self.frames.get(i)
         g = model(frame.params)[0]

@@ -78,6 +78,8 @@ def add_neutral_parser(stages) -> None:
     p.add_argument("--gaussians", type=int, default=10000, help="face Gaussians sampled on the mesh at the start (default: 10000)")
     p.add_argument("--max-gaussians", type=int, default=30000, help="cap on densification, teeth included (default: 30000)")
     p.add_argument("--sh-degree", type=int, default=1, choices=range(0, 4), help="highest SH degree (default: 1)")
+    p.add_argument("--delta-every", type=int, default=0,
+                   help="train the blendshape deltas every n-th step (default: 4 on CPU, 1 on CUDA)")
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default: 500)")
     p.add_argument("--eval-frames", type=int, default=40, help="test frames evaluated at the end (default: 40; 0 skips)")
     p.add_argument("--seed", type=int, default=0)
@@ -112,7 +114,8 @@ def run_train_neutral(args) -> None:
         raise InputError(Path(args.dataset) / "dataset.json", "no clips in the train split")
     frames = FrameSet(ds, train_ids, args.resolution, device=device)
     cfg = TrainNeutralConfig(steps=args.steps, resolution=args.resolution, max_gaussians=args.max_gaussians,
-                             checkpoint_every=args.checkpoint_every, seed=args.seed)
+                             checkpoint_every=args.checkpoint_every, seed=args.seed,
+                             delta_every=args.delta_every or (1 if device.type == "cuda" else 4))
     bundle = AvatarBundle.create(args.out)
     ckpt = bundle.root / "checkpoints" / "neutral.ckpt.safetensors"
     if args.resume and ckpt.is_file():
