@@ -43,12 +43,20 @@ def render_avatar(context_like, avatar, frame: int, viewmat, K, width: int, heig
     return np.load(result["path"], allow_pickle=False)
 
 
+def srgb_to_linear(c: np.ndarray) -> np.ndarray:
+    """The sRGB transfer function inverted: avatars learn display (sRGB) colours from their
+    training images, while Blender's render buffers hold scene-linear light."""
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4).astype(np.float32)
+
+
 def composite(layers: list[tuple[float, np.ndarray]], height: int, width: int) -> np.ndarray:
-    """Premultiplied RGBA [H,W,4] of straight-alpha layers composited back to front by distance."""
+    """Scene-linear premultiplied RGBA [H,W,4] of straight-alpha sRGB layers, composited back to front by distance.
+
+    With the Standard view transform the saved image shows exactly the avatar's own colours."""
     out = np.zeros((height, width, 4), np.float32)
     for _, rgba in sorted(layers, key=lambda item: -item[0]):
         a = rgba[..., 3:4]
-        out[..., :3] = rgba[..., :3] * a + out[..., :3] * (1 - a)
+        out[..., :3] = srgb_to_linear(rgba[..., :3]) * a + out[..., :3] * (1 - a)
         out[..., 3:4] = a + out[..., 3:4] * (1 - a)
     return out
 

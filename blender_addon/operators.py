@@ -76,12 +76,4 @@ class EMOTALKER_OT_import_avatar(bpy.types.Operator):
 
 CLASSES = (EMOTALKER_OT_check_environment, EMOTALKER_OT_import_avatar)
 
-
-def register() -> None:
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(CLASSES)

@@ -204,12 +204,4 @@ class EMOTALKER_OT_render_mp4(_JobOperator, bpy.types.Operator):
 
 CLASSES = (EMOTALKER_OT_bake, EMOTALKER_OT_rebake, EMOTALKER_OT_export_ply, EMOTALKER_OT_render_mp4)
 
-
-def register() -> None:
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(CLASSES)

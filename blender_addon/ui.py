@@ -52,12 +52,4 @@ class EMOTALKER_PT_main(bpy.types.Panel):
 
 CLASSES = (EMOTALKER_PT_main,)
 
-
-def register() -> None:
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(CLASSES)

@@ -16,6 +16,10 @@ the DC colour do not change.
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+from emotalker.core.quaternion import quat_multiply as core_quat_multiply
+from emotalker.core.render.sh import sh_basis as render_sh_basis
 
 UP_AXES = ("y", "z")
 Z_UP_ROTATION = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
@@ -23,35 +27,13 @@ Z_UP_QUAT = np.array([np.sqrt(0.5), np.sqrt(0.5), 0.0, 0.0])  # wxyz of Z_UP_ROT
 
 
 def quat_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamilton product of wxyz quaternions a [..., 4] and b [..., 4] -> [..., 4] (rotation a after b)."""
-    aw, ax, ay, az = np.moveaxis(a, -1, 0)
-    bw, bx, by, bz = np.moveaxis(b, -1, 0)
-    return np.stack([
-        aw * bw - ax * bx - ay * by - az * bz,
-        aw * bx + ax * bw + ay * bz - az * by,
-        aw * by - ax * bz + ay * bw + az * bx,
-        aw * bz + ax * by - ay * bx + az * bw,
-    ], -1)
+    """wxyz Hamilton product (rotation a after b) on numpy arrays, through the core's one implementation."""
+    return core_quat_multiply(torch.from_numpy(np.asarray(a)), torch.from_numpy(np.asarray(b))).numpy()
 
 
 def sh_basis(dirs: np.ndarray, degree: int) -> np.ndarray:
-    """The real SH basis of the 3DGS renderers at unit directions dirs [M, 3] -> [M, (degree+1)^2]."""
-    x, y, z = dirs[:, 0], dirs[:, 1], dirs[:, 2]
-    cols = [np.full_like(x, 0.28209479177387814)]
-    if degree >= 1:
-        c1 = 0.4886025119029199
-        cols += [-c1 * y, c1 * z, -c1 * x]
-    if degree >= 2:
-        xx, yy, zz = x * x, y * y, z * z
-        cols += [1.0925484305920792 * x * y, -1.0925484305920792 * y * z,
-                 0.31539156525252005 * (2 * zz - xx - yy), -1.0925484305920792 * x * z,
-                 0.5462742152960396 * (xx - yy)]
-    if degree >= 3:
-        cols += [-0.5900435899266435 * y * (3 * xx - yy), 2.890611442640554 * x * y * z,
-                 -0.4570457994644658 * y * (4 * zz - xx - yy), 0.3731763325901154 * z * (2 * zz - 3 * xx - 3 * yy),
-                 -0.4570457994644658 * x * (4 * zz - xx - yy), 1.445305721320277 * z * (xx - yy),
-                 -0.5900435899266435 * x * (xx - 3 * yy)]
-    return np.stack(cols, 1)
+    """The renderers' real SH basis at unit directions dirs [M, 3] -> [M, (degree+1)^2] (numpy, float64)."""
+    return render_sh_basis(degree, torch.from_numpy(np.asarray(dirs, dtype=np.float64))).numpy()
 
 
 def sh_rotation(rotation: np.ndarray, degree: int) -> np.ndarray:
