@@ -117,9 +117,9 @@ def main() -> int:
         if t >= next_eval["t"] or step == tr.cfg.steps:
             t0 = time.monotonic()
             m = evaluate(tr.model, test, curve_idx)
-            curve.append({"minutes": round(t / 60, 3), "step": step, "test_psnr": m["psnr"],
+            curve.append({"minutes": round((t - paused["s"]) / 60, 3), "step": step, "test_psnr": m["psnr"],
                           "n_gaussians": stats["n"], "train_psnr_recent": float(np.mean([h["psnr"] for h in tr.state.history[-10:]] or [stats["psnr"]]))})
-            print(f"  {t / 60:6.2f} min  step {step:6d}  test PSNR {m['psnr']:.2f} dB  n={stats['n']}", flush=True)
+            print(f"  {(t - paused['s']) / 60:6.2f} min  step {step:6d}  test PSNR {m['psnr']:.2f} dB  n={stats['n']}", flush=True)
             next_eval["t"] = t + args.eval_every * 60
             # Evaluation time is not training time: shift the trainer's clock back.
             paused["s"] += time.monotonic() - t0
