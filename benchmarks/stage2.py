@@ -237,12 +237,17 @@ def main() -> None:
         workdir = args.workdir or Path(tempfile.mkdtemp(prefix="emotalker-stage2-bench-"))
         result["quality"] = quality(args.dataset, args.avatar, args.steps, args.eval_stride, workdir, args.backend)
         result.update({k: v for k, v in result["quality"].items() if k.startswith("psnr_") or k.startswith("train_minutes")})
-        if args.grid:
-            result["grid"] = emotion_grid(workdir / "full", args.dataset, args.grid, backend=args.backend)
+    report(result, args.json)  # the figures first: the grid below is the slow, optional part
+    if args.grid and result["quality"] is not None:
+        result["grid"] = emotion_grid(workdir / "full", args.dataset, args.grid, backend=args.backend)
+        report(result, args.json)
+
+
+def report(result: dict, json_path: Path | None) -> None:
     text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    print(text, flush=True)
+    if json_path:
+        json_path.write_text(text + "\n")
 
 
 if __name__ == "__main__":
