@@ -1,6 +1,6 @@
 """A2E quality and speed on a dataset's held-out clips, against an always-the-training-mean baseline.
 
-    python benchmarks/a2e.py [--dataset /tmp/emotalker-sample-default] [--steps N] [--json out.json]
+    python benchmarks/a2e.py [--dataset DATASET (default: emotalker-sample-default in the temp folder)] [--steps N] [--json out.json]
 
 Trains the A2E model on the dataset's train split (timed: `train_minutes`),
 then on the test split reports:
@@ -91,7 +91,7 @@ def speed(model: A2EModel, dataset: Dataset, clips, fps: float, repeats: int = 3
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--dataset", default="/tmp/emotalker-sample-default", help="dataset folder (default: the shared sample)")
+    ap.add_argument("--dataset", default=str(Path(tempfile.gettempdir()) / "emotalker-sample-default"), help="dataset folder (default: the shared sample)")
     ap.add_argument("--avatar", default=None, help="avatar folder to train into (default: a temporary one)")
     ap.add_argument("--steps", type=int, default=TrainA2EConfig.steps)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for this small model on a busy machine)")

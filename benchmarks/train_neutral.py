@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import tempfile
 import os
 import sys
 import time
@@ -61,7 +62,7 @@ def frames_per_second(model, batch: int, repeats: int = 5) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default="/tmp/emotalker-sample-default")
+    ap.add_argument("--dataset", default=str(Path(tempfile.gettempdir()) / "emotalker-sample-default"))
     ap.add_argument("--json", default=None)
     ap.add_argument("--minutes", type=float, default=20.0, help="training wall-clock budget")
     ap.add_argument("--resolution", type=int, default=256)

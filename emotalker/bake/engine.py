@@ -30,7 +30,7 @@ import numpy as np
 
 from emotalker.core.bundle import EMOTIONS, AvatarBundle
 from emotalker.core.errors import InputError
-from emotalker.core.fileio import atomic_path
+from emotalker.core.fileio import atomic_path, read_npz
 
 CURVES_FORMAT = "emotalker-flame-curves/1"
 
@@ -86,13 +86,7 @@ class FlameCurves:
         Missing eyes/eyelids/emotion keys default to zeros / neutral.
         """
         path = Path(path)
-        if not path.is_file():
-            raise InputError(path, "FLAME curves file not found")
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
-        except (OSError, ValueError) as exc:
-            raise InputError(path, f"not a readable .npz of FLAME curves ({exc})") from None
+        arrays = read_npz(path, "FLAME curves")
         for key in ("expr", "jaw", "neck", "fps"):
             if key not in arrays:
                 raise InputError(path, f"FLAME curves file has no {key!r} array")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import re
-import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ import numpy as np
 
 from .bundle import EMOTIONS
 from .errors import InputError
-from .fileio import read_json
+from .fileio import read_json, read_npz
 
 FORMAT = "emotalker-dataset/1"
 SPLITS = ("train", "test")
@@ -101,13 +100,7 @@ class Tracking:
 def load_tracking(path: str | os.PathLike, n_expr: int | None = None) -> Tracking:
     """Read and validate one tracking.npz. `n_expr`: the rig's expression count (E may not exceed it)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "tracking file not found")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            data = {k: npz[k] for k in npz.files}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        raise InputError(path, f"not a readable .npz file ({exc})") from None
+    data = read_npz(path, "tracking")
     missing = [k for k in (*TRACKING_KEYS, "K") if k not in data]
     if missing:
         raise InputError(path, f"tracking is missing {', '.join(missing)}")

@@ -57,6 +57,21 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         raise InputError(path, f"not a valid {what}: {exc}") from None
 
 
+def read_npz(path: str | os.PathLike, what: str) -> dict[str, np.ndarray]:
+    """Every array of an .npz (never pickled objects); InputError naming the file when it is
+    missing, truncated or not an npz. `what` names the content for the message."""
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, f"{what} file not found")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise InputError(path, f"not a readable .npz {what} file ({exc}); is it truncated?") from None
+
+
 def save_tensors(path: str | os.PathLike, tensors: dict[str, Any], metadata: dict[str, Any] | None = None) -> None:
     """Save a dict of torch tensors or numpy arrays as safetensors, atomically.
 

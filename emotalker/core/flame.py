@@ -11,7 +11,6 @@ Poses are axis-angle, 3 values a joint.
 from __future__ import annotations
 
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,14 +133,10 @@ class FlameModel:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FlameModel":
         """Read and validate a `flame_model.npz`; InputError naming the file on any problem."""
+        from .fileio import read_npz
+
         path = Path(path)
-        if not path.is_file():
-            raise InputError(path, "FLAME model file not found")
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                data = {k: npz[k] for k in npz.files}
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-            raise InputError(path, f"not a readable .npz file ({exc}); is it truncated?") from None
+        data = read_npz(path, "FLAME model")
         missing = [k for k in REQUIRED_KEYS if k not in data]
         if missing:
             raise InputError(path, f"not a FLAME-format rig: missing keys {', '.join(missing)}")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import numpy as np
 from ..bundle import EMOTIONS
 from ..dataset import _CLIP_ID_RE, FRAME_NAME, SPLITS, ClipInfo, Dataset, Tracking, write_dataset_json
 from ..errors import InputError
-from ..fileio import read_json
+from ..fileio import read_json, read_npz
 from ..flame import FlameModel
 
 TRANSFORMS_FILES = ("transforms.json", "transforms_train.json", "transforms_val.json", "transforms_test.json")
@@ -95,13 +94,7 @@ def _intrinsics(fr: dict, shared: dict, where: Path) -> tuple[np.ndarray, int, i
 
 
 def _load_params(path: Path) -> dict[str, np.ndarray]:
-    if not path.is_file():
-        raise InputError(path, "FLAME parameter file not found")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            data = {k: npz[k] for k in npz.files}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        raise InputError(path, f"not a readable .npz of FLAME parameters ({exc})") from None
+    data = read_npz(path, "FLAME parameter")
     for key, size in (("expr", None), ("jaw_pose", 3), ("rotation", 3), ("translation", 3)):
         if key not in data:
             raise InputError(path, f"missing {key!r}")
