@@ -32,6 +32,19 @@ def curves_path(cache: Path) -> Path:
     return bake_dir(cache) / f"{BAKE_NAME}_flame.npz"
 
 
+def audio_source(context, props) -> str:
+    """The avatar's audio file, else the first sound strip's file in the sequencer ('' when neither)."""
+    import bpy
+
+    if props.audio_path:
+        return bpy.path.abspath(props.audio_path)
+    editor = context.scene.sequence_editor
+    for strip in (editor.strips_all if editor else ()):
+        if strip.type == "SOUND" and strip.sound is not None:
+            return bpy.path.abspath(strip.sound.filepath, library=strip.sound.library)
+    return ""
+
+
 def write_tracks(avatar, frames: np.ndarray, fps: float, path: Path) -> Path:
     """The avatar's emotion/intensity/blink at each of `frames`, as an emotalker-tracks/1 file."""
     channels = {f"emotion.{name}": name for name in EMOTIONS}
@@ -58,7 +71,7 @@ class BakeJob:
         self.out = out
         tracks = write_tracks(avatar, self.frames, self.fps, out / "tracks.json")
         self.params = {
-            "avatar": bpy_abspath(props.avatar_path), "audio": bpy_abspath(props.audio_path), "out": str(out),
+            "avatar": bpy_abspath(props.avatar_path), "audio": audio_source(context, props), "out": str(out),
             "tracks": str(tracks), "frames": f"{self.frames[0]}:{self.frames[-1]}", "fps": self.fps,
             "name": BAKE_NAME, "device": session.device(context), **{e: True for e in exports}, **(extra or {}),
         }

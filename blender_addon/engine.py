@@ -15,7 +15,7 @@ import bpy
 
 from . import camera as camera_conv
 from . import session
-from .bake_job import curves_path
+from .bake_job import audio_source, curves_path
 from .operators import cache_dir
 from .worker_client import WorkerError
 
@@ -35,8 +35,9 @@ def render_avatar(context_like, avatar, frame: int, viewmat, K, width: int, heig
               "viewmat": np.asarray(viewmat).tolist(), "K": np.asarray(K).tolist(), "width": width, "height": height}
     if props.baked and curves.exists():
         params["curves"] = str(curves)
-        if props.audio_path:
-            params["audio"] = bpy.path.abspath(props.audio_path)
+        audio = audio_source(context_like, props)
+        if audio:
+            params["audio"] = audio
     else:
         params["no_emotion"] = True
     result = session.worker(context_like).call("render_frame", params, timeout=600)

@@ -16,7 +16,7 @@ from bpy.props import EnumProperty, StringProperty
 
 from . import camera as camera_conv
 from .avatar_objects import find_avatar, proxy_mesh
-from .bake_job import BakeJob, apply_bake, bake_dir, curves_path
+from .bake_job import BakeJob, apply_bake, audio_source, bake_dir, curves_path
 from .curves import read_curves
 from .operators import cache_dir
 from .worker_client import WorkerError
@@ -36,7 +36,7 @@ class _JobOperator:
     @classmethod
     def poll(cls, context):
         avatar = find_avatar(context)
-        return avatar is not None and bool(avatar.emotalker.avatar_path) and bool(avatar.emotalker.audio_path)
+        return avatar is not None and bool(avatar.emotalker.avatar_path) and bool(audio_source(context, avatar.emotalker))
 
     def make_job(self, context, avatar) -> BakeJob:
         raise NotImplementedError

@@ -20,7 +20,7 @@ def _emotion(name: str) -> FloatProperty:
 class EmoTalkerAvatarProps(bpy.types.PropertyGroup):
     is_avatar: BoolProperty(default=False, options={"HIDDEN"})
     avatar_path: StringProperty(name="Avatar", subtype="DIR_PATH", description="The avatar bundle folder")
-    audio_path: StringProperty(name="Audio", subtype="FILE_PATH", description="Dialogue audio (any format soundfile reads)")
+    audio_path: StringProperty(name="Audio", subtype="FILE_PATH", description="Dialogue audio (any format soundfile reads); empty: the first sound strip")
     cache_dir: StringProperty(name="Cache", subtype="DIR_PATH", default="//emotalker_cache",
                               description="Where baked curves and per-frame Gaussians are kept")
     intensity: FloatProperty(name="Intensity", default=1.0, min=0.0, max=3.0,

@@ -21,6 +21,7 @@ from emotalker.bake.clip import BakeOptions, bake_clip
 from emotalker.bake.ply import ply_property_names
 from emotalker.core.bundle import EMOTIONS
 from emotalker.core.errors import InputError
+from emotalker.core.flame import FlameModel
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -333,3 +334,20 @@ def test_front_camera_frames_the_head_and_camera_files_are_checked(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({**cam.to_dict(), "width": 0}))
     with pytest.raises(InputError, match="width"):
         Camera.load(tmp_path / "bad.json")
+
+
+def test_render_frame_loads_the_avatar_once_while_its_files_are_unchanged(tmp_path):
+    from emotalker.bake import worker_methods
+
+    avatar = make_tiny_avatar(tmp_path / "avatar")
+    cam = front_camera(FlameModel.load(avatar / "flame_model.npz").v_template, 32)
+    params = {"avatar": str(avatar), "cache": str(tmp_path / "cache"), "viewmat": cam.viewmat.tolist(),
+              "K": cam.K.tolist(), "width": 32, "height": 32, "no_emotion": True}
+    worker_methods._cached_evaluator.cache_clear()
+    for frame in (1, 2):
+        worker_methods.render_frame({**params, "frame": frame}, None)
+    info = worker_methods._cached_evaluator.cache_info()
+    assert (info.misses, info.hits) == (1, 1)
+    (avatar / "neutral.safetensors").touch()  # a retrained stage is picked up
+    worker_methods.render_frame({**params, "frame": 3}, None)
+    assert worker_methods._cached_evaluator.cache_info().misses == 2

@@ -266,3 +266,18 @@ def test_cancelling_a_bake_leaves_only_whole_frames(baked_scene):
     from plyfile import PlyData
     for f in written:
         assert len(PlyData.read(str(f))["vertex"]) > 0
+
+
+def test_audio_comes_from_a_sound_strip_when_no_file_is_set(baked_scene):
+    from blender_addon.bake_job import audio_source
+
+    avatar, tmp_path = baked_scene
+    audio = avatar.emotalker.audio_path
+    avatar.emotalker.audio_path = ""
+    scene = bpy.context.scene
+    assert audio_source(bpy.context, avatar.emotalker) == ""
+    editor = scene.sequence_editor_create()
+    editor.strips.new_sound("line", audio, channel=1, frame_start=1)
+    assert audio_source(bpy.context, avatar.emotalker) == audio
+    assert bpy.ops.emotalker.bake() == {"FINISHED"}
+    assert (tmp_path / "cache" / "Ava" / "bake" / "bake_000010.ply").exists()

@@ -6,14 +6,18 @@ Each takes (params, ctx) and returns a JSON-able dict. Arrays travel as files
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 
-from emotalker.core.bundle import EMOTIONS, AvatarBundle
+from emotalker.core.bundle import EMOTIONS, STAGE_FILES, AvatarBundle
 from emotalker.core.errors import InputError
 from emotalker.core.fileio import atomic_path
 from emotalker.core.flame import FlameModel
+
+
+STAGES = tuple(STAGE_FILES)
 
 
 def _out_dir(params: dict) -> Path:
@@ -77,6 +81,24 @@ def bake(params: dict, ctx) -> dict:
     return bake_clip(BakeOptions.from_fields(fields), progress_sink=ctx.progress).to_dict()
 
 
+def _evaluator(bundle: AvatarBundle, use_emotion: bool):
+    """The avatar's evaluator, loaded once per worker while its files are unchanged.
+
+    Viewport playback and animation renders ask for one frame at a time; loading
+    the bundle each time would cost seconds a frame.
+    """
+    stamps = tuple(p.stat().st_mtime_ns for p in (bundle.flame_path, *(bundle.stage_path(s) for s in STAGES))
+                   if p.exists())
+    return _cached_evaluator(str(bundle.root.resolve()), use_emotion, stamps)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_evaluator(root: str, use_emotion: bool, stamps: tuple):
+    from emotalker.bake.engine import AvatarEvaluator
+
+    return AvatarEvaluator.open(AvatarBundle.open(root), use_emotion=use_emotion)
+
+
 def render_frame(params: dict, ctx) -> dict:
     """Render one frame of an avatar for the viewport or F12.
 
@@ -89,7 +111,7 @@ def render_frame(params: dict, ctx) -> dict:
     import torch
 
     from emotalker.bake.cameras import Camera
-    from emotalker.bake.engine import AvatarEvaluator, FlameCurves, FrameProducer, audio_rows, camera_code
+    from emotalker.bake.engine import FlameCurves, FrameProducer, audio_rows, camera_code
 
     for key in ("avatar", "cache", "frame", "viewmat", "K", "width", "height"):
         if key not in params:
@@ -97,7 +119,7 @@ def render_frame(params: dict, ctx) -> dict:
     camera = Camera.from_dict({"format": "emotalker-camera/1", **{k: params[k] for k in ("viewmat", "K", "width", "height")}},
                               source="render_frame camera")
     bundle = AvatarBundle.open(params["avatar"])
-    evaluator = AvatarEvaluator.open(bundle, use_emotion=not params.get("no_emotion", False))
+    evaluator = _evaluator(bundle, not params.get("no_emotion", False))
     frame = int(params["frame"])
     if params.get("curves"):
         curves = FlameCurves.load(params["curves"], evaluator.stage1.flame_model.n_expr)
