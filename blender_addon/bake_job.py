@@ -65,14 +65,12 @@ class BakeJob:
                  camera: str | None = None, extra: dict | None = None):
         scene = context.scene
         props = avatar.emotalker
-        self.avatar_name = avatar.name
-        self.frames = np.arange(scene.frame_start, scene.frame_end + 1)
-        self.fps = scene.render.fps / scene.render.fps_base
-        self.out = out
-        tracks = write_tracks(avatar, self.frames, self.fps, out / "tracks.json")
+        frames = np.arange(scene.frame_start, scene.frame_end + 1)
+        fps = scene.render.fps / scene.render.fps_base
+        tracks = write_tracks(avatar, frames, fps, out / "tracks.json")
         self.params = {
             "avatar": bpy_abspath(props.avatar_path), "audio": audio_source(context, props), "out": str(out),
-            "tracks": str(tracks), "frames": f"{self.frames[0]}:{self.frames[-1]}", "fps": self.fps,
+            "tracks": str(tracks), "frames": f"{frames[0]}:{frames[-1]}", "fps": fps,
             "name": BAKE_NAME, "device": session.device(context), **{e: True for e in exports}, **(extra or {}),
         }
         if flame_curves:
