@@ -66,12 +66,9 @@ class _JobOperator:
     def execute(self, context):
         if not self._start(context):
             return {"CANCELLED"}
-        self._job.wait()
-        return self._end(context)
-
-    def invoke(self, context, event):
-        if not self._start(context):
-            return {"CANCELLED"}
+        if bpy.app.background or context.window is None:  # scripts and tests: no event loop to poll from
+            self._job.wait()
+            return self._end(context)
         wm = context.window_manager
         self._timer = wm.event_timer_add(0.1, window=context.window)
         wm.progress_begin(0, 1000)
@@ -121,16 +118,29 @@ def edited_curves_file(avatar) -> str:
     return str(path)
 
 
-class EMOTALKER_OT_rebake(_JobOperator, bpy.types.Operator):
+class _BakedJobOperator(_JobOperator):
+    """Jobs that start from a finished bake's curves."""
+
+    @classmethod
+    def poll(cls, context):
+        return super().poll(context) and find_avatar(context).emotalker.baked
+
+
+class _ExportOperator(_BakedJobOperator):
+    """Exports ask for a folder first, then run like every job (modal in the UI)."""
+
+    directory: StringProperty(subtype="DIR_PATH")
+
+    def invoke(self, context, event):
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+
+class EMOTALKER_OT_rebake(_BakedJobOperator, bpy.types.Operator):
     """Re-bake the per-frame Gaussians from the edited F-curves (A2E is not run again)"""
 
     bl_idname = "emotalker.rebake"
     bl_label = "Re-bake from Curves"
-
-    @classmethod
-    def poll(cls, context):
-        avatar = find_avatar(context)
-        return super().poll(context) and avatar.emotalker.baked
 
     def make_job(self, context, avatar):
         cache = cache_dir(avatar.emotalker, avatar.name)
@@ -141,22 +151,11 @@ class EMOTALKER_OT_rebake(_JobOperator, bpy.types.Operator):
         self.report({"INFO"}, f"re-baked {result['written']} frames from the edited curves")
 
 
-class EMOTALKER_OT_export_ply(_JobOperator, bpy.types.Operator):
+class EMOTALKER_OT_export_ply(_ExportOperator, bpy.types.Operator):
     """Export the baked avatar as a numbered PLY sequence (INRIA 3DGS) with a JSON sidecar"""
 
     bl_idname = "emotalker.export_ply"
     bl_label = "Export PLY Sequence"
-
-    directory: StringProperty(subtype="DIR_PATH")
-
-    @classmethod
-    def poll(cls, context):
-        avatar = find_avatar(context)
-        return super().poll(context) and avatar.emotalker.baked
-
-    def invoke(self, context, event):
-        context.window_manager.fileselect_add(self)
-        return {"RUNNING_MODAL"}
 
     def make_job(self, context, avatar):
         props = avatar.emotalker
@@ -174,22 +173,15 @@ def write_camera_file(context, avatar, path: Path) -> str:
     return str(path)
 
 
-class EMOTALKER_OT_render_mp4(_JobOperator, bpy.types.Operator):
+class EMOTALKER_OT_render_mp4(_ExportOperator, bpy.types.Operator):
     """Render the baked avatar from the scene camera to PNG frames and an MP4 with the audio"""
 
     bl_idname = "emotalker.render_mp4"
     bl_label = "Render MP4"
 
-    directory: StringProperty(subtype="DIR_PATH")
-
     @classmethod
     def poll(cls, context):
-        avatar = find_avatar(context)
-        return super().poll(context) and avatar.emotalker.baked and context.scene.camera is not None
-
-    def invoke(self, context, event):
-        context.window_manager.fileselect_add(self)
-        return {"RUNNING_MODAL"}
+        return super().poll(context) and context.scene.camera is not None
 
     def make_job(self, context, avatar):
         out = Path(bpy.path.abspath(self.directory))

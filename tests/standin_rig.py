@@ -9,18 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from emotalker.core.flame import FlameModel
+from emotalker.core.head.blendshapes import EXPRESSION_NAMES
 
-EXPR_NAMES = [
-    "smile", "frown", "lips_pucker", "lips_funnel", "lips_press", "upper_lip_raise", "lower_lip_depress",
-    "mouth_stretch", "lips_part", "brow_inner_raise", "brow_outer_raise", "brow_lower", "cheek_raise",
-    "nose_wrinkle", "eyes_squint", "eyes_widen", "cheek_puff", "smile_left", "smile_right", "frown_left",
-    "frown_right", "mouth_left", "mouth_right", "lower_lip_roll_in", "upper_lip_roll_in", "chin_raise",
-    "lips_tighten", "dimple_left", "dimple_right", "brow_inner_raise_left", "brow_inner_raise_right",
-    "brow_outer_raise_left", "brow_outer_raise_right", "brow_lower_left", "brow_lower_right", "squint_left",
-    "squint_right", "nostril_flare", "cheek_suck", "upper_lip_raise_left", "upper_lip_raise_right",
-    "lower_lip_depress_left", "lower_lip_depress_right", "sneer_left", "sneer_right", "lips_stretch_left",
-    "lips_stretch_right", "neck_tense", "forehead_wrinkle", "chin_dimple",
-]
+EXPR_NAMES = list(EXPRESSION_NAMES)  # the procedural head's names, so lookups by name match
 
 
 def standin_model(n_lat: int = 24, n_lon: int = 32, seed: int = 0) -> FlameModel:

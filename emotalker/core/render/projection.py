@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..quaternion import quat_to_matrix
 from .common import EPS2D, RADIUS_SIGMAS
 
 
@@ -29,20 +30,10 @@ class Projection:
     radii: torch.Tensor
 
 
-def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
-    """Rotation matrices [N,3,3] of unnormalised wxyz quaternions [N,4]."""
-    w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], -1).reshape(-1, 3, 3)
-
-
 def project_torch(means, quats, scales, viewmats, Ks, width, height, near_plane, far_plane,
                   antialiased: bool) -> Projection:
     """Project means [N,3], quats [N,4], scales [N,3] through viewmats [C,4,4] and Ks [C,3,3]."""
-    rot = quat_to_rotmat(quats)
+    rot = quat_to_matrix(quats)
     m = rot * scales[:, None, :]
     cov3d = m @ m.transpose(1, 2)                                    # [N,3,3]
     w, t = viewmats[:, :3, :3], viewmats[:, :3, 3]
