@@ -7,7 +7,7 @@ parameters): Stage 1 posed by the frame (frozen by default, or lightly tuned
 with `neutral_lr_scale`), Stage 2's offsets added, rendered from the frame's
 camera; loss lambda_rgb L1 + lambda_dssim D-SSIM + lambda_alpha mean((alpha -
 mask)^2) (+ lambda_vgg VGG features when a local VGG16 weights file is given).
-Adam, learning rate decaying exponentially from `lr` to `lr_final`.
+Adam, learning rate decaying exponentially from `lr` to `lr_final` (1e-3 to 1e-4 by default).
 
 The paper's FLAME loss ties per-Gaussian expression, pose-corrective and
 skinning values predicted by its deformation network to the nearest FLAME
@@ -47,10 +47,12 @@ CHECKPOINT_FORMAT = "emotalker-emotion-checkpoint/1"
 
 @dataclass(frozen=True)
 class TrainEmotionConfig:
-    steps: int = 3000
-    lr: float = 1e-4
-    lr_final: float = 1e-5
-    lr_null: float = 1e-3  # the per-Gaussian null codes see one frame's gradient at a time
+    steps: int = 2000
+    # 10x the paper's 1e-4 -> 1e-5: the zero-initialised heads must travel far in the few thousand
+    # single-frame steps a CPU affords (600 steps at 1e-4 added 0.05 dB, at 1e-3 1.1 dB; docs/stage2.md).
+    lr: float = 1e-3
+    lr_final: float = 1e-4
+    lr_null: float = 1e-2  # the per-Gaussian null codes see one frame's gradient at a time
     resolution: int | None = None
     background: tuple = (1.0, 1.0, 1.0)
     lambda_rgb: float = 1.0

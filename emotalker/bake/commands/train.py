@@ -171,7 +171,7 @@ def add_emotion_parser(stages) -> None:
 
 def add_emotion_options(p, prefix: str = "") -> None:
     """Stage 2's options (`prefix` keeps them apart inside `train all`)."""
-    p.add_argument(f"--{prefix}steps", dest="emotion_steps", type=int, default=3000, help="training steps, one frame each (default 3000)")
+    p.add_argument(f"--{prefix}steps", dest="emotion_steps", type=int, default=2000, help="training steps, one frame each (default 2000)")
     p.add_argument("--resolution", type=int, default=None, help="longer image side to train at (default: Stage 1's)")
     p.add_argument("--no-null-token", action="store_true", help="ablation: mask out the null token (the paper's 'w/o null vector')")
     p.add_argument("--tune-neutral", type=float, default=0.0, metavar="SCALE",
