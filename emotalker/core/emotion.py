@@ -410,6 +410,23 @@ def apply_offsets(g: Gaussians, offsets: torch.Tensor) -> Gaussians:
     return Gaussians(g.means, quats, log_scales, opacity, sh)
 
 
+def apply_offsets_in_place(batch, b: int, offsets: torch.Tensor) -> None:
+    """`apply_offsets` on frame b of a blendshapes.FrameBatch [B, N_face + M, ...], written into it (no autograd).
+
+    Under torch.inference_mode on the CPU this is one compiled pass (inference_kernels.apply_emotion_offsets);
+    elsewhere `apply_offsets` itself, copied back.
+    """
+    from . import inference_kernels as kernels
+
+    frame = (batch.quats[b], batch.log_scales[b], batch.opacity_logits[b], batch.sh[b])
+    if kernels.applicable(offsets, *frame) and all(t.is_contiguous() for t in frame):
+        kernels.run_parallel(kernels.apply_emotion_offsets, offsets.contiguous().numpy(), *(t.numpy() for t in frame))
+        return
+    g = apply_offsets(Gaussians(batch.means[b], *frame), offsets)
+    for old, new in zip(frame, (g.quats, g.log_scales, g.opacity_logits, g.sh)):
+        old.copy_(new)
+
+
 def frame_gaussians(stage1, emotion: EmotionDeformer | None, params: FlameParams, inputs: EmotionInputs | None = None,
                     sh_degree: int | None = None) -> Gaussians:
     """The final Gaussians of one frame: Stage 1 posed by `params` (batch of 1) plus Stage 2's offsets.

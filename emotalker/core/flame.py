@@ -307,7 +307,15 @@ class FlameRig:
 
         Blends each transform's deviation from identity, so identity transforms
         return the points unchanged even where the weights do not sum to 1 in float32.
+        Under torch.inference_mode on the CPU a compiled kernel does the same maths in one pass.
         """
+        from . import inference_kernels as kernels
+
+        if kernels.applicable(points, A, weights):
+            out = torch.empty_like(points)
+            kernels.run_parallel(kernels.skin_points, points.contiguous().numpy(), A.contiguous().numpy(),
+                                 weights.contiguous().numpy(), out.numpy())
+            return out
         eye = torch.eye(4, dtype=A.dtype, device=A.device)
         D = torch.einsum("nj,bjrc->bnrc", weights, A - eye)
         return points + torch.einsum("bnrc,bnc->bnr", D[..., :3, :3], points) + D[..., :3, 3]
