@@ -313,7 +313,8 @@ class FlameRig:
 
         if kernels.applicable(points, A, weights):
             out = torch.empty_like(points)
-            kernels.run_parallel(kernels.skin_points, points.contiguous().numpy(), A.contiguous().numpy(),
+            deviation = (A[:, :, :3] - torch.eye(4, dtype=A.dtype)[:3]).reshape(A.shape[0], -1, 12)
+            kernels.run_parallel(kernels.skin_points, points.contiguous().numpy(), deviation.contiguous().numpy(),
                                  weights.contiguous().numpy(), out.numpy())
             return out
         eye = torch.eye(4, dtype=A.dtype, device=A.device)

@@ -3,10 +3,11 @@
 Evaluating a frame of 20k Gaussians in plain torch takes some sixty small
 tensor operations (quaternion products, 3x3 products per Gaussian, gathers,
 concatenations), each a pass over memory with its own call overhead. Here each
-Gaussian's work is done in one pass, in parallel over Gaussians. The maths is
-that of the differentiable torch code, which stays the specification:
-`GaussianBlendshapes.evaluate` (Stage 1) and `emotion.apply_offsets` (Stage 2);
-tests compare the two paths. Arithmetic is done in float64 and stored as float32.
+Gaussian's work is done in one pass, in parallel over Gaussians (frames in
+turn, so that each thread streams through contiguous rows). The maths is that
+of the differentiable torch code, which stays the specification:
+`GaussianBlendshapes.evaluate` (Stage 1), `FlameRig.skin`, `interpolate_batched`
+and `emotion.apply_offsets` (Stage 2); tests compare the two paths.
 
 Callers use them where `applicable` (under torch.inference_mode, on the CPU) and call
 them through `run_parallel`, which runs them on torch's thread count.
@@ -17,10 +18,12 @@ from __future__ import annotations
 import math
 
 import numba
+import numpy as np
 import torch
 from numba import njit, prange
 
-JIT = dict(cache=True, nogil=True)
+# Float32 throughout, as the torch code; "contract" lets LLVM fuse multiply-adds.
+JIT = dict(cache=True, nogil=True, fastmath={"contract"})
 
 
 def applicable(*tensors: torch.Tensor) -> bool:
@@ -49,7 +52,7 @@ def run_parallel(kernel, *args) -> None:
 @njit(**JIT)
 def _normalized(w, x, y, z):
     """A quaternion divided by max(norm, 1e-12), as torch's F.normalize does."""
-    n = max(math.sqrt(w * w + x * x + y * y + z * z), 1e-12)
+    n = max(math.sqrt(w * w + x * x + y * y + z * z), np.float32(1e-12))
     return w / n, x / n, y / n, z / n
 
 
@@ -66,8 +69,8 @@ def _quat_multiply(a, b):
 
 @njit(**JIT)
 def _quat_to_matrix(q):
-    """Unit quaternion (normalised here) -> rotation matrix as a row-major 9-tuple (as quaternion.quat_to_matrix)."""
-    w, x, y, z = _normalized(q[0], q[1], q[2], q[3])
+    """Unit quaternion -> rotation matrix as a row-major 9-tuple (as quaternion.quat_to_matrix)."""
+    w, x, y, z = q
     return (1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
             2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
             2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y))
@@ -77,15 +80,16 @@ def _quat_to_matrix(q):
 def _bound_point(verts, b, tri, bary):
     """The point with barycentrics bary [3] on the triangle of vertex ids tri [3] of mesh verts[b] [V,3], a 3-tuple."""
     i0, i1, i2 = tri[0], tri[1], tri[2]
-    w0, w1, w2 = float(bary[0]), float(bary[1]), float(bary[2])
+    w0, w1, w2 = bary[0], bary[1], bary[2]
     return (w0 * verts[b, i0, 0] + w1 * verts[b, i1, 0] + w2 * verts[b, i2, 0],
             w0 * verts[b, i0, 1] + w1 * verts[b, i1, 1] + w2 * verts[b, i2, 1],
             w0 * verts[b, i0, 2] + w1 * verts[b, i1, 2] + w2 * verts[b, i2, 2])
 
 
 @njit(**JIT)
-def _rotate_band1(sh, b, n, r):
-    """Turn SH coefficients 1..3 of sh[b, n] [K, 3] in place by rotation r (9-tuple), as blendshapes.rotate_sh_band1.
+def _rotate_band1(sh, r):
+    """Turn SH coefficients 1..3 of one Gaussian's sh [K, 3] in place by rotation r (9-tuple), as
+    blendshapes.rotate_sh_band1.
 
     The band-1 basis is C1 (-y, z, -x), so the coefficients turn by M = P R P^T, P the
     signed permutation taking (x, y, z) to (-y, z, -x): M[i][j] = s_i s_j R[p_i][p_j].
@@ -94,42 +98,65 @@ def _rotate_band1(sh, b, n, r):
          -r[7], r[8], -r[6],
          r[1], -r[2], r[0])
     for c in range(3):
-        s1, s2, s3 = float(sh[b, n, 1, c]), float(sh[b, n, 2, c]), float(sh[b, n, 3, c])
-        sh[b, n, 1, c] = m[0] * s1 + m[1] * s2 + m[2] * s3
-        sh[b, n, 2, c] = m[3] * s1 + m[4] * s2 + m[5] * s3
-        sh[b, n, 3, c] = m[6] * s1 + m[7] * s2 + m[8] * s3
+        s1, s2, s3 = sh[1, c], sh[2, c], sh[3, c]
+        sh[1, c] = m[0] * s1 + m[1] * s2 + m[2] * s3
+        sh[2, c] = m[3] * s1 + m[4] * s2 + m[5] * s3
+        sh[3, c] = m[6] * s1 + m[7] * s2 + m[8] * s3
 
 
 @njit(parallel=True, **JIT)
-def skin_points(points, A, weights, out):
-    """Linear blend skinning, as flame.FlameRig.skin: points [B,V,3], A [B,J,4,4], weights [V,J] -> out [B,V,3].
+def skin_points(points, deviation, weights, out):
+    """Linear blend skinning, as flame.FlameRig.skin: points [B,V,3], weights [V,J] -> out [B,V,3].
 
-    Blends each transform's deviation from identity, D = sum_j w_j (A_j - I), and moves p to p + D p.
+    deviation [B,J,12]: each transform's top three rows minus the identity's, A_j[:3] - I[:3],
+    row-major; the blend D = sum_j w_j (A_j - I) moves p to p + D[:, :3] p + D[:, 3].
     """
     B, V, J = points.shape[0], points.shape[1], weights.shape[1]
-    for i in prange(B * V):
-        b, v = i // V, i % V
-        px, py, pz = float(points[b, v, 0]), float(points[b, v, 1]), float(points[b, v, 2])
-        for r in range(3):
-            d0 = d1 = d2 = d3 = 0.0
-            for j in range(J):
-                w = float(weights[v, j])
-                d0 += w * (A[b, j, r, 0] - (1.0 if r == 0 else 0.0))
-                d1 += w * (A[b, j, r, 1] - (1.0 if r == 1 else 0.0))
-                d2 += w * (A[b, j, r, 2] - (1.0 if r == 2 else 0.0))
-                d3 += w * A[b, j, r, 3]
-            out[b, v, r] = points[b, v, r] + (d0 * px + d1 * py + d2 * pz) + d3
+    for b in range(B):
+        for v in prange(V):
+            px, py, pz = points[b, v, 0], points[b, v, 1], points[b, v, 2]
+            for r in range(3):
+                d0 = d1 = d2 = d3 = np.float32(0.0)
+                for j in range(J):
+                    w = weights[v, j]
+                    d0 += w * deviation[b, j, 4 * r]
+                    d1 += w * deviation[b, j, 4 * r + 1]
+                    d2 += w * deviation[b, j, 4 * r + 2]
+                    d3 += w * deviation[b, j, 4 * r + 3]
+                out[b, v, r] = points[b, v, r] + (d0 * px + d1 * py + d2 * pz) + d3
 
 
 @njit(parallel=True, **JIT)
 def interpolate_points(values, tri, bary, out):
     """Barycentric interpolation, as binding.interpolate_batched: values [B,V,3], tri [N,3] vertex ids,
     bary [N,3] -> out [B,N,3]."""
-    B, N = values.shape[0], tri.shape[0]
-    for i in prange(B * N):
-        b, n = i // N, i % N
-        x, y, z = _bound_point(values, b, tri[n], bary[n])
-        out[b, n, 0], out[b, n, 1], out[b, n, 2] = x, y, z
+    for b in range(values.shape[0]):
+        for n in prange(tri.shape[0]):
+            out[b, n, 0], out[b, n, 1], out[b, n, 2] = _bound_point(values, b, tri[n], bary[n])
+
+
+@njit(**JIT)
+def _blended_joints(rot, qj, lbs, b, n):
+    """Gaussian n's skinning matrix L = sum_j w_nj R_j (9-tuple) and pose quaternion normalise(sum_j w_nj q_j)
+    in frame b: rot [B,J,3,3], qj [B,J,4], lbs [N,J]."""
+    l0 = l1 = l2 = l3 = l4 = l5 = l6 = l7 = l8 = np.float32(0.0)
+    qw = qx = qy = qz = np.float32(0.0)
+    for j in range(lbs.shape[1]):
+        w = lbs[n, j]
+        l0 += w * rot[b, j, 0, 0]
+        l1 += w * rot[b, j, 0, 1]
+        l2 += w * rot[b, j, 0, 2]
+        l3 += w * rot[b, j, 1, 0]
+        l4 += w * rot[b, j, 1, 1]
+        l5 += w * rot[b, j, 1, 2]
+        l6 += w * rot[b, j, 2, 0]
+        l7 += w * rot[b, j, 2, 1]
+        l8 += w * rot[b, j, 2, 2]
+        qw += w * qj[b, j, 0]
+        qx += w * qj[b, j, 1]
+        qy += w * qj[b, j, 2]
+        qz += w * qj[b, j, 3]
+    return (l0, l1, l2, l3, l4, l5, l6, l7, l8), _normalized(qw, qx, qy, qz)
 
 
 @njit(parallel=True, **JIT)
@@ -146,59 +173,34 @@ def pose_face_gaussians(verts, tri, bary, rot, lbs, qj, rq, slot, blended, sh_fi
     sh_fixed [N,S,3] the unblended SH coefficients Cd..Cd+S-1; rotate_sh: turn band 1 with the pose.
     Outputs means [B,*,3], quats [B,*,4], log_scales [B,*,3], opacity [B,*], sh [B,*,Ksh,3].
     """
-    B, N = blended.shape[0], blended.shape[1]
-    J = lbs.shape[1]
     k_sh = sh.shape[2]
     n_blend = min((blended.shape[2] - 11) // 3, k_sh)
-    # One flat loop over (frame, Gaussian): each thread then streams through contiguous rows.
-    for i in prange(B * N):
-        b, n = i // N, i % N
-        # L = sum_j w_nj R_j and the pose quaternion q = normalise(sum_j w_nj q_j).
-        l0 = l1 = l2 = l3 = l4 = l5 = l6 = l7 = l8 = 0.0
-        qw = qx = qy = qz = 0.0
-        for j in range(J):
-            w = float(lbs[n, j])
-            l0 += w * rot[b, j, 0, 0]
-            l1 += w * rot[b, j, 0, 1]
-            l2 += w * rot[b, j, 0, 2]
-            l3 += w * rot[b, j, 1, 0]
-            l4 += w * rot[b, j, 1, 1]
-            l5 += w * rot[b, j, 1, 2]
-            l6 += w * rot[b, j, 2, 0]
-            l7 += w * rot[b, j, 2, 1]
-            l8 += w * rot[b, j, 2, 2]
-            qw += w * qj[b, j, 0]
-            qx += w * qj[b, j, 1]
-            qy += w * qj[b, j, 2]
-            qz += w * qj[b, j, 3]
-        qpose = _normalized(qw, qx, qy, qz)
+    for b in range(blended.shape[0]):
+        for n in prange(blended.shape[1]):
+            L, qpose = _blended_joints(rot, qj, lbs, b, n)
+            e = blended[b, n]
 
-        # mean = surface point on the posed mesh + L (offset from it)
-        e = blended[b, n]
-        ox, oy, oz = float(e[0]), float(e[1]), float(e[2])
-        sx, sy, sz = _bound_point(verts, b, tri[n], bary[n])
-        means[b, n, 0] = sx + l0 * ox + l1 * oy + l2 * oz
-        means[b, n, 1] = sy + l3 * ox + l4 * oy + l5 * oz
-        means[b, n, 2] = sz + l6 * ox + l7 * oy + l8 * oz
+            # mean = surface point on the posed mesh + L (offset from it)
+            s = _bound_point(verts, b, tri[n], bary[n])
+            for r in range(3):
+                means[b, n, r] = s[r] + L[3 * r] * e[0] + L[3 * r + 1] * e[1] + L[3 * r + 2] * e[2]
 
-        # rotation = q(pose) * r_f(psi) * (q0 + sum_k psi_k dq_k)
-        u = slot[n]
-        rf = _normalized(1.0 + rq[b, u, 0], float(rq[b, u, 1]), float(rq[b, u, 2]), float(rq[b, u, 3]))
-        q = _quat_multiply(qpose, _quat_multiply(rf, (float(e[3]), float(e[4]), float(e[5]), float(e[6]))))
-        for c in range(4):
-            quats[b, n, c] = q[c]
-        for c in range(3):
-            log_scales[b, n, c] = e[7 + c]
-        opacity[b, n] = e[10]
-
-        for k in range(n_blend):
+            # rotation = q(pose) * r_f(psi) * (q0 + sum_k psi_k dq_k)
+            u = slot[n]
+            rf = _normalized(1 + rq[b, u, 0], rq[b, u, 1], rq[b, u, 2], rq[b, u, 3])
+            q = _quat_multiply(qpose, _quat_multiply(rf, (e[3], e[4], e[5], e[6])))
+            for c in range(4):
+                quats[b, n, c] = q[c]
             for c in range(3):
-                sh[b, n, k, c] = e[11 + 3 * k + c]
-        for k in range(n_blend, k_sh):
-            for c in range(3):
-                sh[b, n, k, c] = sh_fixed[n, k - n_blend, c]
-        if rotate_sh:
-            _rotate_band1(sh, b, n, _quat_to_matrix(qpose))
+                log_scales[b, n, c] = e[7 + c]
+            opacity[b, n] = e[10]
+
+            out = sh[b, n]
+            for k in range(k_sh):
+                for c in range(3):
+                    out[k, c] = e[11 + 3 * k + c] if k < n_blend else sh_fixed[n, k - n_blend, c]
+            if rotate_sh:
+                _rotate_band1(out, _quat_to_matrix(qpose))
 
 
 @njit(parallel=True, **JIT)
@@ -211,8 +213,7 @@ def apply_emotion_offsets(offsets, quats, log_scales, opacity, sh):
     """
     for n in prange(offsets.shape[0]):
         o = offsets[n]
-        q = _quat_multiply((float(quats[n, 0]), float(quats[n, 1]), float(quats[n, 2]), float(quats[n, 3])),
-                           (1.0 + o[0], float(o[1]), float(o[2]), float(o[3])))
+        q = _quat_multiply((quats[n, 0], quats[n, 1], quats[n, 2], quats[n, 3]), (1 + o[0], o[1], o[2], o[3]))
         for c in range(4):
             quats[n, c] = q[c]
         for c in range(3):
