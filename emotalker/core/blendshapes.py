@@ -402,7 +402,7 @@ class GaussianBlendshapes(nn.Module):
         B, N, K = psi.shape[0], self.n_gaussians, self.config.n_blendshapes
         k_sh = (degree + 1) ** 2
         blend = self._inference_blend()
-        blended = torch.addmm(blend["base"], psi, blend["matrix"].T)  # [B, N*C]
+        deltas = psi @ blend["matrix"].T  # [B, N*C]; the kernel adds the base (addmm would spend a pass on it)
         _, dq_face, slot = self._bound_face_deltas()
         rq = psi @ dq_face.reshape(-1, K).T  # [B, U*4]: r_f(psi) before adding 1 and normalising
         qj = _joint_quats(A)
@@ -410,8 +410,8 @@ class GaussianBlendshapes(nn.Module):
         sh_fixed = blend["sh_fixed"][:, : max(k_sh - self.d_sh.shape[1], 0)]
         arr = lambda t: t.contiguous().numpy()  # noqa: E731
         run_parallel(pose_face_gaussians, arr(verts), arr(blend["tri"]), arr(self.bary), arr(A[:, :, :3, :3]),
-                     arr(self.lbs_weights), arr(qj), arr(rq.reshape(B, -1, 4)), arr(slot),
-                     arr(blended.reshape(B, N, -1)), arr(sh_fixed), degree >= 1,
+                     arr(self.lbs_weights), arr(qj), arr(rq.reshape(B, -1, 4)), arr(slot), arr(blend["base"]),
+                     arr(deltas.reshape(B, N, -1)), arr(sh_fixed), degree >= 1,
                      *(arr(t) for t in out.fields()))
         if self.n_teeth:
             out.write_rows(N, self._posed_teeth(A, qj, degree))
@@ -420,7 +420,7 @@ class GaussianBlendshapes(nn.Module):
     def _inference_blend(self) -> dict[str, torch.Tensor]:
         """What `_evaluate_fast` reads, cached until a parameter or the binding changes.
 
-        matrix [N*C, K] and base [N*C]: channel c of Gaussian n is base[nC+c] + sum_k psi_k matrix[nC+c, k].
+        matrix [N*C, K] and base [N,C]: channel c of Gaussian n is base[n,c] + sum_k psi_k matrix[nC+c, k].
         The C channels are the offset from the surface point (3), quaternion (4), log-scale (3),
         opacity logit (1) and the first Cd SH coefficients (3 Cd), each base + sum_k psi_k m_nk delta_nk.
         The offset's deformation-transfer term G_f(psi) off0 is linear in psi too, since
@@ -441,7 +441,7 @@ class GaussianBlendshapes(nn.Module):
         Cd = self.d_sh.shape[1]
         bases = (off0, self.quats, self.log_scales, self.opacity_logits, sh_all[:, :Cd])
         deltas = (d_offset, d["d_quats"], d["d_log_scales"], d["d_opacity"], d["d_sh"])
-        blend = {"base": torch.cat([b.reshape(N, -1) for b in bases], 1).reshape(-1),
+        blend = {"base": torch.cat([b.reshape(N, -1) for b in bases], 1),
                  "matrix": torch.cat(deltas, 1).reshape(-1, K).contiguous(),
                  "tri": rig.faces[self.face_ids].contiguous(),
                  "sh_fixed": sh_all[:, Cd:].contiguous()}

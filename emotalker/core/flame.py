@@ -244,7 +244,8 @@ class FlameRig:
     def shaped(self, p: FlameParams, B: int):
         """Rest-pose vertices with identity, expression and eyelid offsets: [B,V,3]."""
         v = self.v_template.expand(B, -1, -1)
-        v = v + torch.einsum("vcs,bs->bvc", self.shapedirs, self._coeffs(p.shape, self.n_shape, B, "shape"))
+        if p.shape is not None:  # a rig with the identity applied (as every dataset's) needs no shape term
+            v = v + torch.einsum("vcs,bs->bvc", self.shapedirs, self._coeffs(p.shape, self.n_shape, B, "shape"))
         v = v + torch.einsum("vce,be->bvc", self.exprdirs, self._coeffs(p.expr, self.n_expr, B, "expr"))
         if self.eyelids is not None and p.eyelids is not None:
             v = v + torch.einsum("kvc,bk->bvc", self.eyelids, p.eyelids.to(v))

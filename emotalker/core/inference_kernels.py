@@ -160,7 +160,7 @@ def _blended_joints(rot, qj, lbs, b, n):
 
 
 @njit(parallel=True, **JIT)
-def pose_face_gaussians(verts, tri, bary, rot, lbs, qj, rq, slot, blended, sh_fixed, rotate_sh,
+def pose_face_gaussians(verts, tri, bary, rot, lbs, qj, rq, slot, base, blend, sh_fixed, rotate_sh,
                         means, quats, log_scales, opacity, sh):
     """Stage 1's posed face Gaussians (see blendshapes.py for the maths), written into rows 0..N-1 of the outputs.
 
@@ -168,37 +168,39 @@ def pose_face_gaussians(verts, tri, bary, rot, lbs, qj, rq, slot, blended, sh_fi
     rot [B,J,3,3] joint rotations and qj [B,J,4] their quaternions (one hemisphere); lbs [N,J];
     rq [B,U,4] the deformation-transfer rotations of the bound triangles minus the identity
     (normalised here after adding it back) and slot [N] each Gaussian's triangle among them;
-    blended [B,N,11+3Cd] = base + sum_k psi_k delta_k per channel: the offset from the surface
-    point (3), quaternion (4), log-scale (3), opacity logit (1), the first Cd SH coefficients (3Cd);
+    base [N,C] and blend [B,N,C] (sum_k psi_k delta_k), C = 11 + 3 Cd channels: the offset from the
+    surface point (3), quaternion (4), log-scale (3), opacity logit (1), the first Cd SH coefficients;
     sh_fixed [N,S,3] the unblended SH coefficients Cd..Cd+S-1; rotate_sh: turn band 1 with the pose.
     Outputs means [B,*,3], quats [B,*,4], log_scales [B,*,3], opacity [B,*], sh [B,*,Ksh,3].
     """
     k_sh = sh.shape[2]
-    n_blend = min((blended.shape[2] - 11) // 3, k_sh)
-    for b in range(blended.shape[0]):
-        for n in prange(blended.shape[1]):
+    n_blend = min((base.shape[1] - 11) // 3, k_sh)
+    for b in range(blend.shape[0]):
+        for n in prange(blend.shape[1]):
             L, qpose = _blended_joints(rot, qj, lbs, b, n)
-            e = blended[b, n]
+            g, d = base[n], blend[b, n]
 
             # mean = surface point on the posed mesh + L (offset from it)
             s = _bound_point(verts, b, tri[n], bary[n])
+            ox, oy, oz = g[0] + d[0], g[1] + d[1], g[2] + d[2]
             for r in range(3):
-                means[b, n, r] = s[r] + L[3 * r] * e[0] + L[3 * r + 1] * e[1] + L[3 * r + 2] * e[2]
+                means[b, n, r] = s[r] + L[3 * r] * ox + L[3 * r + 1] * oy + L[3 * r + 2] * oz
 
             # rotation = q(pose) * r_f(psi) * (q0 + sum_k psi_k dq_k)
             u = slot[n]
             rf = _normalized(1 + rq[b, u, 0], rq[b, u, 1], rq[b, u, 2], rq[b, u, 3])
-            q = _quat_multiply(qpose, _quat_multiply(rf, (e[3], e[4], e[5], e[6])))
+            q = _quat_multiply(qpose, _quat_multiply(rf, (g[3] + d[3], g[4] + d[4], g[5] + d[5], g[6] + d[6])))
             for c in range(4):
                 quats[b, n, c] = q[c]
             for c in range(3):
-                log_scales[b, n, c] = e[7 + c]
-            opacity[b, n] = e[10]
+                log_scales[b, n, c] = g[7 + c] + d[7 + c]
+            opacity[b, n] = g[10] + d[10]
 
             out = sh[b, n]
             for k in range(k_sh):
                 for c in range(3):
-                    out[k, c] = e[11 + 3 * k + c] if k < n_blend else sh_fixed[n, k - n_blend, c]
+                    i = 11 + 3 * k + c
+                    out[k, c] = g[i] + d[i] if k < n_blend else sh_fixed[n, k - n_blend, c]
             if rotate_sh:
                 _rotate_band1(out, _quat_to_matrix(qpose))
 
