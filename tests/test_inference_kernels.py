@@ -13,7 +13,8 @@ from stage1_rig import tiny_rig
 from emotalker.bake.engine import AvatarEvaluator, FrameInputs, Stage2Offsets
 from emotalker.core.blendshapes import DELTA_NAMES, BlendshapeConfig, GaussianBlendshapes
 from emotalker.core.bundle import EMOTIONS
-from emotalker.core.emotion import EmotionConfig, EmotionDeformer, EmotionInputs, apply_offsets, mesh_cue
+from emotalker.core.emotion import (EmotionConfig, EmotionDeformer, EmotionInputs, apply_offsets,
+                                    apply_offsets_in_place, mesh_cue)
 from emotalker.core.flame import FlameParams
 
 FIELDS = ("means", "quats", "log_scales", "opacity_logits", "sh")
@@ -127,6 +128,20 @@ def test_stage1_and_stage2_as_the_bake_runs_them_match_the_differentiable_path(r
             assert offsets.abs().max() > 1e-2
             ref = apply_offsets(ref, offsets)
         assert_close(frames[b], ref)
+
+
+def test_offsets_in_place_match_apply_offsets_with_and_without_the_kernel(rig):
+    model = stage1_model(rig)
+    p = frame_params(2)
+    g = torch.Generator().manual_seed(4)
+    offsets = torch.randn(model.n_gaussians, 11, generator=g) * 0.1
+    expected = apply_offsets(model.evaluate(p).unbind()[1], offsets)
+    for mode in (torch.inference_mode, torch.no_grad):  # the compiled pass, then the torch fallback
+        with mode():
+            batch = model.evaluate(p)
+            apply_offsets_in_place(batch, 1, offsets)
+        assert_close(batch.unbind()[1], expected)
+        assert_close(batch.unbind()[0], model.evaluate(p).unbind()[0])  # the other frame is untouched
 
 
 def test_kernels_leave_torch_thread_count_alone(rig):

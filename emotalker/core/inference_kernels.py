@@ -39,8 +39,8 @@ def applicable(*tensors: torch.Tensor) -> bool:
 def run_parallel(kernel, *args) -> None:
     """Run a parallel kernel on as many threads as torch uses (`--threads` limits both).
 
-    numba's first OpenMP launch resets the process's OpenMP thread count, which is
-    torch's too, so it is put back afterwards.
+    numba and torch share one OpenMP runtime and its worker threads; numba's first launch
+    resets the runtime's thread count, which is torch's too, so it is put back afterwards.
     """
     threads = torch.get_num_threads()
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
