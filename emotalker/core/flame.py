@@ -313,7 +313,7 @@ class FlameRig:
         from . import inference_kernels as kernels
 
         if kernels.applicable(points, A, weights):
-            out = torch.empty_like(points)
+            out = torch.empty(points.shape)
             deviation = (A[:, :, :3] - torch.eye(4, dtype=A.dtype)[:3]).reshape(A.shape[0], -1, 12)
             kernels.run_parallel(kernels.skin_points, points.contiguous().numpy(), deviation.contiguous().numpy(),
                                  weights.contiguous().numpy(), out.numpy())
