@@ -1,6 +1,7 @@
 """Speed of the bake's exports, against plyfile's writer in the same run.
 
     python benchmarks/bake.py --json out.json
+    python benchmarks/bake.py --eval-only --threads 2      # just the eval_fps figures
 
 Figures (medians over repeats; the machine may be shared, so they are noisy):
   ply_write_mb_s            our PLY writer, 20,000 Gaussians, SH degree 3, y-up   (goal >= 200)
@@ -135,8 +136,9 @@ def stage1_avatar(n: int):
     return rig, model.eval().requires_grad_(False)
 
 
-def model_figures(n: int, repeats: int) -> dict:
-    """eval_fps (chunked and one frame a call), render_fps_256 and the bake loop's frames/s with PLY writes."""
+def model_figures(n: int, repeats: int, eval_only: bool = False) -> dict:
+    """eval_fps (chunked and one frame a call), render_fps_256 and the bake loop's frames/s with PLY writes
+    (`eval_only`: the eval_fps figures alone)."""
     from emotalker.bake.cameras import front_camera
     from emotalker.bake.clip import render_rgba
     from emotalker.bake.engine import AvatarEvaluator, FlameCurves, FrameProducer
@@ -184,6 +186,8 @@ def model_figures(n: int, repeats: int) -> dict:
     out["eval_fps_unbatched"] = frames_per_second(1, 32)
     evaluator.stage2 = None
     out["eval_fps_stage1"] = frames_per_second(8, 64)
+    if eval_only:
+        return out
 
     camera = front_camera(rig.v_template, 256)
     gaussians = FrameProducer(evaluator, curves, curves.emotion_weights, curves.intensity, z(T), chunk=1)(1)
@@ -208,12 +212,34 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--dir", default=None, help="folder for the written files (default: a temp folder)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--eval-only", action="store_true", help="measure only the eval_fps figures")
     args = parser.parse_args()
 
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
+    figures: dict[str, object] = {}
+    if args.eval_only:
+        figures.update(model_figures(args.n, args.repeats, eval_only=True))
+    else:
+        figures.update(export_figures(args))
+        figures.update(model_figures(args.n, args.repeats))
+    figures["machine"] = {"torch_threads": __import__("torch").get_num_threads(), "python": platform.python_version(),
+                          "cpu": platform.processor() or platform.machine(), "n_gaussians": args.n,
+                          "repeats": args.repeats}
+
+    width = max(len(k) for k in figures)
+    for key, value in figures.items():
+        shown = f"{value:.1f}" if isinstance(value, float) else ("not measured" if value is None else value)
+        print(f"{key:<{width}}  {shown}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+def export_figures(args) -> dict:
+    """The PLY writer's MB/s against plyfile's, and the tracks' evaluation rate."""
     figures: dict[str, object] = {}
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         tmp = Path(tmp)
@@ -246,18 +272,7 @@ def main() -> int:
     frames = np.arange(1, 1001)
     seconds = timed(lambda i: tracks.evaluate(frames), args.repeats)
     figures["tracks_eval_frames_s"] = len(frames) / statistics.median(seconds)
-
-    figures.update(model_figures(args.n, args.repeats))
-    figures["machine"] = {"torch_threads": __import__("torch").get_num_threads(), "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
-                          "n_gaussians": args.n, "repeats": args.repeats}
-
-    width = max(len(k) for k in figures)
-    for key, value in figures.items():
-        shown = f"{value:.1f}" if isinstance(value, float) else ("not measured" if value is None else value)
-        print(f"{key:<{width}}  {shown}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
-    return 0
+    return figures
 
 
 if __name__ == "__main__":

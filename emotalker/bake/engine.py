@@ -191,13 +191,13 @@ class AvatarEvaluator:
         import torch
 
         with torch.inference_mode():
-            frames = self.stage1.evaluate(inputs.params, self.sh_degree).unbind()
+            batch = self.stage1.evaluate(inputs.params, self.sh_degree)
             if self.stage2 is not None:
                 # The one place Stage 2 plugs in: offsets of rotation, scale, colour and opacity on
                 # top of the neutral state, from the frame's FLAME params, emotion, intensity, blink,
                 # audio window and camera code.
-                frames = self.stage2(frames, inputs)
-        return frames
+                self.stage2(batch, inputs)
+        return batch.unbind()
 
 
 class Stage2Offsets:
@@ -223,21 +223,20 @@ class Stage2Offsets:
                              f"Gaussians but this avatar's Stage 1 has {stage1.n_gaussians}; retrain `emotalker train emotion`")
         return cls(deformer.eval().requires_grad_(False), stage1)
 
-    def __call__(self, frames: list, inputs: FrameInputs) -> list:
-        from emotalker.core.emotion import EmotionInputs, apply_offsets, mesh_cue
+    def __call__(self, batch, inputs: FrameInputs) -> None:
+        """Add the offsets to the face Gaussians of `batch` (a blendshapes.FrameBatch of inputs' B frames), in place."""
+        from emotalker.core.emotion import EmotionInputs, apply_offsets_in_place, mesh_cue
 
         audio, camera = inputs.extras.get("audio"), inputs.extras.get("camera")
         if audio is None:
             raise ValueError("Stage 2 needs each frame's audio window in inputs.extras['audio']")
-        active = [b for b in range(len(frames)) if float(inputs.intensity[b]) > 0.0]
+        active = [b for b in range(batch.means.shape[0]) if float(inputs.intensity[b]) > 0.0]
         if not active:
-            return frames
+            return
         dM = mesh_cue(self.stage1, inputs.params)  # [B, N, 3]
-        out = list(frames)
         for b in active:
             cond = EmotionInputs(inputs.emotion[b], float(inputs.intensity[b]), float(inputs.blink[b]), audio[b], camera)
-            out[b] = apply_offsets(frames[b], self.deformer.offsets(dM[b], cond))
-        return out
+            apply_offsets_in_place(batch, b, self.deformer.offsets(dM[b], cond))
 
 
 class FrameProducer:

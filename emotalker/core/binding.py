@@ -108,7 +108,17 @@ def interpolate(values, faces, face_ids, bary):
 
 
 def interpolate_batched(values, faces, face_ids, bary):
-    """values [B,V,*D] (torch) -> [B,N,*D]; same as `interpolate` per batch item."""
+    """values [B,V,*D] (torch) -> [B,N,*D]; same as `interpolate` per batch item.
+
+    Under torch.inference_mode on the CPU, points [B,V,3] go through a compiled gather (one pass).
+    """
+    from . import inference_kernels as kernels
+
+    if values.ndim == 3 and values.shape[2] == 3 and kernels.applicable(values, bary):
+        out = values.new_empty(values.shape[0], face_ids.shape[0], 3)
+        kernels.run_parallel(kernels.interpolate_points, values.contiguous().numpy(),
+                             faces[face_ids].contiguous().numpy(), bary.contiguous().numpy(), out.numpy())
+        return out
     tri = faces[face_ids]  # [N,3]
     v = values[:, tri]  # [B,N,3,*D]
     shape = (1, bary.shape[0], 3) + (1,) * (v.ndim - 3)

@@ -53,6 +53,7 @@ NECK_JOINT, JAW_JOINT = 1, 2
 GAUSSIAN_PARAMS = ("means", "quats", "log_scales", "opacity_logits", "sh_dc", "sh_rest",
                    "d_means", "d_quats", "d_log_scales", "d_opacity", "d_sh")
 GAUSSIAN_BUFFERS = ("face_ids", "bary", "lbs_weights", "masks")
+DELTA_NAMES = ("d_means", "d_quats", "d_log_scales", "d_opacity", "d_sh")
 TEETH_PARAMS = ("teeth_means", "teeth_quats", "teeth_log_scales", "teeth_opacity_logits", "teeth_sh_dc", "teeth_sh_rest")
 
 
@@ -111,6 +112,23 @@ def rotate_sh_band1(sh: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
     M = R[..., perm, :][..., :, perm] * (sign[:, None] * sign[None, :])
     band1 = M @ sh[..., 1:4, :]
     return torch.cat([sh[..., :1, :], band1, sh[..., 4:, :]], -2)
+
+
+def _joint_quats(A: torch.Tensor) -> torch.Tensor:
+    """A [B,J,4,4] -> the joint rotations as quaternions [B,J,4], all in the root's hemisphere
+    (so that blending them by skinning weights does not cancel a rotation against its negative)."""
+    qj = matrix_to_quat(A[:, :, :3, :3])
+    return torch.where((qj * qj[:, :1]).sum(-1, keepdim=True) < 0, -qj, qj)
+
+
+def _masked(delta: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """m_nk * delta_nk: delta [N,*D,K] times masks [N,K]."""
+    return delta * masks.reshape(masks.shape[0], *([1] * (delta.ndim - 2)), masks.shape[1])
+
+
+def _version_key(tensors: list[torch.Tensor]) -> tuple:
+    """What a cache built from `tensors` depends on: each one's identity, in-place version and shape."""
+    return tuple((id(t), t._version, tuple(t.shape)) for t in tensors)
 
 
 def _mouth_points(model: FlameModel) -> tuple[np.ndarray, str]:
@@ -200,6 +218,7 @@ class GaussianBlendshapes(nn.Module):
         self._rig: FlameRig | None = None
         self._face_deltas: tuple[torch.Tensor, torch.Tensor] | None = None
         self._delta_cache: tuple | None = None
+        self._blend_cache: tuple | None = None
 
     # ------------------------------------------------------------------ building
 
@@ -301,17 +320,21 @@ class GaussianBlendshapes(nn.Module):
         return self.evaluate(params, sh_degree).unbind()
 
     def evaluate(self, params: FlameParams, sh_degree: int | None = None) -> "FrameBatch":
-        """As `forward`, but as batched tensors [B, N+M, ...] (see FrameBatch)."""
+        """As `forward`, but as batched tensors [B, N+M, ...] (see FrameBatch).
+
+        Under torch.inference_mode on the CPU this runs `_evaluate_fast` (the same maths in one
+        GEMM and one compiled pass); the code below is its specification and tests compare the two.
+        """
+        from . import inference_kernels  # numba: imported when first needed
+
         degree = self.active_sh_degree if sh_degree is None else sh_degree
         k_sh = (degree + 1) ** 2
         rig = self.rig()
-        B = params.batch_size()
         verts, A = rig(params)  # [B,V,3], [B,J,4,4]
-        K = self.config.n_blendshapes
-        expr = params.expr
-        psi = torch.zeros(B, K, device=verts.device) if expr is None else expr.to(verts)[:, :K]
-        if psi.shape[1] < K:
-            psi = nn.functional.pad(psi, (0, K - psi.shape[1]))
+        B, K = verts.shape[0], self.config.n_blendshapes
+        psi = self._expression_weights(params, B, verts)
+        if inference_kernels.applicable(verts, A, psi):
+            return self._evaluate_fast(psi, verts, A, degree)
 
         faces, fid, bary = rig.faces, self.face_ids, self.bary
         surface = interpolate_batched(verts, faces, fid, bary)  # [B,N,3]
@@ -333,8 +356,7 @@ class GaussianBlendshapes(nn.Module):
         L = torch.einsum("nj,bjrc->bnrc", self.lbs_weights, A[:, :, :3, :3])
         means = surface + (L @ offset[..., None])[..., 0]
 
-        qj = matrix_to_quat(A[:, :, :3, :3])  # [B,J,4]
-        qj = torch.where((qj * qj[:, :1]).sum(-1, keepdim=True) < 0, -qj, qj)  # one hemisphere
+        qj = _joint_quats(A)
         qpose = nn.functional.normalize(torch.einsum("nj,bjq->bnq", self.lbs_weights, qj), dim=-1)
         quats = quat_multiply(qpose, quat_multiply(rq, blend(self.quats, "d_quats")))
         log_scales = blend(self.log_scales, "d_log_scales")
@@ -344,20 +366,87 @@ class GaussianBlendshapes(nn.Module):
         sh = torch.cat([blend(sh_all[:, :Cd], "d_sh"), sh_all[None, :, Cd:].expand(B, -1, -1, -1)], 2)[:, :, :k_sh]
         if degree >= 1:
             sh = rotate_sh_band1(sh, quat_to_matrix(qpose))
+        face = FrameBatch(means, quats, log_scales, opacity, sh)
+        return face.cat(self._posed_teeth(A, qj, degree)) if self.n_teeth else face
 
+    def _expression_weights(self, params: FlameParams, B: int, like: torch.Tensor) -> torch.Tensor:
+        """psi [B,K]: the first K expression coefficients of `params` (zeros where it has fewer)."""
+        K = self.config.n_blendshapes
+        expr = params.expr
+        psi = torch.zeros(B, K, device=like.device) if expr is None else expr.to(like)[:, :K]
+        if psi.shape[1] < K:
+            psi = nn.functional.pad(psi, (0, K - psi.shape[1]))
+        return psi
+
+    def _posed_teeth(self, A: torch.Tensor, qj: torch.Tensor, degree: int) -> "FrameBatch":
+        """The teeth of B frames [B,M,...], rigid with their joints: A [B,J,4,4], qj [B,J,4] (`_joint_quats`)."""
+        B, k_sh = A.shape[0], (degree + 1) ** 2
+        At = A[:, self.teeth_joint]  # [B,M,4,4]
+        t_means = (At[..., :3, :3] @ self.teeth_means[None, :, :, None])[..., 0] + At[..., :3, 3]
+        t_quats = quat_multiply(qj[:, self.teeth_joint], self.teeth_quats[None].expand(B, -1, -1))
+        t_sh = torch.cat([self.teeth_sh_dc, self.teeth_sh_rest], 1)[None, :, :k_sh].expand(B, -1, -1, -1)
+        if degree >= 1:
+            t_sh = rotate_sh_band1(t_sh, At[..., :3, :3])
+        return FrameBatch(t_means, t_quats, self.teeth_log_scales[None].expand(B, -1, -1),
+                          self.teeth_opacity_logits[None].expand(B, -1), t_sh)
+
+    def _evaluate_fast(self, psi: torch.Tensor, verts: torch.Tensor, A: torch.Tensor, degree: int) -> "FrameBatch":
+        """`evaluate` under torch.inference_mode on the CPU. psi [B,K], verts [B,V,3], A [B,J,4,4].
+
+        The per-Gaussian blends are one GEMM on a cached matrix (`_inference_blend`); everything
+        else a face Gaussian needs is one compiled pass (inference_kernels.pose_face_gaussians)
+        instead of some sixty tensor operations.
+        """
+        from .inference_kernels import pose_face_gaussians, run_parallel
+
+        B, N, K = psi.shape[0], self.n_gaussians, self.config.n_blendshapes
+        k_sh = (degree + 1) ** 2
+        blend = self._inference_blend()
+        deltas = psi @ blend["matrix"].T  # [B, N*C]; the kernel adds the base (addmm would spend a pass on it)
+        _, dq_face, slot = self._bound_face_deltas()
+        rq = psi @ dq_face.reshape(-1, K).T  # [B, U*4]: r_f(psi) before adding 1 and normalising
+        qj = _joint_quats(A)
+        out = FrameBatch.empty(B, N + self.n_teeth, k_sh, verts.device)
+        sh_fixed = blend["sh_fixed"][:, : max(k_sh - self.d_sh.shape[1], 0)]
+        arr = lambda t: t.contiguous().numpy()  # noqa: E731
+        run_parallel(pose_face_gaussians, arr(verts), arr(blend["tri"]), arr(self.bary), arr(A[:, :, :3, :3]),
+                     arr(self.lbs_weights), arr(qj), arr(rq.reshape(B, -1, 4)), arr(slot), arr(blend["base"]),
+                     arr(deltas.reshape(B, N, -1)), arr(sh_fixed), degree >= 1,
+                     *(arr(t) for t in out.fields()))
         if self.n_teeth:
-            At = A[:, self.teeth_joint]  # [B,M,4,4]
-            t_means = (At[..., :3, :3] @ self.teeth_means[None, :, :, None])[..., 0] + At[..., :3, 3]
-            t_quats = quat_multiply(qj[:, self.teeth_joint], self.teeth_quats[None].expand(B, -1, -1))
-            t_sh = torch.cat([self.teeth_sh_dc, self.teeth_sh_rest], 1)[None, :, :k_sh].expand(B, -1, -1, -1)
-            if degree >= 1:
-                t_sh = rotate_sh_band1(t_sh, At[..., :3, :3])
-            means = torch.cat([means, t_means], 1)
-            quats = torch.cat([quats, t_quats], 1)
-            log_scales = torch.cat([log_scales, self.teeth_log_scales[None].expand(B, -1, -1)], 1)
-            opacity = torch.cat([opacity, self.teeth_opacity_logits[None].expand(B, -1)], 1)
-            sh = torch.cat([sh, t_sh], 1)
-        return FrameBatch(means, quats, log_scales, opacity, sh)
+            out.write_rows(N, self._posed_teeth(A, qj, degree))
+        return out
+
+    def _inference_blend(self) -> dict[str, torch.Tensor]:
+        """What `_evaluate_fast` reads, cached until a parameter or the binding changes.
+
+        matrix [N*C, K] and base [N,C]: channel c of Gaussian n is base[n,c] + sum_k psi_k matrix[nC+c, k].
+        The C channels are the offset from the surface point (3), quaternion (4), log-scale (3),
+        opacity logit (1) and the first Cd SH coefficients (3 Cd), each base + sum_k psi_k m_nk delta_nk.
+        The offset's deformation-transfer term G_f(psi) off0 is linear in psi too, since
+        off0 = x0 - s0 is the same in every frame: it is folded in as sum_k psi_k (G_fk off0).
+        tri [N,3]: the vertices of each Gaussian's triangle; sh_fixed [N,C_sh-Cd,3]: the unblended SH.
+        """
+        names = ("means", "quats", "log_scales", "opacity_logits", "sh_dc", "sh_rest") + DELTA_NAMES
+        key = _version_key([getattr(self, n) for n in names + ("masks", "face_ids", "bary")])
+        if self._blend_cache is not None and self._blend_cache[0] == key:
+            return self._blend_cache[1]
+        rig = self.rig()
+        N, K = self.n_gaussians, self.config.n_blendshapes
+        G, _, slot = self._bound_face_deltas()
+        off0 = self.means - interpolate(rig.v_template, rig.faces, self.face_ids, self.bary)  # [N,3]
+        d = {name: _masked(getattr(self, name), self.masks).reshape(N, -1, K) for name in DELTA_NAMES}
+        d_offset = d["d_means"] + torch.einsum("nrck,nc->nrk", G[slot].reshape(N, 3, 3, K), off0)
+        sh_all = torch.cat([self.sh_dc, self.sh_rest], 1)  # [N,C_sh,3]
+        Cd = self.d_sh.shape[1]
+        bases = (off0, self.quats, self.log_scales, self.opacity_logits, sh_all[:, :Cd])
+        deltas = (d_offset, d["d_quats"], d["d_log_scales"], d["d_opacity"], d["d_sh"])
+        blend = {"base": torch.cat([b.reshape(N, -1) for b in bases], 1),
+                 "matrix": torch.cat(deltas, 1).reshape(-1, K).contiguous(),
+                 "tri": rig.faces[self.face_ids].contiguous(),
+                 "sh_fixed": sh_all[:, Cd:].contiguous()}
+        self._blend_cache = (key, {k: v.detach() for k, v in blend.items()})
+        return self._blend_cache[1]
 
     def _masked_deltas(self) -> dict[str, torch.Tensor]:
         """Every learned delta times its mask, m_nk * delta_nk, shaped [N, *D, K].
@@ -366,17 +455,13 @@ class GaussianBlendshapes(nn.Module):
         they are cached until a delta, the masks or the Gaussian count changes, so
         that evaluating a frame is one matrix-vector product per attribute.
         """
-        names = ("d_means", "d_quats", "d_log_scales", "d_opacity", "d_sh")
+        names = DELTA_NAMES
         tensors = [getattr(self, n) for n in names] + [self.masks]
-        key = tuple((id(t), t._version, tuple(t.shape)) for t in tensors)
+        key = _version_key(tensors)
         grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
         if not grad and self._delta_cache is not None and self._delta_cache[0] == key:
             return self._delta_cache[1]
-        m = self.masks
-        out = {}
-        for name in names:
-            d = getattr(self, name)
-            out[name] = d * m.reshape(m.shape[0], *([1] * (d.ndim - 2)), m.shape[1])
+        out = {name: _masked(getattr(self, name), self.masks) for name in names}
         if not grad:
             self._delta_cache = (key, {k: v.detach() for k, v in out.items()})
         else:
@@ -401,7 +486,7 @@ class GaussianBlendshapes(nn.Module):
             setattr(self, name, nn.Parameter(getattr(self, name).detach()[index].clone()))
         for name in GAUSSIAN_BUFFERS:
             setattr(self, name, getattr(self, name)[index].clone())
-        self._delta_cache = None
+        self._delta_cache = self._blend_cache = None
 
     # ------------------------------------------------------------------ files
 
@@ -453,6 +538,24 @@ class FrameBatch:
     log_scales: torch.Tensor
     opacity_logits: torch.Tensor
     sh: torch.Tensor
+
+    @classmethod
+    def empty(cls, B: int, n: int, k_sh: int, device=None) -> "FrameBatch":
+        """Uninitialised float32 tensors for B frames of n Gaussians with k_sh SH coefficients."""
+        e = lambda *s: torch.empty(*s, device=device)  # noqa: E731
+        return cls(e(B, n, 3), e(B, n, 4), e(B, n, 3), e(B, n), e(B, n, k_sh, 3))
+
+    def fields(self) -> tuple[torch.Tensor, ...]:
+        return self.means, self.quats, self.log_scales, self.opacity_logits, self.sh
+
+    def cat(self, other: "FrameBatch") -> "FrameBatch":
+        """Each frame's Gaussians followed by the same frame's in `other`."""
+        return FrameBatch(*(torch.cat([a, b], 1) for a, b in zip(self.fields(), other.fields())))
+
+    def write_rows(self, start: int, other: "FrameBatch") -> None:
+        """Copy `other`'s Gaussians [B,M,...] into rows start..start+M-1 of every frame."""
+        for a, b in zip(self.fields(), other.fields()):
+            a[:, start: start + b.shape[1]] = b
 
     def unbind(self) -> list[Gaussians]:
         return [Gaussians(self.means[b], self.quats[b], self.log_scales[b], self.opacity_logits[b], self.sh[b])

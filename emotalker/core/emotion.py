@@ -327,32 +327,45 @@ class EmotionDeformer(nn.Module):
 
         z is kept as z_stored + c with a pending per-frame vector c, so that no pass adds a bias
         to [N, d]: every consumer of z takes c into its own bias (x W^T + b = z_s W^T + (b + c W^T)).
-        The softmax over each head's 3 tokens is exp / (exp @ block-ones), on [N, H*T].
+        Biases are not added by GEMMs either (addmm spends a whole pass broadcasting the bias):
+        - before a ReLU, relu(x + b) = max(x, -b) + b, and the + b joins the pending vector;
+        - in the attention, softmax over each head's tokens of x + b is e_t w_t / sum_t' e_t' w_t'
+          with e = exp(x) and w = exp(b - max b) <= 1, so w scales the block-ones normaliser
+          and the values U instead of the [N, H*T] scores.
         """
         cfg = self.cfg
         W = self.query_in.weight
         dm, df = cfg.d_mesh, cfg.d_blink + 3
         ct = lambda m: m.T.contiguous()  # noqa: E731 - MKL is slowest on strided operands
-        f = torch.addmm(self.mesh_in.bias, dM, ct(self.mesh_in.weight * cfg.mesh_scale)).relu_()
-        z = torch.mm(f, ct(W[:, :dm]))
+
+        def relu_shifted(x, w, b):  # relu(x w + b) - b, in place of the GEMM's output
+            y = torch.mm(x, w)
+            return torch.maximum(y, -b, out=y)
+
+        Wz = ct(W[:, :dm])
+        f = relu_shifted(dM, ct(self.mesh_in.weight * cfg.mesh_scale), self.mesh_in.bias)
+        z = torch.mm(f, Wz)
         if cfg.use_null:
             z.addmm_(self.null, ct(W[:, dm + df:]))
-        c = self.query_in.bias + W[:, dm: dm + df] @ frame_q  # pending [d]
+        c = self.query_in.bias + W[:, dm: dm + df] @ frame_q + self.mesh_in.bias @ Wz  # pending [d]
         H, T = cfg.n_heads, tokens.shape[0]
         block = torch.block_diag(*[torch.ones(T, T, device=z.device)] * H)
         for layer in self.layers:
             S, s0, U, u0 = layer.fold(tokens)
-            S, U = S.contiguous(), U.contiguous()
-            e = torch.addmm(s0 + c @ S, z, S).clamp_max_(60.0).exp_()
-            e.div_(e @ block)
-            z.addmm_(e, U)
+            b = (s0 + c @ S).reshape(H, T)
+            w = torch.exp(b - b.max(-1, keepdim=True).values).reshape(H * T, 1)
+            e = torch.mm(z, S.contiguous()).clamp_max_(60.0).exp_()
+            e.div_(e @ (w * block))
+            z.addmm_(e, w * U)
             c = c + u0
-            h = torch.addmm(layer.ff1.bias + c @ layer.ff1.weight.T, z, ct(layer.ff1.weight)).relu_()
-            z.addmm_(h, ct(layer.ff2.weight))
-            c = c + layer.ff2.bias
+            b1 = layer.ff1.bias + c @ layer.ff1.weight.T
+            F2 = ct(layer.ff2.weight)
+            z.addmm_(relu_shifted(z, ct(layer.ff1.weight), b1), F2)
+            c = c + layer.ff2.bias + b1 @ F2
         l1, l2 = self.head[0], self.head[2]
-        h = torch.addmm(l1.bias + c @ l1.weight.T, z, ct(l1.weight)).relu_()
-        return torch.addmm(l2.bias * gate, h, ct(l2.weight) * gate)
+        b1 = l1.bias + c @ l1.weight.T
+        W2 = ct(l2.weight) * gate
+        return torch.mm(relu_shifted(z, ct(l1.weight), b1), W2).add_(l2.bias * gate + b1 @ W2)
 
     # -- files ----------------------------------------------------------------------------
 
@@ -408,6 +421,23 @@ def apply_offsets(g: Gaussians, offsets: torch.Tensor) -> Gaussians:
     sh = torch.cat([dc, g.sh[:, 1:]], 1)
     opacity = torch.cat([g.opacity_logits[:n] + offsets[:, 10], g.opacity_logits[n:]])
     return Gaussians(g.means, quats, log_scales, opacity, sh)
+
+
+def apply_offsets_in_place(batch, b: int, offsets: torch.Tensor) -> None:
+    """`apply_offsets` on frame b of a blendshapes.FrameBatch [B, N_face + M, ...], written into it (no autograd).
+
+    Under torch.inference_mode on the CPU this is one compiled pass (inference_kernels.apply_emotion_offsets);
+    elsewhere `apply_offsets` itself, copied back.
+    """
+    from . import inference_kernels as kernels
+
+    frame = (batch.quats[b], batch.log_scales[b], batch.opacity_logits[b], batch.sh[b])
+    if kernels.applicable(offsets, *frame) and all(t.is_contiguous() for t in frame):
+        kernels.run_parallel(kernels.apply_emotion_offsets, offsets.contiguous().numpy(), *(t.numpy() for t in frame))
+        return
+    g = apply_offsets(Gaussians(batch.means[b], *frame), offsets)
+    for old, new in zip(frame, (g.quats, g.log_scales, g.opacity_logits, g.sh)):
+        old.copy_(new)
 
 
 def frame_gaussians(stage1, emotion: EmotionDeformer | None, params: FlameParams, inputs: EmotionInputs | None = None,

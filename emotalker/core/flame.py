@@ -244,7 +244,8 @@ class FlameRig:
     def shaped(self, p: FlameParams, B: int):
         """Rest-pose vertices with identity, expression and eyelid offsets: [B,V,3]."""
         v = self.v_template.expand(B, -1, -1)
-        v = v + torch.einsum("vcs,bs->bvc", self.shapedirs, self._coeffs(p.shape, self.n_shape, B, "shape"))
+        if p.shape is not None:  # a rig with the identity applied (as every dataset's) needs no shape term
+            v = v + torch.einsum("vcs,bs->bvc", self.shapedirs, self._coeffs(p.shape, self.n_shape, B, "shape"))
         v = v + torch.einsum("vce,be->bvc", self.exprdirs, self._coeffs(p.expr, self.n_expr, B, "expr"))
         if self.eyelids is not None and p.eyelids is not None:
             v = v + torch.einsum("kvc,bk->bvc", self.eyelids, p.eyelids.to(v))
@@ -307,7 +308,16 @@ class FlameRig:
 
         Blends each transform's deviation from identity, so identity transforms
         return the points unchanged even where the weights do not sum to 1 in float32.
+        Under torch.inference_mode on the CPU a compiled kernel does the same maths in one pass.
         """
+        from . import inference_kernels as kernels
+
+        if kernels.applicable(points, A, weights):
+            out = torch.empty(points.shape)
+            deviation = (A[:, :, :3] - torch.eye(4, dtype=A.dtype)[:3]).reshape(A.shape[0], -1, 12)
+            kernels.run_parallel(kernels.skin_points, points.contiguous().numpy(), deviation.contiguous().numpy(),
+                                 weights.contiguous().numpy(), out.numpy())
+            return out
         eye = torch.eye(4, dtype=A.dtype, device=A.device)
         D = torch.einsum("nj,bjrc->bnrc", weights, A - eye)
         return points + torch.einsum("bnrc,bnc->bnr", D[..., :3, :3], points) + D[..., :3, 3]
