@@ -18,7 +18,8 @@ on --dataset; Stage 2 is trained here twice, with and without the null token):
   psnr_full_a2e           Stage 1 + 2 on the intensity-3 clips driven by A2E from the audio
   train_minutes[_no_null] Stage 2 training time on this machine
 --grid PNG writes the README figure: emotions down, intensity 0..3 across, one frame of a
-held-out clip's audio (A2E-driven when the bundle has A2E).
+held-out clip's audio (A2E-driven when the bundle has A2E); from the Stage 2 trained here, or
+with --skip-quality from the --avatar bundle's own Stage 2.
 """
 
 from __future__ import annotations
@@ -163,8 +164,6 @@ def quality(dataset_root: Path, avatar: Path, steps: int, stride: int, workdir: 
 def emotion_grid(avatar: Path, dataset_root: Path, out_png: Path, clip: str | None = None, t: int | None = None,
                  levels=(0.0, 1.0, 2.0, 3.0), backend: str = "auto") -> dict:
     """Render emotions (rows) x intensities (columns) for one frame of a held-out clip's audio."""
-    from PIL import Image
-
     from emotalker.core.dataset import Dataset
     from emotalker.core.emotion import load_from_bundle
     from emotalker.core.emotion_frames import EmotionFrames
@@ -174,7 +173,10 @@ def emotion_grid(avatar: Path, dataset_root: Path, out_png: Path, clip: str | No
     ds = Dataset.open(dataset_root)
     bundle = AvatarBundle.open(avatar)
     stage1 = load_stage1(bundle).eval()
-    emotion = load_from_bundle(bundle)[0]
+    found = load_from_bundle(bundle)
+    if found is None:
+        raise SystemExit(f"{bundle.root}: no Stage 2 (emotion.safetensors) to draw the grid with")
+    emotion = found[0]
     test = ds.split("test")
     clip = clip or next((c.id for c in test if c.held_out), test[0].id)
     frames = EmotionFrames(ds, [clip], emotion.cfg.features, max(bundle.manifest()["stages"]["neutral"]["resolution"]))
@@ -205,11 +207,33 @@ def emotion_grid(avatar: Path, dataset_root: Path, out_png: Path, clip: str | No
                 g = frame_gaussians(stage1, emotion, params, x)
                 rgb = render_gaussians(g, frame, frames.width, frames.height, frames.background, backend).rgb[0]
             tiles.append((rgb.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8))
-        rows.append(np.concatenate(tiles, 1))
+        rows.append(tiles)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.concatenate(rows, 0)).save(out_png)
+    labelled_grid(rows, list(EMOTIONS), [f"intensity {s:g}" for s in levels]).save(out_png, optimize=True)
     return {"grid": str(out_png), "clip": clip, "frame": t, "rows": list(EMOTIONS), "columns": list(levels),
             "driver": "a2e" if a2e is not None else "tracking"}
+
+
+def labelled_grid(tiles: list[list[np.ndarray]], row_names: list[str], column_names: list[str], margin: int = 6):
+    """Tiles [rows][columns] of RGB uint8 [H,W,3] on a white background -> one PIL image, each tile
+    cropped to the box holding every tile's non-white pixels, row names left, column names on top."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    stack = np.stack([t for row in tiles for t in row])
+    ys, xs = np.nonzero((stack < 250).any(-1).any(0))
+    H, W = stack.shape[1:3]
+    y0, y1 = max(ys.min() - margin, 0), min(ys.max() + margin + 1, H)
+    x0, x1 = max(xs.min() - margin, 0), min(xs.max() + margin + 1, W)
+    th, tw, label_w, head_h = y1 - y0, x1 - x0, 90, 24
+    out = Image.new("RGB", (label_w + tw * len(column_names), head_h + th * len(row_names)), "white")
+    draw, font = ImageDraw.Draw(out), ImageFont.load_default(size=15)
+    for j, name in enumerate(column_names):
+        draw.text((label_w + j * tw + tw // 2, head_h // 2), name, fill="black", font=font, anchor="mm")
+    for i, name in enumerate(row_names):
+        draw.text((6, head_h + i * th + th // 2), name, fill="black", font=font, anchor="lm")
+        for j, tile in enumerate(tiles[i]):
+            out.paste(Image.fromarray(tile[y0:y1, x0:x1]), (label_w + j * tw, head_h + i * th))
+    return out
 
 
 def main() -> None:
@@ -238,8 +262,10 @@ def main() -> None:
         result["quality"] = quality(args.dataset, args.avatar, args.steps, args.eval_stride, workdir, args.backend)
         result.update({k: v for k, v in result["quality"].items() if k.startswith("psnr_") or k.startswith("train_minutes")})
     report(result, args.json)  # the figures first: the grid below is the slow, optional part
-    if args.grid and result["quality"] is not None:
-        result["grid"] = emotion_grid(workdir / "full", args.dataset, args.grid, backend=args.backend)
+    if args.grid and (result["quality"] is not None or args.avatar is not None):
+        # After training: the model trained here; with --skip-quality: the --avatar bundle's own Stage 2.
+        trained = workdir / "full" if result["quality"] is not None else args.avatar
+        result["grid"] = emotion_grid(trained, args.dataset, args.grid, backend=args.backend)
         report(result, args.json)
 
 
