@@ -5,7 +5,8 @@
 Imports the shipped demo avatar with the add-on, keys a happy-to-sad cross-fade
 on its emotion properties, bakes through the worker, then renders frames with
 the "EmoTalker Splats" engine (F12) and the proxy mesh with Workbench (what
-Solid mode shows). Needs the `blender` extra (bpy).
+Solid mode shows), and writes them side by side, labelled, as OUT/blender_walkthrough.png.
+Needs the `blender` extra (bpy).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    renders = Path(tempfile.mkdtemp(prefix="emotalker_walkthrough_renders_"))
 
     import bpy
 
@@ -67,19 +69,38 @@ def main() -> None:
     scene.collection.objects.link(light)
     light.rotation_euler = (math.radians(50), 0, math.radians(30))
 
+    tiles = []  # (path, label)
     for frame in (int(f) for f in args.frames.split(",")):
         scene.frame_set(frame)
-        scene.render.engine = "EMOTALKER_SPLATS"
-        scene.render.filepath = str(out / f"blender_splats_{frame:03d}.png")
-        bpy.ops.render.render(write_still=True)
+        mood = "happy" if props.happy >= props.sad else "sad"
         scene.render.engine = "BLENDER_WORKBENCH"
         scene.display.shading.light = "STUDIO"
-        scene.render.filepath = str(out / f"blender_proxy_{frame:03d}.png")
+        scene.render.filepath = str(renders / f"proxy_{frame:03d}.png")
         bpy.ops.render.render(write_still=True)
+        tiles.append((scene.render.filepath, f"Solid (proxy), frame {frame}: {mood}"))
+        scene.render.engine = "EMOTALKER_SPLATS"
+        scene.render.filepath = str(renders / f"splats_{frame:03d}.png")
+        bpy.ops.render.render(write_still=True)
+        tiles.append((scene.render.filepath, f"EmoTalker Splats F12, frame {frame}"))
         print(f"frame {frame}: happy {props.happy:.2f} sad {props.sad:.2f}", flush=True)
     blender_addon.unregister()
-    print(f"wrote pictures to {out}")
+    strip = out / "blender_walkthrough.png"
+    side_by_side(tiles, strip)
+    print(f"wrote {strip}")
 
+
+def side_by_side(tiles: list[tuple[str, str]], path: Path, background=(38, 38, 38)) -> None:
+    """RGBA renders with their labels -> one strip on a dark background (Blender's viewport grey)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    images = [Image.open(p).convert("RGBA") for p, _ in tiles]
+    w, h = images[0].size
+    strip = Image.new("RGBA", (w * len(images), h + 24), background + (255,))
+    draw, font = ImageDraw.Draw(strip), ImageFont.load_default(size=12)
+    for i, (image, (_, label)) in enumerate(zip(images, tiles)):
+        strip.alpha_composite(image, (i * w, 24))
+        draw.text((i * w + 8, 6), label, fill="white", font=font)
+    strip.convert("RGB").save(path, optimize=True)
 
 if __name__ == "__main__":
     main()

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 SAMPLE = dict(clips=24, resolution=128, duration=2.5, seed=0)
 STEPS_NEUTRAL = 400
 STEPS_A2E = 300
-STEPS_EMOTION = 300
+STEPS_EMOTION = 600
 N_GAUSSIANS = 4000
 MAX_GAUSSIANS = 6000
 N_BLENDSHAPES = 20
