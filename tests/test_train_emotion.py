@@ -32,8 +32,9 @@ def trainer_for(dataset_root, avatar, cfg: TrainEmotionConfig, clips=None) -> Em
 
 def test_training_learns_the_emotional_colour_stage1_cannot(data):
     dataset_root, avatar = data
-    # A higher learning rate than the paper's, so that tens of steps show the effect.
-    cfg = TrainEmotionConfig(steps=50, lr=1e-2, lr_final=5e-3, lr_null=1e-2, backend="cpu")
+    # The shipped learning rates: over 8 seeds, 50 steps gained 1.6 to 2.9 dB here (an earlier
+    # 1e-2 gained -1.1 to 3.3 dB: too chaotic for a test).
+    cfg = TrainEmotionConfig(steps=50, backend="cpu")
     trainer = trainer_for(dataset_root, avatar, cfg, clips=["happy_b", "sad_a"])
     before = evaluate_emotion(trainer.stage1, trainer.deformer, trainer.frames, backend="cpu")
     stage1 = evaluate_emotion(trainer.stage1, None, trainer.frames, backend="cpu")
