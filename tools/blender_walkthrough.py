@@ -102,5 +102,6 @@ def side_by_side(tiles: list[tuple[str, str]], path: Path, background=(38, 38, 3
         draw.text((i * w + 8, 6), label, fill="white", font=font)
     strip.convert("RGB").save(path, optimize=True)
 
+
 if __name__ == "__main__":
     main()
