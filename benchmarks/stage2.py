@@ -241,7 +241,7 @@ def main() -> None:
     ap.add_argument("--dataset", type=Path, default=Path(tempfile.gettempdir()) / "emotalker-sample-default")
     ap.add_argument("--avatar", type=Path, default=None, help="bundle with Stage 1 (+ A2E) trained on --dataset")
     ap.add_argument("--steps", type=int, default=2000, help="Stage 2 training steps (default 2000, as `train emotion`)")
-    ap.add_argument("--eval-stride", type=int, default=3, help="evaluate every Nth frame of the test clips")
+    ap.add_argument("--eval-stride", type=int, default=5, help="evaluate every Nth frame of the test clips (default 5)")
     ap.add_argument("--gaussians", type=int, default=20000, help="face Gaussians for the speed figures")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--skip-quality", action="store_true")
