@@ -84,23 +84,18 @@ def main() -> None:
         tiles.append((scene.render.filepath, f"EmoTalker Splats F12, frame {frame}"))
         print(f"frame {frame}: happy {props.happy:.2f} sad {props.sad:.2f}", flush=True)
     blender_addon.unregister()
+
+    import numpy as np
+    from PIL import Image
+
+    from emotalker.bake.video import contact_sheet
+
+    # One row on Blender's viewport grey.
+    images = [np.asarray(Image.open(path).convert("RGBA")) for path, _ in tiles]
     strip = out / "blender_walkthrough.png"
-    side_by_side(tiles, strip)
+    Image.fromarray(contact_sheet(images, [label for _, label in tiles], columns=len(images),
+                                  background=(38, 38, 38))).save(strip, optimize=True)
     print(f"wrote {strip}")
-
-
-def side_by_side(tiles: list[tuple[str, str]], path: Path, background=(38, 38, 38)) -> None:
-    """RGBA renders with their labels -> one strip on a dark background (Blender's viewport grey)."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    images = [Image.open(p).convert("RGBA") for p, _ in tiles]
-    w, h = images[0].size
-    strip = Image.new("RGBA", (w * len(images), h + 24), background + (255,))
-    draw, font = ImageDraw.Draw(strip), ImageFont.load_default(size=12)
-    for i, (image, (_, label)) in enumerate(zip(images, tiles)):
-        strip.alpha_composite(image, (i * w, 24))
-        draw.text((i * w + 8, 6), label, fill="white", font=font)
-    strip.convert("RGB").save(path, optimize=True)
 
 
 if __name__ == "__main__":

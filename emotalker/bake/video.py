@@ -152,6 +152,7 @@ def contact_sheet(images: Sequence[np.ndarray], labels: Sequence[str] | None = N
     """Tile uint8 images [H,W,3|4] (same size) into a grid with a text label under each -> uint8 [H',W',3].
 
     RGBA images are composited over `background`; `columns` defaults to a near-square grid.
+    Labels are black on a light background and white on a dark one.
     """
     from PIL import Image, ImageDraw
 
@@ -166,13 +167,14 @@ def contact_sheet(images: Sequence[np.ndarray], labels: Sequence[str] | None = N
     sheet = Image.new("RGB", (columns * (w + padding) + padding, rows * (cell_h + padding) + padding), tuple(background))
     draw = ImageDraw.Draw(sheet)
     bg = np.asarray(background, dtype=np.float32) / 255.0
+    ink = (0, 0, 0) if bg.mean() > 0.5 else (255, 255, 255)
     for i, image in enumerate(images):
         if image.shape[:2] != (h, w):
             raise ValueError(f"image {i} is {list(image.shape[:2])}, the first {[h, w]}")
         x, y = padding + (i % columns) * (w + padding), padding + (i // columns) * (cell_h + padding)
         sheet.paste(Image.fromarray(composite(image, bg)[..., :3]), (x, y))
         if labels is not None:
-            draw.text((x + 2, y + h + 2), str(labels[i]), fill=(0, 0, 0))
+            draw.text((x + 2, y + h + 2), str(labels[i]), fill=ink)
     return np.asarray(sheet)
 
 

@@ -38,9 +38,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from .audio_features import FeatureConfig, frame_windows
-from .bundle import EMOTIONS
+from .bundle import EMOTIONS, load_stage_model
 from .errors import InputError
-from .fileio import load_tensors, save_tensors
+from .fileio import save_tensors
 
 FORMAT = "emotalker-a2e/1"
 MAX_INTENSITY = 3.0
@@ -221,17 +221,7 @@ class A2EModel(nn.Module):
     @classmethod
     def load(cls, path: str | os.PathLike, device="cpu") -> tuple["A2EModel", dict]:
         """(model in eval mode, metadata); InputError when the file is not an A2E model."""
-        tensors, meta = load_tensors(path, device=str(device))
-        if meta.get("format") != FORMAT:
-            raise InputError(path, f"not an EmoTalker A2E model (format {meta.get('format')!r}, expected {FORMAT!r})")
-        if list(meta.get("emotions", [])) != list(EMOTIONS):
-            raise InputError(path, "A2E model was trained with a different emotion list")
-        model = cls(A2EConfig.from_dict(meta["config"]))
-        try:
-            model.load_state_dict(tensors)
-        except RuntimeError as exc:
-            raise InputError(path, f"A2E weights do not match their config ({exc})") from None
-        return model.to(device).eval(), meta
+        return load_stage_model(path, FORMAT, "A2E", lambda config: cls(A2EConfig.from_dict(config)), device)
 
 
 def split_params(params):

@@ -80,3 +80,25 @@ class AvatarBundle:
         target.update(fields)
         write_json(self.manifest_path, manifest)
         return manifest
+
+
+def load_stage_model(path: str | os.PathLike, fmt: str, what: str, build, device="cpu") -> tuple[Any, dict]:
+    """A model file whose metadata holds `format`, `config` and `emotions` (A2E, Stage 2).
+
+    build(config dict) -> the untrained nn.Module. Returns (model with the file's weights, in eval
+    mode on `device`, metadata); one InputError naming the file when it is not a `what` model, was
+    trained with another emotion list, or holds weights that do not fit its config.
+    """
+    from .fileio import load_tensors
+
+    tensors, meta = load_tensors(path, device=str(device))
+    if meta.get("format") != fmt:
+        raise InputError(path, f"not an EmoTalker {what} model (format {meta.get('format')!r}, expected {fmt!r})")
+    if list(meta.get("emotions", [])) != list(EMOTIONS):
+        raise InputError(path, f"{what} model was trained with a different emotion list")
+    try:
+        model = build(meta["config"])
+        model.load_state_dict(tensors)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(path, f"{what} weights do not match their config ({exc})") from None
+    return model.to(device).eval(), meta

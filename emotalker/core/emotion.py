@@ -56,7 +56,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .audio_features import FeatureConfig
-from .bundle import EMOTIONS
+from .bundle import EMOTIONS, load_stage_model
 from .errors import InputError
 from .flame import FlameParams
 from .gaussians import Gaussians
@@ -381,19 +381,7 @@ class EmotionDeformer(nn.Module):
     @classmethod
     def load(cls, path: str | os.PathLike, device="cpu") -> tuple["EmotionDeformer", dict]:
         """(model in eval mode, metadata); InputError naming the file when it is not a Stage 2 model."""
-        from .fileio import load_tensors
-
-        tensors, meta = load_tensors(path, device=str(device))
-        if meta.get("format") != FORMAT:
-            raise InputError(path, f"not an EmoTalker emotion model (format {meta.get('format')!r}, expected {FORMAT!r})")
-        if list(meta.get("emotions", [])) != list(EMOTIONS):
-            raise InputError(path, "emotion model was trained with a different emotion list")
-        try:
-            model = cls(EmotionConfig.from_dict(meta["config"]))
-            model.load_state_dict(tensors)
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise InputError(path, f"emotion weights do not match their config ({exc})") from None
-        return model.to(device).eval(), meta
+        return load_stage_model(path, FORMAT, "emotion", lambda config: cls(EmotionConfig.from_dict(config)), device)
 
     def without_null(self) -> "EmotionDeformer":
         """The same weights with the null token masked out (the `--no-null-token` ablation at run time)."""
