@@ -39,12 +39,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from emotalker.core.a2e import A2EModel, infer_curves, split_params  # noqa: E402
-from emotalker.core.a2e_metrics import cosine  # noqa: E402
-from emotalker.core.audio import load_audio  # noqa: E402
-from emotalker.core.audio_features import AudioFeaturizer  # noqa: E402
-from emotalker.core.dataset import Dataset, emotion_weights  # noqa: E402
-from emotalker.core.train_a2e import TrainA2EConfig, prepare_clips, predict_clip, train_a2e  # noqa: E402
+from emotalker.core.models.a2e import A2EModel, infer_curves, split_params  # noqa: E402
+from emotalker.core.evaluation.a2e_metrics import cosine  # noqa: E402
+from emotalker.core.audio.waveform import load_audio  # noqa: E402
+from emotalker.core.audio.features import AudioFeaturizer  # noqa: E402
+from emotalker.core.datasets.dataset import Dataset, emotion_weights  # noqa: E402
+from emotalker.core.training.a2e import TrainA2EConfig, prepare_clips, predict_clip, train_a2e  # noqa: E402
 
 GOALS = {"lip_ratio": 0.5, "jaw_corr": 0.8, "emotion_cos": 0.8, "train_minutes": 15.0, "infer_fps": 1000.0}
 

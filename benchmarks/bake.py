@@ -42,8 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from emotalker.bake.ply import gaussian_rows, ply_property_names, write_ply  # noqa: E402
 from emotalker.bake.tracks import Tracks  # noqa: E402
-from emotalker.core.bundle import EMOTIONS  # noqa: E402
-from emotalker.core.gaussians import Gaussians  # noqa: E402
+from emotalker.core.models.bundle import EMOTIONS  # noqa: E402
+from emotalker.core.render.gaussians import Gaussians  # noqa: E402
 
 
 def random_gaussians(n: int, degree: int, seed: int = 0) -> Gaussians:
@@ -123,7 +123,7 @@ def stage1_avatar(n: int):
     (evaluation cost does not depend on the values)."""
     import torch
 
-    from emotalker.core.blendshapes import BlendshapeConfig, GaussianBlendshapes
+    from emotalker.core.models.blendshapes import BlendshapeConfig, GaussianBlendshapes
     from emotalker.core.head import make_head
 
     rig = make_head()
@@ -139,15 +139,15 @@ def stage1_avatar(n: int):
 def model_figures(n: int, repeats: int, eval_only: bool = False) -> dict:
     """eval_fps (chunked and one frame a call), render_fps_256 and the bake loop's frames/s with PLY writes
     (`eval_only`: the eval_fps figures alone)."""
-    from emotalker.bake.cameras import front_camera
+    from emotalker.core.render.camera import front_camera
     from emotalker.bake.clip import render_rgba
     from emotalker.bake.engine import AvatarEvaluator, FlameCurves, FrameProducer
 
     import torch
 
     from emotalker.bake.engine import Stage2Offsets
-    from emotalker.core.audio_features import AudioFeaturizer, FeatureConfig
-    from emotalker.core.emotion import EmotionConfig, EmotionDeformer
+    from emotalker.core.audio.features import AudioFeaturizer, FeatureConfig
+    from emotalker.core.models.emotion_deformer import EmotionConfig, EmotionDeformer
 
     rig, model = stage1_avatar(n)
     features = FeatureConfig()

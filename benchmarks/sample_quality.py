@@ -22,14 +22,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from emotalker.core.dataset import Dataset  # noqa: E402
+from emotalker.core.datasets.dataset import Dataset  # noqa: E402
 from emotalker.sample import checks  # noqa: E402
 from emotalker.sample.visemes import speech_envelope  # noqa: E402
 
 
 def shifted_iou(ds: Dataset, clip_id: str, shift: int, stride: int) -> np.ndarray:
     """IoU of frame t against the rig posed by the tracking of frame t - shift (a wrong-time baseline)."""
-    from emotalker.core.mesh_preview import rasterize
+    from emotalker.core.rig.mesh_preview import rasterize
 
     model, tr, verts = ds.flame_model(), ds.tracking(clip_id), checks.posed_vertices(ds, clip_id)
     out = []

@@ -40,10 +40,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from emotalker.core.bundle import EMOTIONS, AvatarBundle  # noqa: E402
-from emotalker.core.emotion import (EmotionConfig, EmotionDeformer, EmotionInputs, apply_offsets,  # noqa: E402
+from emotalker.core.models.bundle import EMOTIONS, AvatarBundle  # noqa: E402
+from emotalker.core.models.emotion_deformer import (EmotionConfig, EmotionDeformer, EmotionInputs, apply_offsets,  # noqa: E402
                                     frame_gaussians, mesh_cue)
-from emotalker.core.flame import FlameModel, FlameParams  # noqa: E402
+from emotalker.core.rig.flame import FlameModel, FlameParams  # noqa: E402
 
 
 def median_time(fn, repeats: int, warmup: int = 3) -> float:
@@ -59,7 +59,7 @@ def median_time(fn, repeats: int, warmup: int = 3) -> float:
 
 def speed(flame_path: Path | None, n: int, repeats: int) -> dict:
     """Per-frame timings of Stage 2 (and Stage 1 as the baseline) with n face Gaussians."""
-    from emotalker.core.blendshapes import BlendshapeConfig, GaussianBlendshapes
+    from emotalker.core.models.blendshapes import BlendshapeConfig, GaussianBlendshapes
 
     if flame_path is not None and flame_path.is_file():
         rig, rig_name = FlameModel.load(flame_path), str(flame_path)
@@ -107,11 +107,11 @@ def quality(dataset_root: Path, avatar: Path, steps: int, stride: int, workdir: 
     """Train Stage 2 (with and without the null token) on copies of `avatar`; evaluate the ablations."""
     from dataclasses import replace
 
-    from emotalker.core.dataset import Dataset
-    from emotalker.core.emotion import load_from_bundle
-    from emotalker.core.emotion_frames import EmotionFrames, a2e_params
-    from emotalker.core.eval_emotion import clip_groups, evaluate_emotion
-    from emotalker.core.train_emotion import TrainEmotionConfig, load_stage1, train_emotion
+    from emotalker.core.datasets.dataset import Dataset
+    from emotalker.core.models.emotion_deformer import load_from_bundle
+    from emotalker.core.datasets.emotion_frames import EmotionFrames, a2e_params
+    from emotalker.core.evaluation.emotion import clip_groups, evaluate_emotion
+    from emotalker.core.training.emotion import TrainEmotionConfig, load_stage1, train_emotion
 
     ds = Dataset.open(dataset_root)
     groups = clip_groups(ds)
@@ -146,7 +146,7 @@ def quality(dataset_root: Path, avatar: Path, steps: int, stride: int, workdir: 
         out["psnr_no_null"] = psnr(models["no_null"], f3)
         out["gain_full_over_stage1_db"] = out["psnr_full"] - out["psnr_stage1_only"]
         if bundle.has_stage("a2e"):
-            from emotalker.core.a2e import load_from_bundle as load_a2e
+            from emotalker.core.models.a2e import load_from_bundle as load_a2e
 
             a2e, _ = load_a2e(bundle)
             fa = frames(groups["intensity3"], {c: a2e_params(a2e, ds, c) for c in groups["intensity3"]})
@@ -164,11 +164,11 @@ def quality(dataset_root: Path, avatar: Path, steps: int, stride: int, workdir: 
 def emotion_grid(avatar: Path, dataset_root: Path, out_png: Path, clip: str | None = None, t: int | None = None,
                  levels=(0.0, 1.0, 2.0, 3.0), backend: str = "auto") -> dict:
     """Render emotions (rows) x intensities (columns) for one frame of a held-out clip's audio."""
-    from emotalker.core.dataset import Dataset
-    from emotalker.core.emotion import load_from_bundle
-    from emotalker.core.emotion_frames import EmotionFrames
-    from emotalker.core.eval_neutral import render_gaussians
-    from emotalker.core.train_emotion import load_stage1
+    from emotalker.core.datasets.dataset import Dataset
+    from emotalker.core.models.emotion_deformer import load_from_bundle
+    from emotalker.core.datasets.emotion_frames import EmotionFrames
+    from emotalker.core.evaluation.neutral import render_gaussians
+    from emotalker.core.training.emotion import load_stage1
 
     ds = Dataset.open(dataset_root)
     bundle = AvatarBundle.open(avatar)
@@ -184,8 +184,8 @@ def emotion_grid(avatar: Path, dataset_root: Path, out_png: Path, clip: str | No
     frame, inputs = frames.get(t)
     a2e = None
     if bundle.has_stage("a2e"):
-        from emotalker.core.a2e import infer_curves, load_from_bundle as load_a2e
-        from emotalker.core.audio import load_audio
+        from emotalker.core.models.a2e import infer_curves, load_from_bundle as load_a2e
+        from emotalker.core.audio.waveform import load_audio
 
         a2e, _ = load_a2e(bundle)
         samples = load_audio(ds.audio_path(clip))

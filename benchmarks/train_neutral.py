@@ -31,11 +31,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from emotalker.core.dataset import Dataset  # noqa: E402
-from emotalker.core.eval_neutral import evaluate, render_frame  # noqa: E402
-from emotalker.core.flame import FlameParams  # noqa: E402
-from emotalker.core.frames import FrameSet  # noqa: E402
-from emotalker.core.train_neutral import NeutralTrainer, TrainNeutralConfig, new_model  # noqa: E402
+from emotalker.core.datasets.dataset import Dataset  # noqa: E402
+from emotalker.core.evaluation.neutral import evaluate, render_frame  # noqa: E402
+from emotalker.core.rig.flame import FlameParams  # noqa: E402
+from emotalker.core.datasets.frames import FrameSet  # noqa: E402
+from emotalker.core.training.neutral import NeutralTrainer, TrainNeutralConfig, new_model  # noqa: E402
 
 
 class _Stop(Exception):

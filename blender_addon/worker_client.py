@@ -1,4 +1,4 @@
-"""The add-on's side of the worker protocol (see emotalker/bake/worker.py).
+"""The add-on's side of the worker protocol (see emotalker/worker/server.py).
 
 Standard library only: Blender's Python has no torch. A reader thread turns the
 worker's stdout into a queue, so a modal operator can poll it from a timer

@@ -1,5 +1,5 @@
 import sys
 
-from emotalker.bake.cli import main
+from emotalker.cli.main import main
 
 sys.exit(main())

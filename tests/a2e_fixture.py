@@ -15,7 +15,7 @@ import numpy as np
 import soundfile as sf
 from PIL import Image
 
-from emotalker.core.flame import FlameModel
+from emotalker.core.rig.flame import FlameModel
 
 FPS = 25
 SR = 16000

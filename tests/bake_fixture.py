@@ -25,9 +25,9 @@ def make_tiny_avatar(root: Path, n_gaussians: int = 150, a2e: bool = True, seed:
     that its offsets are not zero)."""
     import torch
 
-    from emotalker.core.a2e import A2EConfig, A2EModel
-    from emotalker.core.blendshapes import BlendshapeConfig, GaussianBlendshapes
-    from emotalker.core.bundle import AvatarBundle
+    from emotalker.core.models.a2e import A2EConfig, A2EModel
+    from emotalker.core.models.blendshapes import BlendshapeConfig, GaussianBlendshapes
+    from emotalker.core.models.bundle import AvatarBundle
 
     bundle = AvatarBundle.create(root)
     rig = tiny_rig(subdivisions=2, n_expr=6, seed=seed)
@@ -49,8 +49,8 @@ def make_tiny_avatar(root: Path, n_gaussians: int = 150, a2e: bool = True, seed:
         net.eval().save(bundle.stage_path("a2e"), {"fps": FPS})
         bundle.update_manifest("a2e", file=bundle.stage_path("a2e").name, fps=FPS)
     if emotion:
-        from emotalker.core.audio_features import AudioFeaturizer, FeatureConfig
-        from emotalker.core.emotion import EmotionConfig, EmotionDeformer
+        from emotalker.core.audio.features import AudioFeaturizer, FeatureConfig
+        from emotalker.core.models.emotion_deformer import EmotionConfig, EmotionDeformer
 
         features = FeatureConfig()
         torch.manual_seed(seed + 1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emotalker.core.flame import FlameModel
+from emotalker.core.rig.flame import FlameModel
 
 
 def make_toy_rig(V: int = 60, n_shape: int = 4, n_expr: int = 6, seed: int = 0, posedirs: bool = True) -> FlameModel:

@@ -20,10 +20,10 @@ from PIL import Image
 from a2e_fixture import SR, audio_for, envelope
 from stage1_rig import tiny_rig
 
-from emotalker.core.blendshapes import BlendshapeConfig, GaussianBlendshapes
-from emotalker.core.bundle import AvatarBundle
-from emotalker.core.frames import frame_params
-from emotalker.core.dataset import Tracking
+from emotalker.core.models.blendshapes import BlendshapeConfig, GaussianBlendshapes
+from emotalker.core.models.bundle import AvatarBundle
+from emotalker.core.datasets.frames import frame_params
+from emotalker.core.datasets.dataset import Tracking
 
 FPS, SIZE, T = 25, 32, 8
 SHIFT = {"neutral": (0.0, 0.0, 0.0), "happy": (0.5, -0.2, -0.2), "sad": (-0.4, -0.4, -0.3)}

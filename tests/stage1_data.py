@@ -10,9 +10,9 @@ import soundfile
 import torch
 from PIL import Image
 
-from emotalker.core.blendshapes import BlendshapeConfig, GaussianBlendshapes
-from emotalker.core.dataset import FRAME_NAME, ClipInfo, Tracking, write_dataset_json
-from emotalker.core.frames import frame_params
+from emotalker.core.models.blendshapes import BlendshapeConfig, GaussianBlendshapes
+from emotalker.core.datasets.dataset import FRAME_NAME, ClipInfo, Tracking, write_dataset_json
+from emotalker.core.datasets.frames import frame_params
 from emotalker.core.render import rasterize
 from stage1_rig import tiny_rig
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import trimesh
 
-from emotalker.core.flame import FlameModel
+from emotalker.core.rig.flame import FlameModel
 
 
 def smooth_field(points: np.ndarray, rng: np.random.Generator, amplitude: float) -> np.ndarray:

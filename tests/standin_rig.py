@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from emotalker.core.flame import FlameModel
-from emotalker.core.head.blendshapes import EXPRESSION_NAMES
+from emotalker.core.rig.flame import FlameModel
+from emotalker.core.head.components import EXPRESSION_NAMES
 
 EXPR_NAMES = list(EXPRESSION_NAMES)  # the procedural head's names, so lookups by name match
 
@@ -67,7 +67,7 @@ def write_tiny_dataset(root, n_clips: int = 2, T: int = 4, size: int = 16, seed:
     import soundfile
     from PIL import Image
 
-    from emotalker.core.dataset import ClipInfo, Tracking, write_dataset_json
+    from emotalker.core.datasets.dataset import ClipInfo, Tracking, write_dataset_json
 
     root = Path(root)
     rng = np.random.default_rng(seed)

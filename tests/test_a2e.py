@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from a2e_fixture import FPS, make_dataset, make_rig
-from emotalker.core.a2e import A2EConfig, A2EModel, emotion_condition, infer_curves, resolve_emotion, split_params
-from emotalker.core.audio_features import FeatureConfig
-from emotalker.core.bundle import EMOTIONS
-from emotalker.core.errors import InputError
-from emotalker.core.flame import FlameParams, FlameRig
-from emotalker.core.flame_subset import vertex_subset
+from emotalker.core.models.a2e import A2EConfig, A2EModel, emotion_condition, infer_curves, resolve_emotion, split_params
+from emotalker.core.audio.features import FeatureConfig
+from emotalker.core.models.bundle import EMOTIONS
+from emotalker.core.base.errors import InputError
+from emotalker.core.rig.flame import FlameParams, FlameRig
+from emotalker.core.rig.flame_subset import vertex_subset
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
@@ -88,7 +88,7 @@ def test_vertex_subset_rig_poses_those_vertices_exactly():
 
 
 def test_tiny_model_overfits_a_short_clip():
-    from emotalker.core.train_a2e import ClipData, TrainA2EConfig, fit_normalisation, sample_batch
+    from emotalker.core.training.a2e import ClipData, TrainA2EConfig, fit_normalisation, sample_batch
 
     rng = np.random.default_rng(0)
     T, fc = 40, FeatureConfig(context=1, sub=2)
@@ -124,7 +124,7 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 def test_load_refuses_other_files(tmp_path):
-    from emotalker.core.fileio import save_tensors
+    from emotalker.core.base.fileio import save_tensors
 
     save_tensors(tmp_path / "x.safetensors", {"a": np.zeros(2)}, {"format": "something-else"})
     with pytest.raises(InputError, match="not an EmoTalker A2E model"):
@@ -138,7 +138,7 @@ def test_unknown_emotion_is_refused():
 
 
 def test_rig_without_lip_region_asks_for_one():
-    from emotalker.core.a2e import lip_indices
+    from emotalker.core.models.a2e import lip_indices
 
     rig = make_rig()
     rig.regions = {}
@@ -156,7 +156,7 @@ TRAIN_TINY = ["--steps", "150", "--batch", "8", "--device", "cpu", "--progress",
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A dataset and an avatar trained on it through `emotalker train a2e` (small model for speed)."""
-    from emotalker.bake.cli import main
+    from emotalker.cli.main import main
 
     root = tmp_path_factory.mktemp("a2e")
     ds = make_dataset(root / "dataset", T=50)
@@ -166,7 +166,7 @@ def trained(tmp_path_factory):
 
 
 def test_train_a2e_writes_the_bundle_and_learns(trained):
-    from emotalker.core.bundle import AvatarBundle
+    from emotalker.core.models.bundle import AvatarBundle
 
     ds, avatar = trained
     bundle = AvatarBundle.open(avatar)
@@ -182,7 +182,7 @@ def test_train_a2e_writes_the_bundle_and_learns(trained):
 
 
 def test_a2e_command_writes_curves(trained, tmp_path):
-    from emotalker.bake.cli import main
+    from emotalker.cli.main import main
 
     ds, avatar = trained
     audio = ds / "clips" / "happy_02" / "audio.wav"
@@ -206,7 +206,7 @@ def test_a2e_command_writes_curves(trained, tmp_path):
 
 
 def test_a2e_command_errors_are_one_line(trained, tmp_path, capsys):
-    from emotalker.bake.cli import main
+    from emotalker.cli.main import main
 
     ds, avatar = trained
     audio = ds / "clips" / "happy_02" / "audio.wav"
@@ -223,8 +223,8 @@ def test_a2e_command_errors_are_one_line(trained, tmp_path, capsys):
 
 
 def test_resume_continues_to_the_same_weights(tmp_path, monkeypatch):
-    from emotalker.core import train_a2e as ta
-    from emotalker.core.progress import Progress
+    from emotalker.core.training import a2e as ta
+    from emotalker.core.base.progress import Progress
 
     ds = make_dataset(tmp_path / "ds", clips_per_emotion=2, T=30, images=True)
     cfg = ta.TrainA2EConfig(steps=12, batch=2, window=16, checkpoint_every=5, model={**TINY, "d_model": 16})
@@ -252,7 +252,7 @@ def test_resume_continues_to_the_same_weights(tmp_path, monkeypatch):
 def test_train_and_run_with_speech_features_from_a_local_model(tmp_path):
     """The wav2vec2 path end to end: a tiny random model saved locally, trained on for a few steps."""
     transformers = pytest.importorskip("transformers")
-    from emotalker.bake.cli import main
+    from emotalker.cli.main import main
 
     torch.manual_seed(0)
     config = transformers.Wav2Vec2Config(

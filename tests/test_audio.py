@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from emotalker.core.audio import SAMPLE_RATE, load_audio, resample, to_mono
-from emotalker.core.audio_features import AudioFeaturizer, FeatureConfig, frame_windows, log_mel, mel_filterbank
-from emotalker.core.errors import InputError
+from emotalker.core.audio.waveform import SAMPLE_RATE, load_audio, resample, to_mono
+from emotalker.core.audio.features import AudioFeaturizer, FeatureConfig, frame_windows, log_mel, mel_filterbank
+from emotalker.core.base.errors import InputError
 
 
 def tone(freq, rate, seconds, amp=0.5):

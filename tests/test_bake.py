@@ -15,13 +15,13 @@ import pytest
 
 from bake_fixture import FPS, make_speech, make_tiny_avatar
 from stage1_rig import tiny_rig
-from emotalker.bake.cameras import front_camera
-from emotalker.bake.cli import main
+from emotalker.core.render.camera import front_camera
+from emotalker.cli.main import main
 from emotalker.bake.clip import BakeOptions, bake_clip
 from emotalker.bake.ply import ply_property_names
-from emotalker.core.bundle import EMOTIONS
-from emotalker.core.errors import InputError
-from emotalker.core.flame import FlameModel
+from emotalker.core.models.bundle import EMOTIONS
+from emotalker.core.base.errors import InputError
+from emotalker.core.rig.flame import FlameModel
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -289,8 +289,8 @@ def test_batch_refuses_outputs_outside_its_folder(inputs, tmp_path, capsys):
 
 
 def test_worker_bake_reports_progress_and_render_frame_writes_rgba(inputs, tmp_path):
-    from emotalker.bake.worker import JobContext
-    from emotalker.bake.worker_methods import METHODS
+    from emotalker.worker.server import JobContext
+    from emotalker.worker.methods import METHODS
 
     events: list[dict] = []
     ctx = JobContext(7, events.append)
@@ -314,7 +314,7 @@ def test_worker_bake_reports_progress_and_render_frame_writes_rgba(inputs, tmp_p
 
 
 def test_front_camera_frames_the_head_and_camera_files_are_checked(tmp_path):
-    from emotalker.bake.cameras import Camera
+    from emotalker.core.render.camera import Camera
 
     verts = tiny_rig(n_expr=6).v_template
     cam = front_camera(verts, 200, 100)
@@ -337,7 +337,7 @@ def test_front_camera_frames_the_head_and_camera_files_are_checked(tmp_path):
 
 
 def test_render_frame_loads_the_avatar_once_while_its_files_are_unchanged(tmp_path):
-    from emotalker.bake import worker_methods
+    from emotalker.worker import methods as worker_methods
 
     avatar = make_tiny_avatar(tmp_path / "avatar")
     cam = front_camera(FlameModel.load(avatar / "flame_model.npz").v_template, 32)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from emotalker.core.errors import InputError
+from emotalker.core.base.errors import InputError
 from emotalker.bake.batch import load_manifest, run_batch
 
 

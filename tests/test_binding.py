@@ -2,9 +2,9 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from emotalker.core.binding import interpolate, interpolate_batched, poisson_disk_surface, random_surface_points
-from emotalker.core.deformation_transfer import deformation_gradients, polar_rotation, rotation_quats
-from emotalker.core.flame import axis_angle_to_matrix
+from emotalker.core.rig.binding import interpolate, interpolate_batched, poisson_disk_surface, random_surface_points
+from emotalker.core.rig.deformation_transfer import deformation_gradients, polar_rotation, rotation_quats
+from emotalker.core.rig.flame import axis_angle_to_matrix
 from stage1_rig import tiny_rig
 
 

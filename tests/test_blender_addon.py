@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 import blender_addon  # noqa: E402
 from blender_addon import camera  # noqa: E402
 from conftest import make_toy_rig  # noqa: E402
-from emotalker.core.bundle import AvatarBundle  # noqa: E402
+from emotalker.core.models.bundle import AvatarBundle  # noqa: E402
 
 
 @pytest.fixture
@@ -193,10 +193,10 @@ def test_f12_render_matches_the_cores_own_render(baked_scene):
     blender = np.array(img.pixels[:], dtype=np.float32).reshape(80, 96, 4)[::-1]  # premultiplied, bottom row first
 
     # The core's own render of the same frame from the same camera, through the bake engine.
-    from emotalker.bake.cameras import Camera
+    from emotalker.core.render.camera import Camera
     from emotalker.bake.engine import AvatarEvaluator, FlameCurves, FrameProducer, audio_rows, camera_code
-    from emotalker.core.audio import load_audio
-    from emotalker.core.bundle import AvatarBundle
+    from emotalker.core.audio.waveform import load_audio
+    from emotalker.core.models.bundle import AvatarBundle
     from emotalker.core.render import rasterize
     import torch
 

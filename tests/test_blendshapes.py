@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from emotalker.core.binding import interpolate_batched
-from emotalker.core.blendshapes import BlendshapeConfig, GaussianBlendshapes, rotate_sh_band1
-from emotalker.core.deformation_transfer import deformation_gradients
-from emotalker.core.errors import InputError
-from emotalker.core.flame import FlameParams, axis_angle_to_matrix
-from emotalker.core.quaternion import matrix_to_quat, quat_to_matrix
+from emotalker.core.rig.binding import interpolate_batched
+from emotalker.core.models.blendshapes import BlendshapeConfig, GaussianBlendshapes, rotate_sh_band1
+from emotalker.core.rig.deformation_transfer import deformation_gradients
+from emotalker.core.base.errors import InputError
+from emotalker.core.rig.flame import FlameParams, axis_angle_to_matrix
+from emotalker.core.base.quaternion import matrix_to_quat, quat_to_matrix
 from stage1_rig import tiny_rig
 
 SH_C1 = 0.4886025119029199

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from standin_rig import write_tiny_dataset
 
-from emotalker.core.bundle import EMOTIONS
-from emotalker.core.dataset import Dataset, Tracking, emotion_weights, load_tracking
-from emotalker.core.errors import InputError
+from emotalker.core.models.bundle import EMOTIONS
+from emotalker.core.datasets.dataset import Dataset, Tracking, emotion_weights, load_tracking
+from emotalker.core.base.errors import InputError
 
 
 @pytest.fixture()

@@ -11,7 +11,7 @@ import pytest
 from bake_fixture import make_speech, make_tiny_avatar
 from emotalker.bake.demo import DEMO_AVATAR, DEMO_SPEECH, demo_tracks, run_demo
 from emotalker.bake.tracks import Tracks
-from emotalker.core.bundle import EMOTIONS
+from emotalker.core.models.bundle import EMOTIONS
 
 
 def test_demo_tracks_cross_fade_from_happy_to_sad():
@@ -44,8 +44,8 @@ def test_demo_bakes_ply_mp4_and_contact_sheet(tmp_path):
 
 
 def test_shipped_demo_sample_is_small_and_complete():
-    from emotalker.core.audio import load_audio
-    from emotalker.core.bundle import AvatarBundle
+    from emotalker.core.audio.waveform import load_audio
+    from emotalker.core.models.bundle import AvatarBundle
 
     files = [p for p in DEMO_AVATAR.iterdir() if p.is_file()] + [DEMO_SPEECH]
     assert sum(p.stat().st_size for p in files) <= 25 * 1024 * 1024
@@ -57,7 +57,7 @@ def test_shipped_demo_sample_is_small_and_complete():
 
 @pytest.mark.slow
 def test_demo_command_on_the_shipped_sample(tmp_path, capsys):
-    from emotalker.bake.cli import main
+    from emotalker.cli.main import main
 
     assert main(["demo", "--out", str(tmp_path / "demo"), "--progress", "none"]) == 0
     printed = capsys.readouterr().out

@@ -9,12 +9,12 @@ import torch
 
 from stage1_rig import tiny_rig
 
-from emotalker.core.blendshapes import BlendshapeConfig, GaussianBlendshapes
-from emotalker.core.bundle import EMOTIONS, AvatarBundle
-from emotalker.core.emotion import (EmotionConfig, EmotionDeformer, EmotionInputs, N_OFFSETS, apply_offsets,
+from emotalker.core.models.blendshapes import BlendshapeConfig, GaussianBlendshapes
+from emotalker.core.models.bundle import EMOTIONS, AvatarBundle
+from emotalker.core.models.emotion_deformer import (EmotionConfig, EmotionDeformer, EmotionInputs, N_OFFSETS, apply_offsets,
                                     frame_gaussians, load_from_bundle, mesh_cue, mix_weights)
-from emotalker.core.errors import InputError
-from emotalker.core.flame import FlameParams
+from emotalker.core.base.errors import InputError
+from emotalker.core.rig.flame import FlameParams
 
 AUDIO = 40
 
@@ -95,8 +95,8 @@ def test_intensity_token_interpolates_between_levels(stage1):
 def test_pure_mix_equals_plain_emotion_and_mixes_blend_tokens(stage1):
     model = make_deformer(stage1.n_gaussians)
     dM = mesh_cue(stage1, params())[0]
-    from emotalker.core.a2e import resolve_emotion
-    from emotalker.core.dataset import emotion_weights
+    from emotalker.core.models.a2e import resolve_emotion
+    from emotalker.core.datasets.dataset import emotion_weights
 
     with torch.no_grad():
         plain = model.offsets(dM, inputs(torch.from_numpy(emotion_weights("happy"))))
@@ -200,7 +200,7 @@ def test_bundle_without_clip_installed_loads_and_bakes(stage1, tmp_path, monkeyp
     with torch.no_grad():
         g = frame_gaussians(stage1, loaded, params(), inputs(onehot("happy"), 1.0))
     assert torch.isfinite(g.sh).all() and len(g) == stage1.n_gaussians + stage1.n_teeth
-    from emotalker.core.text_embed import clip_text_embeddings
+    from emotalker.core.models.text_embed import clip_text_embeddings
 
     ckpt = tmp_path / "clip.bin"
     ckpt.write_bytes(b"x")
@@ -215,7 +215,7 @@ def test_bundle_without_emotion_stage_and_bad_files(stage1, tmp_path):
         g = frame_gaussians(stage1, None, params(), inputs(onehot("happy")))
         assert torch.equal(g.sh, stage1(params())[0].sh)
     bad = tmp_path / "bad.safetensors"
-    from emotalker.core.fileio import save_tensors
+    from emotalker.core.base.fileio import save_tensors
 
     save_tensors(bad, {"x": torch.zeros(1)}, {"format": "something-else"})
     with pytest.raises(InputError, match="not an EmoTalker emotion model"):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from emotalker.core.errors import InputError
-from emotalker.core.flame import FlameModel, FlameParams, FlameRig, axis_angle_to_matrix
+from emotalker.core.base.errors import InputError
+from emotalker.core.rig.flame import FlameModel, FlameParams, FlameRig, axis_angle_to_matrix
 
 from conftest import make_toy_rig
 

@@ -11,10 +11,10 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from emotalker.bake.cli import main
-from emotalker.core.errors import InputError
-from emotalker.core.flame import FlameModel, FlameParams, FlameRig
-from emotalker.core.flame_pickle import load_flame_pickle
+from emotalker.cli.main import main
+from emotalker.core.base.errors import InputError
+from emotalker.core.rig.flame import FlameModel, FlameParams, FlameRig
+from emotalker.core.rig.flame_pickle import load_flame_pickle
 
 from conftest import make_toy_rig
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 import trimesh
 
-from emotalker.bake.cli import main
-from emotalker.core.flame import FlameModel, FlameParams, FlameRig
+from emotalker.cli.main import main
+from emotalker.core.rig.flame import FlameModel, FlameParams, FlameRig
 from emotalker.core.head import EXPRESSION_NAMES, GridConfig, make_head
-from emotalker.core.mesh_preview import look_at, rasterize
+from emotalker.core.rig.mesh_preview import look_at, rasterize
 
 SMALL = GridConfig(rows=64, cols=84)
 REQUIRED_REGIONS = ("lips", "lips_upper", "lips_lower", "mouth_interior", "eyes", "eyelids", "brows", "cheeks", "forehead", "nose", "neck")

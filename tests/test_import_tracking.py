@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 from standin_rig import standin_model
 
-from emotalker.bake.cli import main as cli
-from emotalker.core.dataset import Dataset
-from emotalker.core.errors import InputError
-from emotalker.core.flame import FlameParams, FlameRig
-from emotalker.core.importers.vhap import ImportOptions, import_vhap
+from emotalker.cli.main import main as cli
+from emotalker.core.datasets.dataset import Dataset
+from emotalker.core.base.errors import InputError
+from emotalker.core.rig.flame import FlameParams, FlameRig
+from emotalker.core.datasets.importers.vhap import ImportOptions, import_vhap
 
 T, W, H = 5, 40, 32
 

@@ -11,11 +11,11 @@ import torch
 from stage1_rig import tiny_rig
 
 from emotalker.bake.engine import AvatarEvaluator, FrameInputs, Stage2Offsets
-from emotalker.core.blendshapes import DELTA_NAMES, BlendshapeConfig, GaussianBlendshapes
-from emotalker.core.bundle import EMOTIONS
-from emotalker.core.emotion import (EmotionConfig, EmotionDeformer, EmotionInputs, apply_offsets,
+from emotalker.core.models.blendshapes import DELTA_NAMES, BlendshapeConfig, GaussianBlendshapes
+from emotalker.core.models.bundle import EMOTIONS
+from emotalker.core.models.emotion_deformer import (EmotionConfig, EmotionDeformer, EmotionInputs, apply_offsets,
                                     apply_offsets_in_place, mesh_cue)
-from emotalker.core.flame import FlameParams
+from emotalker.core.rig.flame import FlameParams
 
 FIELDS = ("means", "quats", "log_scales", "opacity_logits", "sh")
 AUDIO = 24

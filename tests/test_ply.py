@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from emotalker.core.gaussians import Gaussians
+from emotalker.core.render.gaussians import Gaussians
 from emotalker.bake.axes import sh_basis, Z_UP_ROTATION
 from emotalker.bake.ply import (ply_property_names, ply_sink, read_ply, write_ply, write_sidecar)
 from emotalker.bake.sequence import run_sequence

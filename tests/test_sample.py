@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from emotalker.core.bundle import EMOTIONS
+from emotalker.core.models.bundle import EMOTIONS
 from emotalker.sample.emotions import STYLES, emotion_offsets
 from emotalker.sample.generate import blinks, plan_clips
 from emotalker.sample.visemes import BILABIALS, mouth_track, speech_envelope, viseme_of
@@ -148,7 +148,7 @@ def ci_sample(tmp_path_factory):
 
 @pytest.mark.blender
 def test_ci_sample_loads_and_is_complete(ci_sample):
-    from emotalker.core.dataset import Dataset
+    from emotalker.core.datasets.dataset import Dataset
 
     ds = Dataset.open(ci_sample)
     ds.validate()
@@ -168,7 +168,7 @@ def test_ci_sample_loads_and_is_complete(ci_sample):
 
 @pytest.mark.blender
 def test_ci_frames_rerender_to_the_same_silhouette(ci_sample):
-    from emotalker.core.dataset import Dataset
+    from emotalker.core.datasets.dataset import Dataset
 
     from emotalker.sample.checks import silhouette_iou
 
@@ -179,7 +179,7 @@ def test_ci_frames_rerender_to_the_same_silhouette(ci_sample):
 
 @pytest.mark.blender
 def test_ci_mouth_agrees_with_the_audio(ci_sample):
-    from emotalker.core.dataset import Dataset
+    from emotalker.core.datasets.dataset import Dataset
     from emotalker.sample.checks import bilabial_closure_delays, jaw_envelope_correlation
 
     ds = Dataset.open(ci_sample)
@@ -206,7 +206,7 @@ def test_ci_sample_resumes_and_refuses_other_settings(ci_sample, tmp_path):
     import shutil
     from dataclasses import replace
 
-    from emotalker.core.errors import InputError
+    from emotalker.core.base.errors import InputError
     from emotalker.sample.generate import PRESETS, make_sample
 
     copy = tmp_path / "ds"
@@ -215,7 +215,7 @@ def test_ci_sample_resumes_and_refuses_other_settings(ci_sample, tmp_path):
     shutil.rmtree(victim)
     stamp = {p.name: os.path.getmtime(p / "tracking.npz") for p in (copy / "clips").iterdir()}
     logs = []
-    from emotalker.core.flame import FlameModel
+    from emotalker.core.rig.flame import FlameModel
 
     rig = FlameModel.load(copy / "flame_model.npz")
     make_sample(copy, PRESETS["ci"], model=rig, progress="none", log=logs.append)
@@ -229,7 +229,7 @@ def test_ci_sample_resumes_and_refuses_other_settings(ci_sample, tmp_path):
 def test_contact_sheet(ci_sample, tmp_path):
     from PIL import Image
 
-    from emotalker.bake.cli import main as cli
+    from emotalker.cli.main import main as cli
 
     assert cli(["show-dataset", str(ci_sample), str(tmp_path / "sheet.png"), "--thumb", "64"]) == 0
     with Image.open(tmp_path / "sheet.png") as im:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from emotalker.core.errors import InputError
-from emotalker.core.gaussians import Gaussians
+from emotalker.core.base.errors import InputError
+from emotalker.core.render.gaussians import Gaussians
 from emotalker.bake.ply import ply_sink
 from emotalker.bake.sequence import LOCK_FILE, run_sequence
 from emotalker.bake.video import png_sink

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from emotalker.core.bundle import EMOTIONS
-from emotalker.core.errors import InputError
+from emotalker.core.models.bundle import EMOTIONS
+from emotalker.core.base.errors import InputError
 from emotalker.bake.tracks import Tracks, evaluate_fcurve, load_tracks_or_shorthand
 
 

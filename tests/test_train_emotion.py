@@ -8,12 +8,12 @@ import torch
 
 from emotion_fixture import make_emotion_dataset
 
-from emotalker.core.bundle import AvatarBundle
-from emotalker.core.dataset import Dataset
-from emotalker.core.emotion import load_from_bundle
-from emotalker.core.emotion_frames import EmotionFrames
-from emotalker.core.eval_emotion import clip_groups, evaluate_emotion
-from emotalker.core.train_emotion import EmotionTrainer, TrainEmotionConfig, feature_config, load_stage1, new_deformer
+from emotalker.core.models.bundle import AvatarBundle
+from emotalker.core.datasets.dataset import Dataset
+from emotalker.core.models.emotion_deformer import load_from_bundle
+from emotalker.core.datasets.emotion_frames import EmotionFrames
+from emotalker.core.evaluation.emotion import clip_groups, evaluate_emotion
+from emotalker.core.training.emotion import EmotionTrainer, TrainEmotionConfig, feature_config, load_stage1, new_deformer
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_resume_continues_exactly(data, tmp_path):
 def test_train_emotion_command_writes_a_bundle_that_evaluates(data, tmp_path):
     import shutil
 
-    from emotalker.bake.cli import main
+    from emotalker.cli.main import main
 
     dataset_root, avatar = data
     mine = tmp_path / "avatar"
@@ -86,8 +86,8 @@ def test_train_emotion_command_writes_a_bundle_that_evaluates(data, tmp_path):
     assert not (mine / "emotion.ckpt.safetensors").exists()
 
     # `eval` with Stage 2, Stage 1 alone, and driven by A2E (an untrained one will do here).
-    from emotalker.core.a2e import A2EConfig, A2EModel
-    from emotalker.core.fileio import read_json
+    from emotalker.core.models.a2e import A2EConfig, A2EModel
+    from emotalker.core.base.fileio import read_json
 
     A2EModel(A2EConfig(n_expr=8, d_model=16, n_heads=2, n_layers=1, ffn=16)).save(bundle.stage_path("a2e"))
     bundle.update_manifest("a2e", file="a2e.safetensors")
@@ -104,8 +104,8 @@ def test_train_emotion_command_writes_a_bundle_that_evaluates(data, tmp_path):
 
 
 def test_a2e_driven_frames_replace_the_tracked_expression(data):
-    from emotalker.core.a2e import A2EConfig, A2EModel
-    from emotalker.core.emotion_frames import a2e_params
+    from emotalker.core.models.a2e import A2EConfig, A2EModel
+    from emotalker.core.datasets.emotion_frames import a2e_params
 
     dataset_root, avatar = data
     ds = Dataset.open(dataset_root)
@@ -123,7 +123,7 @@ def test_a2e_driven_frames_replace_the_tracked_expression(data):
 
 
 def test_train_all_runs_the_three_stages_in_turn(data, tmp_path):
-    from emotalker.bake.cli import main
+    from emotalker.cli.main import main
 
     dataset_root, _ = data
     out = tmp_path / "all"

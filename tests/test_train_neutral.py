@@ -4,12 +4,12 @@ import math
 import pytest
 import torch
 
-from emotalker.bake.cli import main
-from emotalker.core.blendshapes import GAUSSIAN_BUFFERS, GAUSSIAN_PARAMS, load_neutral
-from emotalker.core.dataset import Dataset
-from emotalker.core.eval_neutral import evaluate
-from emotalker.core.frames import FrameSet
-from emotalker.core.train_neutral import NeutralTrainer, TrainNeutralConfig, new_model
+from emotalker.cli.main import main
+from emotalker.core.models.blendshapes import GAUSSIAN_BUFFERS, GAUSSIAN_PARAMS, load_neutral
+from emotalker.core.datasets.dataset import Dataset
+from emotalker.core.evaluation.neutral import evaluate
+from emotalker.core.datasets.frames import FrameSet
+from emotalker.core.training.neutral import NeutralTrainer, TrainNeutralConfig, new_model
 from stage1_data import write_teacher_dataset
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from emotalker.core.errors import InputError
+from emotalker.core.base.errors import InputError
 from emotalker.bake.video import contact_sheet, encode_mp4, to_rgba8, write_png
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from emotalker.bake.worker import Cancelled, JobContext, Worker
-from emotalker.core.errors import InputError
-from emotalker.core.progress import Progress
+from emotalker.worker.server import Cancelled, JobContext, Worker
+from emotalker.core.base.errors import InputError
+from emotalker.core.base.progress import Progress
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "blender_addon"))
 from worker_client import WorkerClient, WorkerError, environment_python  # noqa: E402

@@ -58,12 +58,12 @@ def train_neutral(dataset_root: Path, avatar: Path, work: Path) -> dict:
     """Stage 1 into avatar/neutral.safetensors; resumes from WORK/neutral.ckpt.safetensors."""
     import torch
 
-    from emotalker.core.bundle import AvatarBundle
-    from emotalker.core.dataset import Dataset
-    from emotalker.core.eval_neutral import evaluate
-    from emotalker.core.frames import FrameSet
-    from emotalker.core.progress import Progress
-    from emotalker.core.train_neutral import NeutralTrainer, TrainNeutralConfig, new_model
+    from emotalker.core.models.bundle import AvatarBundle
+    from emotalker.core.datasets.dataset import Dataset
+    from emotalker.core.evaluation.neutral import evaluate
+    from emotalker.core.datasets.frames import FrameSet
+    from emotalker.core.base.progress import Progress
+    from emotalker.core.training.neutral import NeutralTrainer, TrainNeutralConfig, new_model
 
     torch.manual_seed(0)
     dataset = Dataset.open(dataset_root)
@@ -94,13 +94,13 @@ def train_neutral(dataset_root: Path, avatar: Path, work: Path) -> dict:
 
 
 def train_a2e(dataset_root: Path, avatar: Path) -> dict:
-    from emotalker.core.train_a2e import TrainA2EConfig, train_a2e as train
+    from emotalker.core.training.a2e import TrainA2EConfig, train_a2e as train
 
     return train(dataset_root, avatar, TrainA2EConfig(steps=STEPS_A2E), device="cpu", progress="bar")
 
 
 def train_emotion(dataset_root: Path, avatar: Path) -> dict:
-    from emotalker.core.train_emotion import TrainEmotionConfig, train_emotion as train
+    from emotalker.core.training.emotion import TrainEmotionConfig, train_emotion as train
 
     return train(dataset_root, avatar, TrainEmotionConfig(steps=STEPS_EMOTION, resolution=SAMPLE["resolution"]),
                  device="cpu", progress="bar")
@@ -111,8 +111,8 @@ def speak(path: Path) -> float:
     import numpy as np
     import soundfile as sf
 
-    from emotalker.core.audio import SAMPLE_RATE, resample
-    from emotalker.core.fileio import atomic_path
+    from emotalker.core.audio.waveform import SAMPLE_RATE, resample
+    from emotalker.core.base.fileio import atomic_path
     from emotalker.sample.phonemes import Espeak, Voice
 
     first = Espeak.synthesize(DEMO_TEXT, Voice("en-us", rate=165))
@@ -131,7 +131,7 @@ def _scrub_paths(path: Path, work: Path) -> None:
     (training records the dataset's absolute path; the repository must not hold one)."""
     import json
 
-    from emotalker.core.fileio import load_tensors, read_json, save_tensors, write_json
+    from emotalker.core.base.fileio import load_tensors, read_json, save_tensors, write_json
 
     prefix = str(work.resolve())
     scrub = lambda obj: json.loads(json.dumps(obj).replace(prefix, "WORK"))  # noqa: E731
@@ -153,7 +153,7 @@ def main() -> int:
     t0 = time.monotonic()
     dataset = make_dataset(work)
     print(f"dataset ready in {time.monotonic() - t0:.0f} s")
-    from emotalker.core.bundle import AvatarBundle
+    from emotalker.core.models.bundle import AvatarBundle
 
     avatar = work / "avatar"
     done = lambda stage: (avatar / "avatar.json").is_file() and AvatarBundle.open(avatar).has_stage(stage)  # noqa: E731

@@ -1,1 +1,1 @@
-"""Tracks to per-frame Gaussians to exports, and the `emotalker` command line."""
+"""Tracks to per-frame Gaussians to files: emotion tracks, the resumable frame loop, PLY/PNG/MP4 exporters, batches."""

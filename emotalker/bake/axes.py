@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from emotalker.core.quaternion import quat_multiply as core_quat_multiply
+from emotalker.core.base.quaternion import quat_multiply as core_quat_multiply
 from emotalker.core.render.sh import sh_basis as render_sh_basis
 
 UP_AXES = ("y", "z")

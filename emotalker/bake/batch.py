@@ -38,9 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from emotalker.core.errors import InputError
-from emotalker.core.fileio import read_json, write_json
-from emotalker.core.progress import Progress
+from emotalker.core.base.errors import InputError
+from emotalker.core.base.fileio import read_json, write_json
+from emotalker.core.base.progress import Progress
 
 FORMAT = "emotalker-batch/1"
 CLIP_RECORD = ".emotalker-clip.json"

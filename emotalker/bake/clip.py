@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from emotalker.core.errors import InputError
+from emotalker.core.base.errors import InputError
 
 DEFAULT_FPS = 25.0
 
@@ -115,16 +115,16 @@ def bake_clip(opts: BakeOptions, progress_sink: Callable[[dict], None] | None = 
     """Bake one clip as the module docstring describes; InputError for any bad input, before writing."""
     import torch
 
-    from emotalker.core.audio import duration_frames, load_audio
-    from emotalker.core.bundle import AvatarBundle
-    from emotalker.core.flame import FlameModel
+    from emotalker.core.audio.waveform import duration_frames, load_audio
+    from emotalker.core.models.bundle import AvatarBundle
+    from emotalker.core.rig.flame import FlameModel
 
-    from .cameras import Camera, front_camera
-    from .engine import AvatarEvaluator, FlameCurves, FrameProducer, audio_rows, camera_code, curves_from_a2e
-    from .ply import ply_sink, write_sidecar
-    from .sequence import file_digest, run_sequence
-    from .tracks import Tracks, load_tracks_or_shorthand
-    from .video import encode_mp4, png_path, png_sink
+    from emotalker.core.render.camera import Camera, front_camera
+    from emotalker.bake.engine import AvatarEvaluator, FlameCurves, FrameProducer, audio_rows, camera_code, curves_from_a2e
+    from emotalker.bake.ply import ply_sink, write_sidecar
+    from emotalker.bake.sequence import file_digest, run_sequence
+    from emotalker.bake.tracks import Tracks, load_tracks_or_shorthand
+    from emotalker.bake.video import encode_mp4, png_path, png_sink
 
     if not (opts.ply or opts.png or opts.mp4):
         raise InputError(None, "nothing to export: give --ply, --png and/or --mp4")
@@ -221,7 +221,7 @@ def bake_clip(opts: BakeOptions, progress_sink: Callable[[dict], None] | None = 
                                                    up_axis=opts.up_axis, audio=audio_ref))
         outputs["ply"] = str(out / f"{name}_{{frame:06d}}.ply")
     if opts.png or opts.mp4:
-        from emotalker.core.fileio import write_json
+        from emotalker.core.base.fileio import write_json
 
         camera_path = out / f"{name}_camera.json"
         write_json(camera_path, camera.to_dict())
@@ -246,7 +246,7 @@ def render_rgba(gaussians, camera, threads: int | None = None) -> np.ndarray:
 
     from emotalker.core.render import rasterize
 
-    from .video import to_rgba8
+    from emotalker.bake.video import to_rgba8
 
     quats, scales, opacities, sh = gaussians.activated()
     t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=gaussians.means.device)  # noqa: E731

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from emotalker.core.errors import InputError
+from emotalker.core.base.errors import InputError
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 DEMO_AVATAR = DATA / "demo_avatar"
@@ -37,13 +37,13 @@ def run_demo(out: str | Path = "emotalker-demo", resolution: int = 256, progress
              log: Callable[[str], None] = print, avatar: Path = DEMO_AVATAR, speech: Path = DEMO_SPEECH,
              threads: int | None = None) -> dict:
     """Bake the sample into `out`; returns {output kind: path}. Prints where each output is."""
-    from emotalker.core.audio import duration_frames, load_audio
-    from emotalker.core.bundle import AvatarBundle
-    from emotalker.core.fileio import write_json
+    from emotalker.core.audio.waveform import duration_frames, load_audio
+    from emotalker.core.models.bundle import AvatarBundle
+    from emotalker.core.base.fileio import write_json
 
-    from .clip import BakeOptions, bake_clip
-    from .tracks import Tracks
-    from .video import contact_sheet, png_path, write_png
+    from emotalker.bake.clip import BakeOptions, bake_clip
+    from emotalker.bake.tracks import Tracks
+    from emotalker.bake.video import contact_sheet, png_path, write_png
 
     if not (avatar / "avatar.json").is_file() or not speech.is_file():
         raise InputError(avatar, "the built-in demo avatar or speech is missing from this installation; "

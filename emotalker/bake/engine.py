@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from emotalker.core.bundle import EMOTIONS, AvatarBundle
-from emotalker.core.errors import InputError
-from emotalker.core.fileio import atomic_path, read_npz
+from emotalker.core.models.bundle import EMOTIONS, AvatarBundle
+from emotalker.core.base.errors import InputError
+from emotalker.core.base.fileio import atomic_path, read_npz
 
 CURVES_FORMAT = "emotalker-flame-curves/1"
 
@@ -123,7 +123,7 @@ def curves_from_a2e(bundle: AvatarBundle, samples: np.ndarray, emotion: np.ndarr
                     blink: np.ndarray, fps: float, device: Any = "cpu") -> FlameCurves:
     """Run the avatar's A2E on 16 kHz `samples` [N] with per-frame emotion [T,8] and intensity [T];
     eyelids follow the blink track [T] (both lids alike). T = the audio's frame count at `fps`."""
-    from emotalker.core.a2e import infer_curves, load_from_bundle
+    from emotalker.core.models.a2e import infer_curves, load_from_bundle
 
     model, _ = load_from_bundle(bundle, device)
     curves = infer_curves(model, samples, emotion.astype(np.float32), intensity.astype(np.float32), fps, device)
@@ -138,7 +138,7 @@ class FrameInputs:
     """What one batch of B frames needs: FLAME params (fields [B, ...]), emotion [B,8], intensity [B],
     blink [B], and the timeline frames [B]."""
 
-    params: Any  # emotalker.core.flame.FlameParams
+    params: Any  # emotalker.core.rig.flame.FlameParams
     emotion: Any
     intensity: Any
     blink: Any
@@ -162,8 +162,8 @@ class AvatarEvaluator:
     def open(cls, bundle: AvatarBundle, device: Any = "cpu", use_emotion: bool = True,
              sh_degree: int | None = None) -> "AvatarEvaluator":
         """Load Stage 1 (required) and, when the bundle has it and `use_emotion`, Stage 2."""
-        from emotalker.core.blendshapes import GaussianBlendshapes
-        from emotalker.core.flame import FlameModel
+        from emotalker.core.models.blendshapes import GaussianBlendshapes
+        from emotalker.core.rig.flame import FlameModel
 
         path = bundle.require_stage("neutral")
         stage1 = GaussianBlendshapes.load(path, FlameModel.load(bundle.flame_path), device=device).eval()
@@ -201,7 +201,7 @@ class AvatarEvaluator:
 
 
 class Stage2Offsets:
-    """Stage 2 (emotalker.core.emotion) applied to B frames of Stage 1 Gaussians.
+    """Stage 2 (emotalker.core.models.emotion_deformer) applied to B frames of Stage 1 Gaussians.
 
     Per frame: the mesh cue dM of the frame's FLAME params (batched over the B
     frames), the conditioning (emotion weights, intensity, blink, the frame's
@@ -215,7 +215,7 @@ class Stage2Offsets:
 
     @classmethod
     def open(cls, bundle: AvatarBundle, stage1, device: Any = "cpu") -> "Stage2Offsets":
-        from emotalker.core.emotion import EmotionDeformer
+        from emotalker.core.models.emotion_deformer import EmotionDeformer
 
         deformer, _ = EmotionDeformer.load(bundle.stage_path("emotion"), device=device)
         if deformer.cfg.n_gaussians != stage1.n_gaussians:
@@ -225,7 +225,7 @@ class Stage2Offsets:
 
     def __call__(self, batch, inputs: FrameInputs) -> None:
         """Add the offsets to the face Gaussians of `batch` (a blendshapes.FrameBatch of inputs' B frames), in place."""
-        from emotalker.core.emotion import EmotionInputs, apply_offsets_in_place, mesh_cue
+        from emotalker.core.models.emotion_deformer import EmotionInputs, apply_offsets_in_place, mesh_cue
 
         audio, camera = inputs.extras.get("audio"), inputs.extras.get("camera")
         if audio is None:
@@ -269,7 +269,7 @@ class FrameProducer:
         """The FrameInputs of timeline `frames` (within the curves)."""
         import torch
 
-        from emotalker.core.flame import FlameParams
+        from emotalker.core.rig.flame import FlameParams
 
         rows = self.curves.rows(np.asarray(frames))
         t = lambda a: torch.as_tensor(np.ascontiguousarray(a[rows]), dtype=torch.float32, device=self.device)  # noqa: E731
@@ -281,7 +281,7 @@ class FrameProducer:
         return FrameInputs(params, t(self.emotion), t(self.intensity), t(self.blink), np.asarray(frames), extras)
 
     def __call__(self, frame: int):
-        """The Gaussians (emotalker.core.gaussians.Gaussians) of timeline `frame`."""
+        """The Gaussians (emotalker.core.render.gaussians.Gaussians) of timeline `frame`."""
         c = self.curves
         if not c.frame_start <= frame <= c.frame_end:
             raise ValueError(f"frame {frame} is outside the curves' frames {c.frame_start}..{c.frame_end}")
@@ -299,8 +299,8 @@ def audio_rows(samples: np.ndarray, fps: float, features, frames: np.ndarray) ->
 
     samples [S] at 16 kHz; frames past either end of the audio take the nearest frame's window.
     """
-    from emotalker.core.audio import duration_frames
-    from emotalker.core.emotion_frames import audio_windows
+    from emotalker.core.audio.waveform import duration_frames
+    from emotalker.core.datasets.emotion_frames import audio_windows
 
     n_audio = duration_frames(len(samples), fps)
     windows = audio_windows(samples, fps, n_audio, features)
@@ -311,7 +311,7 @@ def camera_code(viewmat: np.ndarray):
     """Stage 2's camera code [3] (torch) of a world-to-camera viewmat [4,4]."""
     import torch
 
-    from emotalker.core.emotion import camera_code as code
+    from emotalker.core.models.emotion_deformer import camera_code as code
 
     return code(torch.as_tensor(np.asarray(viewmat), dtype=torch.float32))
 

@@ -24,10 +24,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from emotalker.core.errors import InputError
-from emotalker.core.fileio import atomic_path, write_json
+from emotalker.core.base.errors import InputError
+from emotalker.core.base.fileio import atomic_path, write_json
 
-from .axes import UP_AXES, from_up_axis, to_up_axis
+from emotalker.bake.axes import UP_AXES, from_up_axis, to_up_axis
 
 SIDECAR_FORMAT = "emotalker-plyseq/1"
 FRAME_DIGITS = 6
@@ -81,7 +81,7 @@ def gaussian_rows(means: np.ndarray, quats: np.ndarray, log_scales: np.ndarray, 
 
 def write_ply(path: str | os.PathLike, gaussians: Any, *, sh_degree: int | None = None, up_axis: str = "y",
               atomic: bool = True) -> int:
-    """Write one frame of `Gaussians` (emotalker.core.gaussians); returns the bytes written.
+    """Write one frame of `Gaussians` (emotalker.core.render.gaussians); returns the bytes written.
 
     `sh_degree` None keeps the container's degree. `atomic=False` writes `path`
     directly (for callers that already write to a temporary file).
@@ -194,7 +194,7 @@ def ply_sink(out_dir: str | os.PathLike, name: str, *, sh_degree: int, up_axis: 
     returns. Every frame must hold `count` Gaussians (when None, the first frame
     written fixes it): the sequence has the same count and order in every frame.
     """
-    from .sequence import FrameSink
+    from emotalker.bake.sequence import FrameSink
 
     if up_axis not in UP_AXES:
         raise InputError("--up-axis", f"must be one of {', '.join(UP_AXES)}, got {up_axis!r}")

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from emotalker.core.errors import InputError
-from emotalker.core.fileio import atomic_path, read_json, write_json
-from emotalker.core.progress import Progress
+from emotalker.core.base.errors import InputError
+from emotalker.core.base.fileio import atomic_path, read_json, write_json
+from emotalker.core.base.progress import Progress
 
 RUN_FORMAT = "emotalker-run/1"
 RUN_FILE = ".emotalker-run.json"

@@ -59,9 +59,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from emotalker.core.bundle import EMOTIONS
-from emotalker.core.errors import InputError
-from emotalker.core.fileio import read_json
+from emotalker.core.models.bundle import EMOTIONS
+from emotalker.core.base.errors import InputError
+from emotalker.core.base.fileio import read_json
 
 FORMAT = "emotalker-tracks/1"
 INTERPOLATIONS = ("constant", "linear", "bezier")

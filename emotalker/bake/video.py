@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from emotalker.core.errors import InputError
-from emotalker.core.fileio import atomic_path
+from emotalker.core.base.errors import InputError
+from emotalker.core.base.fileio import atomic_path
 
 FRAME_DIGITS = 6
 # Preferred video encoders, best first; the first the bundled ffmpeg offers is used.
@@ -60,7 +60,7 @@ def png_path(out_dir: str | os.PathLike, name: str, frame: int) -> Path:
 
 def png_sink(out_dir: str | os.PathLike, name: str, to_image: Callable[[Any], np.ndarray]):
     """A FrameSink writing `<out_dir>/<name>_NNNNNN.png`; `to_image(item)` renders the frame (uint8 [H,W,4])."""
-    from .sequence import FrameSink
+    from emotalker.bake.sequence import FrameSink
 
     return FrameSink("png", lambda frame: png_path(out_dir, name, frame),
                      lambda item, tmp: write_png(tmp, to_image(item), atomic=False), f"{name}_*.png")

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .emotions import Skin
-from .masks import MASK_NAMES, skin_colour, wrinkle_weights
+from emotalker.sample.emotions import Skin
+from emotalker.sample.masks import MASK_NAMES, skin_colour, wrinkle_weights
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class HeadRenderer:
         try:
             import bpy
         except ImportError:
-            from emotalker.core.errors import EmoTalkerError
+            from emotalker.core.base.errors import EmoTalkerError
 
             raise EmoTalkerError("rendering sample data needs Blender as a Python module: "
                                  "pip install 'emotalker[blender]' (bpy 5.0.1, Python 3.11)") from None

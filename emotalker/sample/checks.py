@@ -11,16 +11,16 @@ import json
 
 import numpy as np
 
-from emotalker.core.dataset import Dataset
+from emotalker.core.datasets.dataset import Dataset
 
-from .visemes import BILABIALS, speech_envelope
+from emotalker.sample.visemes import BILABIALS, speech_envelope
 
 
 def posed_vertices(ds: Dataset, clip_id: str) -> np.ndarray:
     """The rig posed by the clip's tracking: [T,V,3] float64 (FLAME space)."""
     import torch
 
-    from emotalker.core.flame import FlameParams, FlameRig
+    from emotalker.core.rig.flame import FlameParams, FlameRig
 
     tr = ds.tracking(clip_id)
     p = FlameParams(expr=torch.from_numpy(tr.expr), jaw=torch.from_numpy(tr.jaw), neck=torch.from_numpy(tr.neck),
@@ -32,7 +32,7 @@ def posed_vertices(ds: Dataset, clip_id: str) -> np.ndarray:
 
 def silhouette_iou(ds: Dataset, clip_id: str, stride: int = 1) -> np.ndarray:
     """IoU of each frame's alpha (> 0.5) with the rig's silhouette re-rasterised from the tracking: [n]."""
-    from emotalker.core.mesh_preview import rasterize
+    from emotalker.core.rig.mesh_preview import rasterize
 
     model, tr, verts = ds.flame_model(), ds.tracking(clip_id), posed_vertices(ds, clip_id)
     out = []
@@ -68,7 +68,7 @@ def lip_gaps(ds: Dataset, clip_id: str, half_width: float = 0.004) -> np.ndarray
     neck's rotation cancels). Uses the rig's `lips_upper` and `lips_lower` regions."""
     import torch
 
-    from emotalker.core.flame import axis_angle_to_matrix
+    from emotalker.core.rig.flame import axis_angle_to_matrix
 
     up, lo = _lip_midline(ds.flame_model(), half_width)
     verts = posed_vertices(ds, clip_id)

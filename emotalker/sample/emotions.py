@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from emotalker.core.bundle import EMOTIONS
+from emotalker.core.models.bundle import EMOTIONS
 
 LEVELS = (1.0, 2.0, 3.0)  # MEAD's intensity levels
 HELD_OUT_LEVELS = (1.5, 2.5)  # rendered too, kept out of training to test interpolation

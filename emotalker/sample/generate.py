@@ -19,15 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from emotalker.core.bundle import EMOTIONS
-from emotalker.core.dataset import ClipInfo, FRAME_NAME, Tracking, write_dataset_json
-from emotalker.core.errors import InputError
-from emotalker.core.fileio import read_json, write_json
+from emotalker.core.models.bundle import EMOTIONS
+from emotalker.core.datasets.dataset import ClipInfo, FRAME_NAME, Tracking, write_dataset_json
+from emotalker.core.base.errors import InputError
+from emotalker.core.base.fileio import read_json, write_json
 
-from .emotions import HELD_OUT_LEVELS, LEVELS, Skin, emotion_offsets
-from .phonemes import Espeak, Phoneme, Speech, Voice
-from .sentences import SENTENCES, SHORT_SENTENCES, VOICES
-from .visemes import MouthConfig, mouth_track, shut_lips, speech_envelope
+from emotalker.sample.emotions import HELD_OUT_LEVELS, LEVELS, Skin, emotion_offsets
+from emotalker.sample.phonemes import Espeak, Phoneme, Speech, Voice
+from emotalker.sample.sentences import SENTENCES, SHORT_SENTENCES, VOICES
+from emotalker.sample.visemes import MouthConfig, mouth_track, shut_lips, speech_envelope
 
 AUDIO_RATE = 16000
 CONFIG_FILE = ".make-sample.json"
@@ -297,11 +297,11 @@ def make_sample(out: str | os.PathLike, cfg: SampleConfig, model=None, progress:
     """
     import torch
 
-    from emotalker.core.flame import FlameParams, FlameRig
-    from emotalker.core.progress import Progress
+    from emotalker.core.rig.flame import FlameParams, FlameRig
+    from emotalker.core.base.progress import Progress
 
-    from .blender_render import HeadRenderer, RenderSettings
-    from .masks import skin_masks
+    from emotalker.sample.blender_render import HeadRenderer, RenderSettings
+    from emotalker.sample.masks import skin_masks
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from emotalker.core.errors import EmoTalkerError
+from emotalker.core.base.errors import EmoTalkerError
 
 # Values from espeak-ng's speak_lib.h.
 _AUDIO_OUTPUT_SYNCHRONOUS = 2

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .phonemes import Phoneme
+from emotalker.sample.phonemes import Phoneme
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..flame import FlameModel
-from ..mesh_preview import vertex_normals
-from .albedo import albedo_and_regions
-from .blendshapes import EXPRESSION_NAMES, IDENTITY_NAMES, expression_shapes, identity_shapes
-from .rig import eyelid_shapes, jaw_weight, joint_regressor, lbs_weights, lowerness, pose_correctives
-from .surface import GridConfig, build_head_mesh
+from emotalker.core.rig.flame import FlameModel
+from emotalker.core.rig.mesh_preview import vertex_normals
+from emotalker.core.head.albedo import albedo_and_regions
+from emotalker.core.head.components import EXPRESSION_NAMES, IDENTITY_NAMES, expression_shapes, identity_shapes
+from emotalker.core.head.rig import eyelid_shapes, jaw_weight, joint_regressor, lbs_weights, lowerness, pose_correctives
+from emotalker.core.head.surface import GridConfig, build_head_mesh
 
 __all__ = ["EXPRESSION_NAMES", "IDENTITY_NAMES", "GridConfig", "make_head"]
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .rig import bump, smoothstep
-from .surface import HeadMesh
+from emotalker.core.head.rig import bump, smoothstep
+from emotalker.core.head.surface import HeadMesh
 
 SKIN_TONES = np.array([[0.92, 0.74, 0.63], [0.86, 0.66, 0.53], [0.76, 0.56, 0.42], [0.60, 0.42, 0.30], [0.42, 0.28, 0.20]])
 IRIS_COLOURS = np.array([[0.36, 0.22, 0.12], [0.22, 0.38, 0.58], [0.30, 0.42, 0.26], [0.48, 0.36, 0.18], [0.18, 0.12, 0.08]])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .surface import HeadMesh
+from emotalker.core.head.surface import HeadMesh
 
 EYE_JOINT = {1: 3, -1: 4}
 

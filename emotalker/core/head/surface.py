@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .sdf import Anatomy, direction, project_rays
+from emotalker.core.head.sdf import Anatomy, direction, project_rays
 
 
 @dataclass(frozen=True)

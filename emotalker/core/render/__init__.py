@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import BACKENDS, RenderOutput, check_inputs
+from emotalker.core.render.common import BACKENDS, RenderOutput, check_inputs
 
 __all__ = ["RenderOutput", "rasterize"]
 
@@ -38,17 +38,17 @@ def rasterize(means, quats, scales, opacities, colors, viewmats, Ks, width, heig
     if backend == "auto":
         backend = "cpu"
         if means.is_cuda:
-            from .gsplat_backend import gsplat_available
+            from emotalker.core.render.gsplat_backend import gsplat_available
             backend = "gsplat" if gsplat_available() else "cpu"
     args = (means, quats, scales, opacities, colors, viewmats, Ks, int(width), int(height),
             sh_degree, backgrounds, float(near_plane), float(far_plane), mode)
     if backend == "gsplat":
-        from .gsplat_backend import rasterize_gsplat
+        from emotalker.core.render.gsplat_backend import rasterize_gsplat
         return rasterize_gsplat(*args)
     if backend == "reference":
-        from .reference import rasterize_reference
+        from emotalker.core.render.reference import rasterize_reference
         return rasterize_reference(*args)
-    from .cpu import rasterize_cpu
+    from emotalker.core.render.cpu import rasterize_cpu
     device = means.device
     if device.type != "cpu":
         args = tuple(a.cpu() if isinstance(a, torch.Tensor) else a for a in args)

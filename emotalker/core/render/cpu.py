@@ -14,10 +14,10 @@ import math
 import numpy as np
 import torch
 
-from . import cpu_project as kp
-from . import cpu_raster as kr
-from .common import TILE_SIZE, RenderOutput
-from .sh import camera_centres
+from emotalker.core.render import cpu_project as kp
+from emotalker.core.render import cpu_raster as kr
+from emotalker.core.render.common import TILE_SIZE, RenderOutput
+from emotalker.core.render.sh import camera_centres
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

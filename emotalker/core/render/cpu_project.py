@@ -14,8 +14,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .common import EPS2D, RADIUS_SIGMAS
-from .sh import SH_C0, SH_C1, SH_C2, SH_C3
+from emotalker.core.render.common import EPS2D, RADIUS_SIGMAS
+from emotalker.core.render.sh import SH_C0, SH_C1, SH_C2, SH_C3
 
 JIT = dict(cache=True, nogil=True)
 

@@ -18,7 +18,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .common import ALPHA_MAX, ALPHA_MIN, T_MIN, TILE_SIZE
+from emotalker.core.render.common import ALPHA_MAX, ALPHA_MIN, T_MIN, TILE_SIZE
 
 JIT = dict(cache=True, nogil=True)
 NF = 4   # feature channels: r, g, b, z

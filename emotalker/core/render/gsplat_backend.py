@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import RenderOutput
+from emotalker.core.render.common import RenderOutput
 
 
 def gsplat_available() -> bool:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..quaternion import quat_to_matrix
-from .common import EPS2D, RADIUS_SIGMAS
+from emotalker.core.base.quaternion import quat_to_matrix
+from emotalker.core.render.common import EPS2D, RADIUS_SIGMAS
 
 
 @dataclass

@@ -16,9 +16,9 @@ import math
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from .common import ALPHA_MAX, ALPHA_MIN, T_MIN, TILE_SIZE, RenderOutput, finish_images
-from .projection import project_torch
-from .sh import camera_centres, sh_to_rgb
+from emotalker.core.render.common import ALPHA_MAX, ALPHA_MIN, T_MIN, TILE_SIZE, RenderOutput, finish_images
+from emotalker.core.render.projection import project_torch
+from emotalker.core.render.sh import camera_centres, sh_to_rgb
 
 PIXEL_CHUNK = 2048
 

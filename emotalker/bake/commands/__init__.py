@@ -1,1 +1,0 @@
-"""One module a command group; each exposes `add_parsers(subparsers)`."""

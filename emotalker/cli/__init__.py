@@ -1,0 +1,1 @@
+"""The `emotalker` command line: one module a command group, each exposing `add_parsers(subparsers)`."""

@@ -1,0 +1,1 @@
+"""Dialogue audio: loading and validating waveforms, and per-frame audio features."""

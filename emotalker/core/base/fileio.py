@@ -1,0 +1,108 @@
+"""Atomic writes and the safetensors + JSON sidecar format used for all our tensors.
+
+Nothing here uses pickle. Writes go to a temporary file in the same folder and
+are moved into place with os.replace, so a crash or Ctrl-C never leaves a
+half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from emotalker.core.base.errors import InputError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path` atomically.
+
+    The suffix is kept so that writers that look at the extension (PIL, numpy) work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".part", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        # mkstemp makes 0600 and some writers recreate the file: set ordinary permissions last.
+        os.chmod(tmp_path, 0o644)
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write `obj` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """Read JSON, raising InputError naming the file when it is missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, f"{what} not found")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"not a valid {what}: {exc}") from None
+
+
+def read_npz(path: str | os.PathLike, what: str) -> dict[str, np.ndarray]:
+    """Every array of an .npz (never pickled objects); InputError naming the file when it is
+    missing, truncated or not an npz. `what` names the content for the message."""
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, f"{what} file not found")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise InputError(path, f"not a readable .npz {what} file ({exc}); is it truncated?") from None
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict[str, Any], metadata: dict[str, Any] | None = None) -> None:
+    """Save a dict of torch tensors or numpy arrays as safetensors, atomically.
+
+    `metadata` (JSON-serialisable) is stored in the safetensors header under the
+    key "emotalker" so that one file is self-describing.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    clean = {}
+    for name, value in tensors.items():
+        t = torch.as_tensor(np.asarray(value)) if not isinstance(value, torch.Tensor) else value
+        clean[name] = t.detach().to("cpu").contiguous()
+    header = {"emotalker": json.dumps(metadata or {})}
+    with atomic_path(path) as tmp:
+        save_file(clean, str(tmp), metadata=header)
+
+
+def load_tensors(path: str | os.PathLike, device: str = "cpu") -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load (tensors, metadata) written by `save_tensors`; InputError on a missing or corrupt file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("emotalker", "{}"))
+        tensors = load_file(str(path), device=device)
+    except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:
+        raise InputError(path, f"not a valid safetensors file ({exc})") from None
+    return tensors, meta

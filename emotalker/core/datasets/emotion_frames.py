@@ -1,0 +1,125 @@
+"""Tracked frames with everything Stage 2 conditions on: audio window, emotion, intensity, blink, camera.
+
+`EmotionFrames` wraps a `FrameSet` (images, masks, FLAME parameters, cameras)
+and adds, per clip, the audio feature windows (the A2E features, one window a
+frame), the clip's emotion weights and intensity and the tracked blink values.
+The FLAME parameters may come from the tracking (self-driven) or from an A2E
+model run on the clip's audio with the clip's emotion (`a2e_params`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from emotalker.core.audio.features import AudioFeaturizer, FeatureConfig, frame_windows
+from emotalker.core.models.emotion_deformer import EmotionInputs, camera_code
+from emotalker.core.rig.flame import FlameParams
+from emotalker.core.datasets.frames import Frame, FrameSet
+
+
+@dataclass
+class ClipConditions:
+    """One clip's per-frame conditions: audio [T, Da], blink [T], weights [8], intensity."""
+
+    audio: np.ndarray
+    blink: np.ndarray
+    weights: np.ndarray
+    intensity: float
+
+
+def audio_windows(samples: np.ndarray, fps: float, n_frames: int, features: FeatureConfig) -> np.ndarray:
+    """16 kHz samples [S] -> one feature window a frame [n_frames, (2C+1) * sub * D] (float32)."""
+    seq = AudioFeaturizer(features)(samples, fps, n_frames)
+    return np.ascontiguousarray(frame_windows(seq, features.sub, features.context), np.float32)
+
+
+def clip_conditions(dataset, clip_id: str, features: FeatureConfig) -> ClipConditions:
+    """The conditions of one dataset clip (audio features computed from its audio.wav)."""
+    from emotalker.core.audio.waveform import load_audio
+    from emotalker.core.datasets.dataset import emotion_weights
+
+    info = dataset.clip(clip_id)
+    T = dataset.n_frames(clip_id)
+    audio = audio_windows(load_audio(dataset.audio_path(clip_id)), dataset.fps, T, features)
+    return ClipConditions(audio, dataset.tracking(clip_id).blink.astype(np.float32), emotion_weights(info.emotion),
+                          float(info.intensity))
+
+
+def a2e_params(a2e_model, dataset, clip_id: str, device="cpu") -> FlameParams:
+    """FLAME parameters [T, ...] of a clip driven by A2E from its audio, emotion and intensity;
+    eyes and eyelids (which A2E does not predict) from the tracking."""
+    from emotalker.core.models.a2e import infer_curves
+    from emotalker.core.audio.waveform import load_audio
+    from emotalker.core.datasets.dataset import emotion_weights
+
+    info = dataset.clip(clip_id)
+    tr = dataset.tracking(clip_id)
+    T = len(tr)
+    curves = infer_curves(a2e_model, load_audio(dataset.audio_path(clip_id)), emotion_weights(info.emotion),
+                          info.intensity, dataset.fps, device)
+
+    def fit(a):  # A2E's frame count comes from the audio length; match the images'
+        a = a[:T]
+        return np.concatenate([a, np.repeat(a[-1:], T - len(a), 0)]) if len(a) < T else a
+
+    t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
+    return FlameParams(expr=t(fit(curves["expr"])), jaw=t(fit(curves["jaw"])), neck=t(fit(curves["neck"])),
+                       eyes=t(tr.eyes), eyelids=t(tr.eyelids))
+
+
+class EmotionFrames:
+    """Frames of some clips with their Stage 2 conditions. `len`, `get(i) -> (Frame, EmotionInputs)`.
+
+    params_override: clip id -> FlameParams [T, ...] replacing the tracking's (A2E-driven evaluation).
+    """
+
+    def __init__(self, dataset, clip_ids: list[str], features: FeatureConfig, resolution: int | None = None,
+                 background=(1.0, 1.0, 1.0), device="cpu", stride: int = 1, params_override: dict | None = None):
+        self.frames = FrameSet(dataset, clip_ids, resolution, background, device, stride)
+        self.dataset = dataset
+        self.features = features
+        self.conditions = {c: clip_conditions(dataset, c, features) for c in clip_ids}
+        self.params_override = params_override or {}
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @property
+    def width(self) -> int:
+        return self.frames.width
+
+    @property
+    def height(self) -> int:
+        return self.frames.height
+
+    @property
+    def background(self) -> torch.Tensor:
+        return self.frames.background
+
+    @property
+    def refs(self) -> list[tuple[str, int]]:
+        return self.frames.refs
+
+    def get(self, i: int) -> tuple[Frame, EmotionInputs]:
+        frame = self.frames.get(i)
+        clip_id, t = frame.clip_id, frame.t
+        if clip_id in self.params_override:
+            p = self.params_override[clip_id]
+            frame.params = FlameParams(**{k: (None if v is None else v[t: t + 1].to(frame.image.device))
+                                          for k, v in vars(p).items()})
+        c = self.conditions[clip_id]
+        inputs = EmotionInputs(weights=torch.from_numpy(c.weights), intensity=c.intensity, blink=float(c.blink[t]),
+                               audio=torch.from_numpy(c.audio[t]), camera=camera_code(frame.viewmat[0]))
+        return frame, inputs
+
+    def all_audio(self) -> np.ndarray:
+        """Every frame's audio window stacked [sum T, Da] (for normalisation)."""
+        return np.concatenate([c.audio for c in self.conditions.values()])
+
+    def mean_camera(self) -> torch.Tensor:
+        """Mean camera code [3] over every frame."""
+        codes = [camera_code(torch.as_tensor(self.dataset.tracking(c).viewmat, dtype=torch.float32)) for c in self.conditions]
+        return torch.cat(codes).mean(0)
