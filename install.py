@@ -12,8 +12,9 @@ Steps (each skipped when already done):
    newer CUDA build;
 3. install this package (editable) with the extras asked for;
 4. system tools the sample data needs (espeak-ng and libespeak-ng1), through apt-get when run as root;
-5. with --blender or a Blender found on PATH: install the add-on into that
-   Blender's user extensions and point it at this environment.
+5. with --blender PATH: install the add-on into that Blender's user extensions
+   (Blender 4.2 or later; an older or broken Blender gets one line and the
+   setup goes on). A Blender merely found on PATH is never touched.
 """
 
 from __future__ import annotations
@@ -102,25 +103,47 @@ def ensure_system_tools(allow: bool) -> None:
     run(["apt-get", "install", "-y", "-qq", "espeak-ng", "libespeak-ng1"], env=env)
 
 
-def find_blender(explicit: str | None) -> str | None:
-    if explicit:
-        if not Path(explicit).exists():
-            sys.exit(f"[install] --blender {explicit}: no such file")
-        return explicit
-    return shutil.which("blender")
+MIN_BLENDER = (4, 2)  # extensions (`blender --command extension`) exist from 4.2 on
+
+
+def blender_version(blender: str) -> tuple[int, ...] | None:
+    """(major, minor, patch) from `blender --version`, or None when it does not run or say."""
+    try:
+        out = subprocess.run([blender, "--version"], capture_output=True, text=True, timeout=120).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        if line.startswith("Blender "):
+            try:
+                return tuple(int(p) for p in line.split()[1].split("."))
+            except ValueError:
+                return None
+    return None
 
 
 def install_addon(blender: str) -> None:
+    """Install the add-on into `blender` as an extension; on a Blender that cannot take it, say so in
+    one line and go on (the rest of the setup does not depend on it)."""
     addon = ROOT / "blender_addon"
-    if not (addon / "blender_manifest.toml").exists():
-        say("the Blender add-on is not in this checkout yet; skipping")
+    version = blender_version(blender)
+    if version is None:
+        say(f"{blender} did not report a Blender version; the add-on was not installed")
+        return
+    shown = ".".join(map(str, version))
+    if version[:2] < MIN_BLENDER:
+        say(f"Blender {shown} at {blender} is older than {MIN_BLENDER[0]}.{MIN_BLENDER[1]}; the add-on was not "
+            f"installed (install it into a Blender {MIN_BLENDER[0]}.{MIN_BLENDER[1]}+ with --blender PATH)")
         return
     zip_path = ROOT / "build" / "emotalker_blender.zip"
     zip_path.parent.mkdir(exist_ok=True)
     shutil.make_archive(str(zip_path.with_suffix("")), "zip", addon)
-    run([blender, "--background", "--factory-startup", "--command", "extension", "install-file",
-         "-r", "user_default", "-e", str(zip_path)])
-    say(f"add-on installed; in Blender set Preferences > Add-ons > EmoTalker > Environment to {VENV}")
+    try:
+        run([blender, "--background", "--factory-startup", "--command", "extension", "install-file",
+             "-r", "user_default", "-e", str(zip_path)])
+    except subprocess.CalledProcessError as e:
+        say(f"installing the add-on into Blender {shown} failed (exit {e.returncode}); the rest of the setup is done")
+        return
+    say(f"add-on installed into Blender {shown}; in Blender set Preferences > Add-ons > EmoTalker > Environment to {VENV}")
 
 
 def main() -> int:
@@ -137,9 +160,13 @@ def main() -> int:
     ensure_torch()
     ensure_package(extras)
     ensure_system_tools(allow=not args.no_system)
-    blender = find_blender(args.blender)
-    if blender:
-        install_addon(blender)
+    if args.blender:
+        if not Path(args.blender).exists():
+            sys.exit(f"[install] --blender {args.blender}: no such file")
+        install_addon(args.blender)
+    elif shutil.which("blender"):
+        say(f"a Blender is on PATH ({shutil.which('blender')}); to install the add-on into it: "
+            f"python3 install.py --blender {shutil.which('blender')}")
 
     bin_dir = venv_python().parent
     if args.test:
