@@ -17,6 +17,14 @@ ROOT = Path(__file__).resolve().parents[1]
 # docs/architecture.md: a core sub-package may import only those before it.
 CORE_ORDER = ("base", "rig", "head", "render", "audio", "models", "datasets", "evaluation", "training")
 OUTSIDE_CORE = ("emotalker.bake", "emotalker.cli", "emotalker.worker", "emotalker.sample", "bpy")
+# docs/architecture.md: which of emotalker's other packages each package may import.
+PACKAGE_MAY_IMPORT = {
+    "core": set(),
+    "sample": {"core"},
+    "bake": {"core"},
+    "worker": {"core", "bake"},
+    "cli": {"core", "bake", "worker", "sample"},
+}
 # The add-on runs inside Blender's Python: the standard library, Blender's own modules and numpy.
 BLENDER_MODULES = {"bpy", "bpy_extras", "mathutils", "gpu", "gpu_extras", "bmesh", "numpy"}
 
@@ -123,10 +131,23 @@ def test_known_order_breaks_are_fixed():
     assert [(f, line, t) for f, line, t in core_order_breaks() if is_known(f, t)] == []
 
 
-def test_bake_imports_neither_cli_nor_worker():
+def test_bake_imports_neither_cli_nor_worker_nor_bpy():
     bad = [(f, line, t) for f, line, t in all_imports("emotalker/bake")
-           if within(t, "emotalker.cli") or within(t, "emotalker.worker")]
+           if any(within(t, p) for p in ("emotalker.cli", "emotalker.worker", "bpy"))]
     assert bad == []
+
+
+@pytest.mark.parametrize("package", sorted(PACKAGE_MAY_IMPORT))
+def test_package_imports_only_the_packages_before_it(package):
+    others = set(PACKAGE_MAY_IMPORT) - PACKAGE_MAY_IMPORT[package] - {package}
+    bad = [(f, line, t) for f, line, t in all_imports(f"emotalker/{package}")
+           if any(within(t, f"emotalker.{other}") for other in others)]
+    assert bad == []
+
+
+def test_every_package_of_emotalker_has_its_imports_listed():
+    packages = {p.parent.name for p in (ROOT / "emotalker").glob("*/__init__.py")}
+    assert packages == set(PACKAGE_MAY_IMPORT)
 
 
 def test_blender_addon_imports_neither_torch_nor_emotalker():
