@@ -1,4 +1,4 @@
-"""A tiny dataset in the DESIGN.md format, built in the test, for the audio and A2E tests.
+"""A tiny dataset in the dataset format of docs/architecture.md, built in the test, for the audio and A2E tests.
 
 The audio is a 220 Hz buzz whose loudness follows a syllable envelope; the
 tracked jaw opening and first expression component follow the same envelope,

@@ -1,7 +1,7 @@
 """One frame of Gaussians as an INRIA 3DGS PLY, and the PLY sequence's JSON sidecar.
 
 Each frame is a standalone binary little-endian PLY with one `vertex` element
-whose float32 properties are, in this order (DESIGN.md, "PLY sequence"):
+whose float32 properties are, in this order (docs/architecture.md, "PLY sequence"):
 
     x y z  nx ny nz  f_dc_0..2  f_rest_0..(3*(K-1)-1)  opacity  scale_0..2  rot_0..3
 
@@ -177,7 +177,7 @@ def read_ply(path: str | os.PathLike) -> PlyFrame:
 
 def write_sidecar(out_dir: str | os.PathLike, name: str, *, fps: float, frame_start: int, frame_end: int, count: int,
                   sh_degree: int, up_axis: str, audio: str | None, units: str = "metres") -> Path:
-    """Write `<out_dir>/<name>.json` describing the sequence (DESIGN.md, "PLY sequence")."""
+    """Write `<out_dir>/<name>.json` describing the sequence (docs/architecture.md, "PLY sequence")."""
     path = Path(out_dir) / f"{name}.json"
     write_json(path, {"format": SIDECAR_FORMAT, "fps": fps, "frame_start": int(frame_start), "frame_end": int(frame_end),
                       "count": int(count), "sh_degree": int(sh_degree), "up_axis": up_axis, "units": units,

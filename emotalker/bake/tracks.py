@@ -1,6 +1,6 @@
 """Emotion tracks: parse the tracks JSON and evaluate it per frame like Blender F-curves.
 
-File format (DESIGN.md, "Emotion tracks"):
+File format (docs/architecture.md, "Emotion tracks"):
 
     {"format": "emotalker-tracks/1", "fps": 25,
      "tracks": {"emotion.happy": {"interpolation": "bezier", "keys": [[1, 0.0], [40, 1.0]]},

@@ -71,7 +71,7 @@ def run_import(args) -> None:
 
 def run_show(args) -> None:
     from emotalker.core.datasets.dataset import Dataset
-    from emotalker.core.datasets.dataset_sheet import contact_sheet
+    from emotalker.core.datasets.dataset_sheet import dataset_sheet
 
-    contact_sheet(Dataset.open(args.dataset), args.output, thumb=args.thumb)
+    dataset_sheet(Dataset.open(args.dataset), args.output, thumb=args.thumb)
     print(f"wrote {args.output}")

@@ -35,7 +35,7 @@ def run_show_head(args) -> None:
     from emotalker.core.base.errors import InputError
     from emotalker.core.base.fileio import atomic_path
     from emotalker.core.rig.flame import FlameModel
-    from emotalker.core.rig.rig_sheet import contact_sheet
+    from emotalker.core.rig.rig_sheet import rig_sheet
 
     if args.size < 64:
         raise InputError(args.output, f"--size {args.size} is too small for a readable panel (64 or more)")
@@ -45,7 +45,7 @@ def run_show_head(args) -> None:
         from emotalker.core.head import make_head
 
         model = make_head(args.seed)
-    image = contact_sheet(model, panel=args.size)
+    image = rig_sheet(model, panel=args.size)
     with atomic_path(args.output) as tmp:
         Image.fromarray(image).save(tmp, format="PNG", optimize=True)
     print(f"wrote {args.output} ({image.shape[1]}x{image.shape[0]})")

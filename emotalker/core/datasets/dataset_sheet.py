@@ -10,7 +10,7 @@ from emotalker.core.models.bundle import EMOTIONS
 from emotalker.core.datasets.dataset import Dataset
 
 
-def contact_sheet(ds: Dataset, path: str | os.PathLike, thumb: int = 128, background: float = 0.18) -> None:
+def dataset_sheet(ds: Dataset, path: str | os.PathLike, thumb: int = 128, background: float = 0.18) -> None:
     """Write the sheet as a PNG. Empty cells (no clip of that emotion and intensity) stay blank."""
     from PIL import Image, ImageDraw
 

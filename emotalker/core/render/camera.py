@@ -1,7 +1,7 @@
 """Cameras for rendered bake outputs: the default front camera and the `--camera C.json` file.
 
 Camera file (`--camera C.json`), OpenCV convention as everywhere in EmoTalker
-(x right, y down, z forward; DESIGN.md "Conventions"), in FLAME space (metres, +Y up):
+(x right, y down, z forward; docs/architecture.md, "Conventions"), in FLAME space (metres, +Y up):
 
     {"format": "emotalker-camera/1",
      "viewmat": [[...4...], [...], [...], [0, 0, 0, 1]],   world-to-camera 4x4

@@ -28,7 +28,7 @@ def sheet_poses(model: FlameModel):
     ]
 
 
-def contact_sheet(model: FlameModel, panel: int = 300, columns: int = 3) -> np.ndarray:
+def rig_sheet(model: FlameModel, panel: int = 300, columns: int = 3) -> np.ndarray:
     """uint8 image [rows*panel, columns*panel, 3] of the rig in `sheet_poses`, three-quarter view, labelled."""
     from PIL import Image, ImageDraw
 
