@@ -28,9 +28,6 @@ PACKAGE_MAY_IMPORT = {
 # The add-on runs inside Blender's Python: the standard library, Blender's own modules and numpy.
 BLENDER_MODULES = {"bpy", "bpy_extras", "mathutils", "gpu", "gpu_extras", "bmesh", "numpy"}
 
-# The one place the current code breaks the order (reported, not allowed): evaluation's
-# SSIM metric reuses the SSIM map of training's losses.
-KNOWN_ORDER_BREAKS = {("emotalker/core/evaluation/metrics.py", "emotalker.core.training.losses")}
 
 
 def module_name(path: Path) -> str:
@@ -92,10 +89,6 @@ def core_order_breaks() -> list[tuple[str, int, str]]:
     return breaks
 
 
-def is_known(file: str, target: str) -> bool:
-    return any(file == known_file and within(target, known) for known_file, known in KNOWN_ORDER_BREAKS)
-
-
 def test_scanner_sees_lazy_relative_and_from_imports():
     source = "import os\nfrom .sibling import thing\ndef f():\n    from emotalker.bake import video\n    import bpy\n"
     found = imports_of(source, "emotalker.core.base.fileio")
@@ -121,14 +114,7 @@ def test_core_imports_neither_bake_cli_worker_sample_nor_bpy():
 
 
 def test_core_subpackages_import_only_those_before_them():
-    unexpected = [(f, line, t) for f, line, t in core_order_breaks() if not is_known(f, t)]
-    assert unexpected == [], f"imports against the order {' < '.join(CORE_ORDER)}"
-
-
-@pytest.mark.xfail(strict=True, reason="core/evaluation/metrics.py imports ssim_map from core/training/losses.py "
-                   "(evaluation comes before training); the SSIM map belongs before both. Remove this marker once fixed.")
-def test_known_order_breaks_are_fixed():
-    assert [(f, line, t) for f, line, t in core_order_breaks() if is_known(f, t)] == []
+    assert core_order_breaks() == [], f"imports against the order {' < '.join(CORE_ORDER)}"
 
 
 def test_bake_imports_neither_cli_nor_worker_nor_bpy():

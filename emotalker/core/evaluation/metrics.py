@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
-
-from emotalker.core.training.losses import ssim_map
+import torch.nn.functional as F
 
 
 def _weights(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
@@ -15,6 +14,36 @@ def _weights(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         return torch.ones(like.shape[:-1], dtype=like.dtype, device=like.device)
     m = mask.to(like.dtype)
     return m[..., 0] if m.ndim == like.ndim else m
+
+
+def _gaussian_window(size: int, sigma: float, dtype, device) -> torch.Tensor:
+    x = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
+    w = torch.exp(-x * x / (2 * sigma * sigma))
+    return w / w.sum()
+
+
+def ssim_map(pred: torch.Tensor, target: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Per-pixel SSIM [..., H, W] (mean over channels) with a Gaussian window, as in 3DGS.
+
+    pred, target [..., H, W, C]; statistics by a separable blur with zero padding.
+    """
+    shape = pred.shape
+    H, W, C = shape[-3:]
+    x = pred.reshape(-1, H, W, C).permute(0, 3, 1, 2)
+    y = target.reshape(-1, H, W, C).permute(0, 3, 1, 2)
+    g = _gaussian_window(window, sigma, x.dtype, x.device)
+    # Blur the five statistics in one grouped convolution a direction (5 * C channels).
+    stats = torch.cat([x, y, x * x, y * y, x * y], 1)
+    ch = stats.shape[1]
+    stats = F.conv2d(stats, g.view(1, 1, 1, -1).expand(ch, 1, 1, -1), padding=(0, window // 2), groups=ch)
+    stats = F.conv2d(stats, g.view(1, 1, -1, 1).expand(ch, 1, -1, 1), padding=(window // 2, 0), groups=ch)
+    mu_x, mu_y, bxx, byy, bxy = stats.split(C, 1)
+    sxx = bxx - mu_x * mu_x
+    syy = byy - mu_y * mu_y
+    sxy = bxy - mu_x * mu_y
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x * mu_x + mu_y * mu_y + c1) * (sxx + syy + c2))
+    return s.mean(1).reshape(*shape[:-3], H, W)
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> float:
