@@ -43,7 +43,8 @@ from emotalker.core.models.a2e import A2EModel, infer_curves, split_params  # no
 from emotalker.core.evaluation.a2e_metrics import cosine  # noqa: E402
 from emotalker.core.audio.waveform import load_audio  # noqa: E402
 from emotalker.core.audio.features import AudioFeaturizer  # noqa: E402
-from emotalker.core.datasets.dataset import Dataset, emotion_weights  # noqa: E402
+from emotalker.core.base.emotions import MAX_INTENSITY, NEUTRAL, one_hot  # noqa: E402
+from emotalker.core.datasets.dataset import Dataset  # noqa: E402
 from emotalker.core.training.a2e import TrainA2EConfig, prepare_clips, predict_clip, train_a2e  # noqa: E402
 
 GOALS = {"lip_ratio": 0.5, "jaw_corr": 0.8, "emotion_cos": 0.8, "train_minutes": 15.0, "infer_fps": 1000.0}
@@ -59,8 +60,8 @@ def emotion_cos(model: A2EModel, dataset: Dataset, clips) -> tuple[float, dict]:
     for clip in clips:
         if clip.emotion == "neutral" or clip.intensity <= 0:
             continue
-        expr_e, _, _ = split_params(predict_clip(model, clip, emotion_weights(clip.emotion), 3.0))
-        expr_n, _, _ = split_params(predict_clip(model, clip, emotion_weights("neutral"), 0.0))
+        expr_e, _, _ = split_params(predict_clip(model, clip, one_hot(clip.emotion), MAX_INTENSITY))
+        expr_n, _, _ = split_params(predict_clip(model, clip, one_hot(NEUTRAL), 0.0))
         predicted = (expr_e - expr_n).mean(0).numpy()
         tracked = clip.params[:, : model.cfg.n_expr].mean(0) - neutral_mean
         per_clip[clip.id] = cosine(predicted, tracked)
@@ -71,7 +72,7 @@ def speed(model: A2EModel, dataset: Dataset, clips, fps: float, repeats: int = 3
     """(end-to-end frames/s from samples, model-only frames/s, frames) over the test audio joined into one clip."""
     samples = np.concatenate([load_audio(dataset.audio_path(c.id)) for c in clips])
     samples = np.tile(samples, max(1, int(np.ceil(60 * 16000 / len(samples)))))  # at least a minute
-    w = emotion_weights("happy")
+    w = one_hot("happy")
     infer_curves(model, samples[:16000], w, 2.0, fps)  # warm-up
     best = np.inf
     for _ in range(repeats):

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from emotalker.bake.ply import gaussian_rows, ply_property_names, write_ply  # noqa: E402
 from emotalker.bake.tracks import Tracks  # noqa: E402
-from emotalker.core.models.bundle import EMOTIONS  # noqa: E402
+from emotalker.core.base.emotions import EMOTIONS, MAX_INTENSITY, NEUTRAL, one_hot  # noqa: E402
 from emotalker.core.render.gaussians import Gaussians  # noqa: E402
 
 
@@ -164,9 +164,9 @@ def model_figures(n: int, repeats: int, eval_only: bool = False) -> dict:
     z = lambda *s: np.zeros(s, np.float32)  # noqa: E731
     curves = FlameCurves((rng.standard_normal((T, rig.n_expr)) * 0.5).astype(np.float32),
                          (np.abs(rng.standard_normal((T, 3))) * 0.1).astype(np.float32), z(T, 3), z(T, 6), z(T, 2),
-                         np.eye(len(EMOTIONS), dtype=np.float32)[np.zeros(T, int)], z(T), 25.0, 1)
+                         one_hot([NEUTRAL] * T), z(T), 25.0, 1)
     audio = rng.standard_normal((T, audio_dim)).astype(np.float32)
-    happy = np.eye(len(EMOTIONS), dtype=np.float32)[np.full(T, EMOTIONS.index("happy"))]
+    happy = one_hot(["happy"] * T)
     intensity = np.full(T, 2.0, np.float32)
     evaluator = AvatarEvaluator(model, stage2)
     out: dict[str, object] = {"n_gaussians_model": evaluator.n_gaussians}
@@ -268,7 +268,7 @@ def export_figures(args) -> dict:
     tracks = Tracks.from_dict({"format": "emotalker-tracks/1", "fps": 25, "tracks": {
         **{f"emotion.{e}": {"keys": [[1 + 37 * i, (i * 0.37 + j * 0.11) % 1.0] for i in range(30)]}
            for j, e in enumerate(EMOTIONS)},
-        "intensity": {"keys": [[1 + 50 * i, (i * 0.7) % 3.0] for i in range(20)]}}})
+        "intensity": {"keys": [[1 + 50 * i, (i * 0.7) % MAX_INTENSITY] for i in range(20)]}}})
     frames = np.arange(1, 1001)
     seconds = timed(lambda i: tracks.evaluate(frames), args.repeats)
     figures["tracks_eval_frames_s"] = len(frames) / statistics.median(seconds)

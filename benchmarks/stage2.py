@@ -40,7 +40,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from emotalker.core.models.bundle import EMOTIONS, AvatarBundle  # noqa: E402
+from emotalker.core.base.emotions import EMOTIONS, one_hot, parse_mix  # noqa: E402
+from emotalker.core.models.bundle import AvatarBundle  # noqa: E402
 from emotalker.core.models.emotion_deformer import (EmotionConfig, EmotionDeformer, EmotionInputs, apply_offsets,  # noqa: E402
                                     frame_gaussians, mesh_cue)
 from emotalker.core.rig.flame import FlameModel, FlameParams  # noqa: E402
@@ -77,8 +78,7 @@ def speed(flame_path: Path | None, n: int, repeats: int) -> dict:
     E = rig.n_expr
     params = FlameParams(expr=torch.randn(1, E) * 0.5, jaw=torch.tensor([[0.15, 0.0, 0.0]]),
                          neck=torch.tensor([[0.05, 0.1, 0.0]]))
-    w = torch.zeros(len(EMOTIONS))
-    w[EMOTIONS.index("happy")], w[EMOTIONS.index("surprised")] = 0.7, 0.3
+    w = torch.from_numpy(parse_mix("happy=0.7,surprised=0.3"))
     inputs = EmotionInputs(w, 2.5, blink=0.2, audio=torch.randn(audio_dim), camera=torch.tensor([0.0, 0.0, 1.0]))
     out = {"rig": rig_name, "n_face_gaussians": stage1.n_gaussians, "n_teeth": stage1.n_teeth,
            "torch_threads": torch.get_num_threads(), "load_average": list(os.getloadavg())}
@@ -191,8 +191,7 @@ def emotion_grid(avatar: Path, dataset_root: Path, out_png: Path, clip: str | No
         samples = load_audio(ds.audio_path(clip))
     rows = []
     for name in EMOTIONS:
-        w = np.zeros(len(EMOTIONS), np.float32)
-        w[EMOTIONS.index(name)] = 1
+        w = one_hot(name)
         tiles = []
         for s in levels:
             params = frame.params

@@ -9,7 +9,9 @@ from __future__ import annotations
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, PointerProperty, StringProperty
 
+# A copy of emotalker/core/base/emotions.py (the add-on cannot import emotalker); tests/test_emotions.py checks they agree.
 EMOTIONS = ("neutral", "angry", "contempt", "disgusted", "fear", "happy", "sad", "surprised")
+MAX_INTENSITY = 3.0
 
 
 def _emotion(name: str) -> FloatProperty:
@@ -23,7 +25,7 @@ class EmoTalkerAvatarProps(bpy.types.PropertyGroup):
     audio_path: StringProperty(name="Audio", subtype="FILE_PATH", description="Dialogue audio (any format soundfile reads); empty: the first sound strip")
     cache_dir: StringProperty(name="Cache", subtype="DIR_PATH", default="//emotalker_cache",
                               description="Where baked curves and per-frame Gaussians are kept")
-    intensity: FloatProperty(name="Intensity", default=1.0, min=0.0, max=3.0,
+    intensity: FloatProperty(name="Intensity", default=1.0, min=0.0, max=MAX_INTENSITY,
                              description="Emotion intensity: 0 neutral, 1-3 as MEAD's levels, anything between")
     blink: FloatProperty(name="Blink", default=0.0, min=0.0, max=1.0, description="Extra eyelid closure")
     baked: BoolProperty(default=False, options={"HIDDEN"})

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from a2e_fixture import FPS, make_dataset, make_rig
-from emotalker.core.models.a2e import A2EConfig, A2EModel, emotion_condition, infer_curves, resolve_emotion, split_params
+from emotalker.core.models.a2e import A2EConfig, A2EModel, emotion_condition, infer_curves, split_params
 from emotalker.core.audio.features import FeatureConfig
-from emotalker.core.models.bundle import EMOTIONS
+from emotalker.core.base.emotions import EMOTIONS, one_hot, parse_mix
 from emotalker.core.base.errors import InputError
 from emotalker.core.rig.flame import FlameParams, FlameRig
 from emotalker.core.rig.flame_subset import vertex_subset
@@ -43,7 +43,7 @@ def random_inputs(model, T, seed=0):
 def test_intensity_zero_gives_exactly_the_neutral_prediction():
     model, T = tiny_model(), 30
     seq = random_inputs(model, T)
-    w = lambda name: torch.from_numpy(resolve_emotion(name)).expand(T, -1)  # noqa: E731
+    w = lambda name: torch.from_numpy(parse_mix(name)).expand(T, -1)  # noqa: E731
     s = lambda v: torch.full((T,), float(v))  # noqa: E731
     neutral = model.predict(seq, w("neutral"), s(2.0))
     for name in ("happy", "sad", "angry=0.5,fear=0.5"):
@@ -59,7 +59,7 @@ def test_intensity_zero_gives_exactly_the_neutral_prediction():
 
 
 def test_emotion_condition_zeroes_neutral_and_scales_with_intensity():
-    w = torch.tensor(resolve_emotion("neutral=0.5,happy=0.5"))
+    w = torch.tensor(parse_mix("neutral=0.5,happy=0.5"))
     c = emotion_condition(w, torch.tensor(3.0))
     assert c[EMOTIONS.index("neutral")] == 0 and c[EMOTIONS.index("happy")] == pytest.approx(0.5)
     torch.testing.assert_close(emotion_condition(w, torch.tensor(1.5)), c / 2)
@@ -69,7 +69,7 @@ def test_chunked_prediction_equals_one_pass():
     """Long clips run in chunks (bounded memory) with the same result as one pass."""
     model, T = tiny_model(), 57
     seq = random_inputs(model, T, seed=3)
-    w = torch.from_numpy(resolve_emotion("sad")).expand(T, -1)
+    w = torch.from_numpy(one_hot("sad")).expand(T, -1)
     s = torch.linspace(0, 3, T)
     whole = model.predict(seq, w, s, chunk=1000)
     for chunk in (1, 7, 20):
@@ -94,7 +94,7 @@ def test_tiny_model_overfits_a_short_clip():
     T, fc = 40, FeatureConfig(context=1, sub=2)
     seq = rng.standard_normal(((T + 2) * 2, 80)).astype(np.float32)
     params = rng.standard_normal((T, 12)).astype(np.float32)  # arbitrary targets: only memorising fits them
-    clip = ClipData("c", seq, params, resolve_emotion("happy"), 2.0, "happy")
+    clip = ClipData("c", seq, params, one_hot("happy"), 2.0, "happy")
     model = tiny_model(dropout=0.0)
     fit_normalisation(model, [clip])
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -119,7 +119,7 @@ def test_save_and_load_round_trip(tmp_path):
     loaded, meta = A2EModel.load(tmp_path / "a2e.safetensors")
     assert meta["fps"] == 30.0 and loaded.cfg == model.cfg
     seq, T = random_inputs(model, 9), 9
-    w, s = torch.from_numpy(resolve_emotion("fear")).expand(T, -1), torch.ones(T)
+    w, s = torch.from_numpy(one_hot("fear")).expand(T, -1), torch.ones(T)
     torch.testing.assert_close(loaded.predict(seq, w, s), model.predict(seq, w, s))
 
 
@@ -129,12 +129,6 @@ def test_load_refuses_other_files(tmp_path):
     save_tensors(tmp_path / "x.safetensors", {"a": np.zeros(2)}, {"format": "something-else"})
     with pytest.raises(InputError, match="not an EmoTalker A2E model"):
         A2EModel.load(tmp_path / "x.safetensors")
-
-
-def test_unknown_emotion_is_refused():
-    with pytest.raises(InputError, match="unknown emotion 'joyful'"):
-        resolve_emotion("joyful")
-    np.testing.assert_allclose(resolve_emotion("happy=3,sad=1")[[EMOTIONS.index("happy"), EMOTIONS.index("sad")]], [0.75, 0.25])
 
 
 def test_rig_without_lip_region_asks_for_one():

@@ -19,7 +19,7 @@ from emotalker.core.render.camera import front_camera
 from emotalker.cli.main import main
 from emotalker.bake.clip import BakeOptions, bake_clip
 from emotalker.bake.ply import ply_property_names
-from emotalker.core.models.bundle import EMOTIONS
+from emotalker.core.base.emotions import EMOTIONS
 from emotalker.core.base.errors import InputError
 from emotalker.core.rig.flame import FlameModel
 

@@ -11,7 +11,7 @@ import pytest
 from bake_fixture import make_speech, make_tiny_avatar
 from emotalker.bake.demo import DEMO_AVATAR, DEMO_SPEECH, demo_tracks, run_demo
 from emotalker.bake.tracks import Tracks
-from emotalker.core.models.bundle import EMOTIONS
+from emotalker.core.base.emotions import EMOTIONS
 
 
 def test_demo_tracks_cross_fade_from_happy_to_sad():

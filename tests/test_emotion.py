@@ -10,9 +10,10 @@ import torch
 from stage1_rig import tiny_rig
 
 from emotalker.core.models.blendshapes import BlendshapeConfig, GaussianBlendshapes
-from emotalker.core.models.bundle import EMOTIONS, AvatarBundle
+from emotalker.core.base.emotions import EMOTIONS, normalise_mix, one_hot, parse_mix
+from emotalker.core.models.bundle import AvatarBundle
 from emotalker.core.models.emotion_deformer import (EmotionConfig, EmotionDeformer, EmotionInputs, N_OFFSETS, apply_offsets,
-                                    frame_gaussians, load_from_bundle, mesh_cue, mix_weights)
+                                    frame_gaussians, load_from_bundle, mesh_cue)
 from emotalker.core.base.errors import InputError
 from emotalker.core.rig.flame import FlameParams
 
@@ -20,9 +21,7 @@ AUDIO = 40
 
 
 def onehot(name: str) -> torch.Tensor:
-    w = torch.zeros(len(EMOTIONS))
-    w[EMOTIONS.index(name)] = 1
-    return w
+    return torch.from_numpy(one_hot(name))
 
 
 @pytest.fixture(scope="module")
@@ -95,12 +94,10 @@ def test_intensity_token_interpolates_between_levels(stage1):
 def test_pure_mix_equals_plain_emotion_and_mixes_blend_tokens(stage1):
     model = make_deformer(stage1.n_gaussians)
     dM = mesh_cue(stage1, params())[0]
-    from emotalker.core.models.a2e import resolve_emotion
-    from emotalker.core.datasets.dataset import emotion_weights
 
     with torch.no_grad():
-        plain = model.offsets(dM, inputs(torch.from_numpy(emotion_weights("happy"))))
-        mixed = model.offsets(dM, inputs(torch.from_numpy(resolve_emotion("happy=1.0,sad=0"))))
+        plain = model.offsets(dM, inputs(torch.from_numpy(one_hot("happy"))))
+        mixed = model.offsets(dM, inputs(torch.from_numpy(parse_mix("happy=1.0,sad=0"))))
         unnormalised = model.offsets(dM, inputs(onehot("happy") * 2.5))
         assert torch.equal(plain, mixed)
         assert torch.allclose(plain, unnormalised, atol=1e-6)
@@ -112,7 +109,7 @@ def test_pure_mix_equals_plain_emotion_and_mixes_blend_tokens(stage1):
         rows = model.emotion_rows()
         assert torch.allclose(tok, 0.25 * rows[EMOTIONS.index("happy")] + 0.75 * rows[EMOTIONS.index("fear")], atol=1e-6)
     # All-zero weights mean neutral.
-    assert torch.equal(mix_weights(torch.zeros(8)), onehot("neutral"))
+    assert torch.equal(normalise_mix(torch.zeros(8)), onehot("neutral"))
 
 
 def test_fast_path_matches_the_differentiable_path(stage1):

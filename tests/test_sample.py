@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from emotalker.core.models.bundle import EMOTIONS
+from emotalker.core.base.emotions import EMOTIONS
 from emotalker.sample.emotions import STYLES, emotion_offsets
 from emotalker.sample.generate import blinks, plan_clips
 from emotalker.sample.visemes import BILABIALS, mouth_track, speech_envelope, viseme_of

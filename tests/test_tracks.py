@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from emotalker.core.models.bundle import EMOTIONS
+from emotalker.core.base.emotions import EMOTIONS
 from emotalker.core.base.errors import InputError
 from emotalker.bake.tracks import Tracks, evaluate_fcurve, load_tracks_or_shorthand
 
@@ -110,7 +110,7 @@ def test_round_trip_through_file(tmp_path):
 
 
 @pytest.mark.parametrize("channels, message", [
-    ({"emotion.excited": {"keys": [[1, 1.0]]}}, "unknown emotion 'excited' in channel 'emotion.excited'"),
+    ({"emotion.excited": {"keys": [[1, 1.0]]}}, "channel 'emotion.excited': unknown emotion 'excited'"),
     ({"loudness": {"keys": [[1, 1.0]]}}, "unknown channel 'loudness'"),
     ({"emotion.happy": {"interpolation": "cubic", "keys": [[1, 1.0]]}}, "channel 'emotion.happy': unknown interpolation 'cubic'"),
     ({"emotion.happy": {"keys": [[1, 0.0], [1, 1.0]]}}, "channel 'emotion.happy': key frames must increase"),

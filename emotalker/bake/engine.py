@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from emotalker.core.models.bundle import EMOTIONS, AvatarBundle
+from emotalker.core.base.emotions import EMOTIONS, NEUTRAL, one_hot
+from emotalker.core.models.bundle import AvatarBundle
 from emotalker.core.base.errors import InputError
 from emotalker.core.base.fileio import atomic_path, read_npz
 
@@ -97,7 +98,7 @@ class FlameCurves:
         if expr.shape[1] > n_expr:
             raise InputError(path, f"'expr' has {expr.shape[1]} components but the avatar's rig has {n_expr}")
         defaults = {"eyes": np.zeros((T, 6)), "eyelids": np.zeros((T, 2)),
-                    "emotion_weights": np.eye(len(EMOTIONS))[[EMOTIONS.index("neutral")] * T],
+                    "emotion_weights": one_hot([NEUTRAL] * T, np.float64),
                     "intensity": np.zeros(T)}
         shapes = {"jaw": (T, 3), "neck": (T, 3), "eyes": (T, 6), "eyelids": (T, 2),
                   "emotion_weights": (T, len(EMOTIONS)), "intensity": (T,)}

@@ -59,14 +59,14 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from emotalker.core.models.bundle import EMOTIONS
+from emotalker.core.base.emotions import EMOTIONS, MAX_INTENSITY, check_intensity, emotion_index, normalise_mix
 from emotalker.core.base.errors import InputError
 from emotalker.core.base.fileio import read_json
 
 FORMAT = "emotalker-tracks/1"
 INTERPOLATIONS = ("constant", "linear", "bezier")
 SMOOTHINGS = ("cont_accel", "none")
-RANGES = {**{f"emotion.{name}": (0.0, 1.0) for name in EMOTIONS}, "intensity": (0.0, 3.0), "blink": (0.0, 1.0)}
+RANGES = {**{f"emotion.{name}": (0.0, 1.0) for name in EMOTIONS}, "intensity": (0.0, MAX_INTENSITY), "blink": (0.0, 1.0)}
 DEFAULT_INTENSITY = 1.0
 DEFAULT_BLINK = 0.0
 
@@ -140,11 +140,8 @@ class Tracks:
         Each channel has one key at `frame` (the first timeline frame, 1 as in Blender);
         one key means the value holds everywhere.
         """
-        if emotion not in EMOTIONS:
-            raise InputError("--emotion", f"unknown emotion {emotion!r}; expected one of {', '.join(EMOTIONS)}")
-        lo, hi = RANGES["intensity"]
-        if not _is_number(intensity) or not lo <= intensity <= hi:
-            raise InputError("--intensity", f"intensity must be in [{lo:g}, {hi:g}], got {intensity!r}")
+        emotion_index(emotion, "--emotion")
+        check_intensity(intensity, "--intensity")
         if not _is_number(fps) or fps <= 0:
             raise InputError("--fps", f"fps must be a positive number, got {fps!r}")
         one = lambda v: Track(np.array([float(frame)]), np.array([float(v)]), "constant")  # noqa: E731
@@ -185,12 +182,7 @@ class Tracks:
             track = self.channels.get(f"emotion.{name}")
             if track is not None:
                 weights[:, i] = track.evaluate(frames)
-        weights = np.clip(weights, 0.0, 1.0)
-        total = weights.sum(1, keepdims=True)
-        active = total[:, 0] > 0
-        weights[active] /= total[active]
-        weights[~active] = 0.0
-        weights[~active, EMOTIONS.index("neutral")] = 1.0
+        weights = normalise_mix(np.clip(weights, 0.0, 1.0), self.source)
         return TrackFrames(frames, weights, self._channel("intensity", frames, DEFAULT_INTENSITY),
                            self._channel("blink", frames, DEFAULT_BLINK))
 
@@ -209,10 +201,8 @@ def _is_number(x: Any) -> bool:
 def _parse_track(where: str, name: str, spec: Any) -> Track | None:
     if name not in RANGES:
         if name.startswith("emotion."):
-            problem = f"unknown emotion {name[len('emotion.'):]!r} in channel {name!r}; expected one of {', '.join(EMOTIONS)}"
-        else:
-            problem = f"unknown channel {name!r}; expected emotion.<name>, intensity or blink"
-        raise InputError(where, problem)
+            emotion_index(name[len("emotion."):], where, context=f"channel {name!r}: ")  # raises: every known one is in RANGES
+        raise InputError(where, f"unknown channel {name!r}; expected emotion.<name>, intensity or blink")
     if not isinstance(spec, dict):
         raise InputError(where, f"channel {name!r} must be an object with 'keys'")
     unknown = set(spec) - {"keys", "interpolation", "smoothing"}

@@ -36,17 +36,16 @@ def add_parsers(sub) -> None:
 def run(args) -> None:
     import numpy as np
 
-    from emotalker.core.models.a2e import infer_curves, load_from_bundle, resolve_emotion
+    from emotalker.core.base.emotions import EMOTIONS, check_intensity, parse_mix
+    from emotalker.core.models.a2e import infer_curves, load_from_bundle
     from emotalker.core.audio.waveform import SAMPLE_RATE, load_audio
-    from emotalker.core.models.bundle import EMOTIONS, AvatarBundle
+    from emotalker.core.models.bundle import AvatarBundle
     from emotalker.core.base.device import resolve_device
-    from emotalker.core.base.errors import InputError
     from emotalker.core.base.fileio import atomic_path
     from emotalker.core.rig.flame import FlameModel
 
-    if not 0.0 <= args.intensity <= 3.0:
-        raise InputError(None, f"--intensity must lie in [0, 3], got {args.intensity}")
-    weights = resolve_emotion(args.emotion)
+    check_intensity(args.intensity, "--intensity")
+    weights = parse_mix(args.emotion, "--emotion")
     device = resolve_device(args.device)
     bundle = AvatarBundle.open(args.avatar)
     model, meta = load_from_bundle(bundle, device)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from emotalker.core.models.bundle import EMOTIONS
+from emotalker.core.base.emotions import EMOTIONS, MAX_INTENSITY
 
 LEVELS = (1.0, 2.0, 3.0)  # MEAD's intensity levels
 HELD_OUT_LEVELS = (1.5, 2.5)  # rendered too, kept out of training to test interpolation
@@ -98,7 +98,7 @@ def emotion_offsets(emotion: str, intensity: float, expr_names: list[str]) -> Em
     Components the rig does not name are skipped, so a rig with fewer names still works.
     """
     style = STYLES[emotion]
-    k = float(intensity) / 3.0
+    k = float(intensity) / MAX_INTENSITY
     expr = np.zeros(len(expr_names), np.float32)
     for name, value in style.expr.items():
         if name in expr_names:

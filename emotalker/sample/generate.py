@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emotalker.core.models.bundle import EMOTIONS
+from emotalker.core.base.emotions import EMOTIONS
 from emotalker.core.datasets.dataset import ClipInfo, FRAME_NAME, Tracking, write_dataset_json
 from emotalker.core.base.errors import InputError
 from emotalker.core.base.fileio import read_json, write_json

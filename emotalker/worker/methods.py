@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from emotalker.core.models.bundle import EMOTIONS, STAGE_FILES, AvatarBundle
+from emotalker.core.base.emotions import EMOTIONS, NEUTRAL, one_hot
+from emotalker.core.models.bundle import STAGE_FILES, AvatarBundle
 from emotalker.core.base.errors import InputError
 from emotalker.core.base.fileio import atomic_path
 from emotalker.core.rig.flame import FlameModel
@@ -135,7 +136,7 @@ def render_frame(params: dict, ctx) -> dict:
     else:
         n = evaluator.stage1.flame_model.n_expr
         z = lambda *s: np.zeros(s, np.float32)  # noqa: E731
-        emotion = np.eye(len(EMOTIONS), dtype=np.float32)[[EMOTIONS.index("neutral")]]
+        emotion = one_hot([NEUTRAL])
         intensity, blink = z(1), z(1)
         curves = FlameCurves(z(1, n), z(1, 3), z(1, 3), z(1, 6), z(1, 2), emotion, intensity, 25.0, frame)
     stage2 = {}

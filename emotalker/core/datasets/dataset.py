@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emotalker.core.models.bundle import EMOTIONS
+from emotalker.core.base.emotions import check_intensity, emotion_index
 from emotalker.core.base.errors import InputError
 from emotalker.core.base.fileio import read_json, read_npz
 
@@ -43,19 +43,6 @@ TRACKING_KEYS = {
     "blink": (),
     "viewmat": (4, 4),
 }
-
-
-class UnknownEmotionError(InputError, ValueError):
-    """An emotion name outside the 8 MEAD categories (also a ValueError, for plain callers)."""
-
-
-def emotion_weights(emotion: str) -> np.ndarray:
-    """One-hot weights [8] (float32) over `EMOTIONS` for a category name."""
-    if emotion not in EMOTIONS:
-        raise UnknownEmotionError(None, f"unknown emotion {emotion!r}; expected one of {', '.join(EMOTIONS)}")
-    w = np.zeros(len(EMOTIONS), np.float32)
-    w[EMOTIONS.index(emotion)] = 1.0
-    return w
 
 
 @dataclass(frozen=True)
@@ -287,14 +274,12 @@ def _parse_clip(meta_path: Path, i: int, c) -> ClipInfo:
     cid = c["id"]
     if not isinstance(cid, str) or not _CLIP_ID_RE.match(cid):
         raise InputError(meta_path, f"clips[{i}] has an invalid id {cid!r} (letters, digits, _ . - only)")
-    if c["emotion"] not in EMOTIONS:
-        raise InputError(meta_path, f"clip {cid!r}: unknown emotion {c['emotion']!r}; expected one of {', '.join(EMOTIONS)}")
+    emotion_index(c["emotion"], meta_path, context=f"clip {cid!r}: ")
     try:
         intensity = float(c["intensity"])
     except (TypeError, ValueError):
         raise InputError(meta_path, f"clip {cid!r}: intensity must be a number, got {c['intensity']!r}") from None
-    if not 0.0 <= intensity <= 3.0:
-        raise InputError(meta_path, f"clip {cid!r}: intensity {intensity} outside [0, 3]")
+    check_intensity(intensity, meta_path, context=f"clip {cid!r}: ")
     if c["split"] not in SPLITS:
         raise InputError(meta_path, f"clip {cid!r}: split must be 'train' or 'test', got {c['split']!r}")
     return ClipInfo(id=cid, emotion=c["emotion"], intensity=intensity, split=c["split"], held_out=bool(c.get("held_out", False)))

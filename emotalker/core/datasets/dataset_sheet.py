@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from emotalker.core.models.bundle import EMOTIONS
+from emotalker.core.base.emotions import EMOTIONS
 from emotalker.core.datasets.dataset import Dataset
 
 

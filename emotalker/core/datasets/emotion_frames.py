@@ -39,12 +39,12 @@ def audio_windows(samples: np.ndarray, fps: float, n_frames: int, features: Feat
 def clip_conditions(dataset, clip_id: str, features: FeatureConfig) -> ClipConditions:
     """The conditions of one dataset clip (audio features computed from its audio.wav)."""
     from emotalker.core.audio.waveform import load_audio
-    from emotalker.core.datasets.dataset import emotion_weights
+    from emotalker.core.base.emotions import one_hot
 
     info = dataset.clip(clip_id)
     T = dataset.n_frames(clip_id)
     audio = audio_windows(load_audio(dataset.audio_path(clip_id)), dataset.fps, T, features)
-    return ClipConditions(audio, dataset.tracking(clip_id).blink.astype(np.float32), emotion_weights(info.emotion),
+    return ClipConditions(audio, dataset.tracking(clip_id).blink.astype(np.float32), one_hot(info.emotion),
                           float(info.intensity))
 
 
@@ -53,12 +53,12 @@ def a2e_params(a2e_model, dataset, clip_id: str, device="cpu") -> FlameParams:
     eyes and eyelids (which A2E does not predict) from the tracking."""
     from emotalker.core.models.a2e import infer_curves
     from emotalker.core.audio.waveform import load_audio
-    from emotalker.core.datasets.dataset import emotion_weights
+    from emotalker.core.base.emotions import one_hot
 
     info = dataset.clip(clip_id)
     tr = dataset.tracking(clip_id)
     T = len(tr)
-    curves = infer_curves(a2e_model, load_audio(dataset.audio_path(clip_id)), emotion_weights(info.emotion),
+    curves = infer_curves(a2e_model, load_audio(dataset.audio_path(clip_id)), one_hot(info.emotion),
                           info.intensity, dataset.fps, device)
 
     def fit(a):  # A2E's frame count comes from the audio length; match the images'

@@ -28,7 +28,6 @@ with the config (`A2EConfig.to_dict`) in the metadata.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import asdict, dataclass, field
 
@@ -38,12 +37,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from emotalker.core.audio.features import FeatureConfig, frame_windows
-from emotalker.core.models.bundle import EMOTIONS, load_stage_model
+from emotalker.core.base.emotions import EMOTIONS, MAX_INTENSITY, NEUTRAL_INDEX, check_intensity
+from emotalker.core.models.bundle import load_stage_model
 from emotalker.core.base.errors import InputError
 from emotalker.core.base.fileio import save_tensors
 
 FORMAT = "emotalker-a2e/1"
-MAX_INTENSITY = 3.0
 
 
 @dataclass(frozen=True)
@@ -89,7 +88,7 @@ def emotion_condition(weights, intensity):
     weights * intensity / 3 with the neutral entry zeroed.
     """
     keep = torch.ones(len(EMOTIONS), dtype=weights.dtype, device=weights.device)
-    keep[EMOTIONS.index("neutral")] = 0
+    keep[NEUTRAL_INDEX] = 0
     return weights * keep * (intensity[..., None] / MAX_INTENSITY)
 
 
@@ -244,29 +243,6 @@ def lip_indices(flame_model, path=None) -> np.ndarray:
                      "add the lip vertex indices to flame_model.npz as `region.lips`")
 
 
-def resolve_emotion(spec: str) -> np.ndarray:
-    """'happy' or a mix 'happy=0.7,sad=0.3' -> weights [8] over EMOTIONS (summing to 1).
-
-    InputError naming the emotion when it is not one of the 8 MEAD categories.
-    """
-    weights = np.zeros(len(EMOTIONS), np.float32)
-    for part in spec.split(","):
-        name, _, value = part.strip().partition("=")
-        name = name.strip().lower()
-        if name not in EMOTIONS:
-            raise InputError(None, f"unknown emotion {name!r}: use one of {', '.join(EMOTIONS)} (or a mix like happy=0.7,sad=0.3)")
-        try:
-            w = float(value) if value else 1.0
-        except ValueError:
-            raise InputError(None, f"emotion weight {value!r} for {name} is not a number") from None
-        if not math.isfinite(w) or w < 0:
-            raise InputError(None, f"emotion weight for {name} must be a finite number >= 0, got {value}")
-        weights[EMOTIONS.index(name)] += w
-    if weights.sum() <= 0:
-        raise InputError(None, f"emotion mix {spec!r} has no positive weight")
-    return weights / weights.sum()
-
-
 def load_from_bundle(avatar, device="cpu") -> tuple[A2EModel, dict]:
     """The A2E model of an avatar bundle (folder or AvatarBundle) and its metadata (fps, metrics, ...)."""
     from emotalker.core.models.bundle import AvatarBundle
@@ -292,8 +268,7 @@ def infer_curves(model: A2EModel, samples: np.ndarray, weights, intensity, fps: 
     s = np.broadcast_to(s, (T,)) if s.ndim == 0 else s
     if w.shape != (T, len(EMOTIONS)) or s.shape != (T,):
         raise InputError(None, f"emotion weights {list(w.shape)} and intensity {list(s.shape)} must cover the audio's {T} frames")
-    if not np.isfinite(s).all() or s.min() < 0 or s.max() > MAX_INTENSITY:
-        raise InputError(None, f"intensity must lie in [0, {MAX_INTENSITY:g}]")
+    check_intensity(s)
     seq = AudioFeaturizer(model.cfg.features)(samples, fps, T)
     t = lambda x: torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(device)  # noqa: E731
     expr, jaw, neck = (x.cpu().numpy() for x in split_params(model.predict(t(seq), t(w), t(s))))

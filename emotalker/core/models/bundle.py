@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from emotalker.core.base.emotions import EMOTIONS
 from emotalker.core.base.errors import InputError
 from emotalker.core.base.fileio import read_json, write_json
 
 FORMAT = "emotalker-avatar/1"
 STAGE_FILES = {"neutral": "neutral.safetensors", "a2e": "a2e.safetensors", "emotion": "emotion.safetensors"}
-EMOTIONS = ("neutral", "angry", "contempt", "disgusted", "fear", "happy", "sad", "surprised")
 
 
 @dataclass(frozen=True)

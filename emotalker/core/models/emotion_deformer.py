@@ -56,13 +56,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from emotalker.core.audio.features import FeatureConfig
-from emotalker.core.models.bundle import EMOTIONS, load_stage_model
+from emotalker.core.base.emotions import EMOTIONS, MAX_INTENSITY, check_intensity, normalise_mix
+from emotalker.core.models.bundle import load_stage_model
 from emotalker.core.base.errors import InputError
 from emotalker.core.rig.flame import FlameParams
 from emotalker.core.render.gaussians import Gaussians
 
 FORMAT = "emotalker-emotion/1"
-MAX_INTENSITY = 3.0
 N_LEVELS = 4  # intensity table rows for levels 0, 1, 2, 3
 N_OFFSETS = 11  # rotation 4, log-scale 3, colour 3, opacity 1
 N_TOKENS = 3  # audio, emotion, intensity
@@ -129,29 +129,6 @@ class EmotionInputs:
 
 
 # ---------------------------------------------------------------------------------- inputs
-
-
-def mix_weights(weights) -> torch.Tensor:
-    """Emotion weights [..., 8] -> non-negative weights summing to 1 (all zero -> neutral).
-
-    Normalising makes a mix a convex blend of emotion tokens, so 100% happy equals plain happy.
-    """
-    w = torch.as_tensor(weights, dtype=torch.float32)
-    if w.shape[-1] != len(EMOTIONS):
-        raise InputError(None, f"emotion weights need {len(EMOTIONS)} values ({', '.join(EMOTIONS)}), got {w.shape[-1]}")
-    if not torch.isfinite(w).all() or (w < 0).any():
-        raise InputError(None, "emotion weights must be finite and >= 0")
-    total = w.sum(-1, keepdim=True)
-    neutral = torch.zeros_like(w)
-    neutral[..., EMOTIONS.index("neutral")] = 1
-    return torch.where(total > 0, w / total.clamp_min(1e-12), neutral)
-
-
-def check_intensity(intensity: float) -> float:
-    s = float(intensity)
-    if not math.isfinite(s) or not 0.0 <= s <= MAX_INTENSITY:
-        raise InputError(None, f"intensity must lie in [0, {MAX_INTENSITY:g}], got {intensity}")
-    return s
 
 
 def blink_encoding(blink: torch.Tensor, n_freqs: int) -> torch.Tensor:
@@ -279,7 +256,7 @@ class EmotionDeformer(nn.Module):
             raise InputError(None, f"audio window has {audio.shape[0]} values, the emotion model expects {self.cfg.audio_dim}")
         audio = (audio - self.feat_mean) / self.feat_std
         a = self.audio_in(audio)
-        e = mix_weights(inputs.weights).to(dev) @ self.emotion_rows()
+        e = normalise_mix(torch.as_tensor(inputs.weights, dtype=torch.float32)).to(dev) @ self.emotion_rows()
         s = self.intensity_token(check_intensity(inputs.intensity))
         return torch.stack([a, e, s])
 

@@ -72,7 +72,7 @@ class ClipData:
 
 def prepare_clips(dataset, clips, featurizer: AudioFeaturizer) -> list[ClipData]:
     """Audio features and target parameters of each clip in `clips` (ClipInfo list)."""
-    from emotalker.core.datasets.dataset import emotion_weights
+    from emotalker.core.base.emotions import one_hot
 
     out = []
     for info in clips:
@@ -80,7 +80,7 @@ def prepare_clips(dataset, clips, featurizer: AudioFeaturizer) -> list[ClipData]
         params = np.concatenate([tr.expr, tr.jaw, tr.neck], axis=1).astype(np.float32)
         samples = load_audio(dataset.audio_path(info.id))
         seq = featurizer(samples, dataset.fps, len(params))
-        out.append(ClipData(info.id, seq, params, emotion_weights(info.emotion), float(info.intensity), info.emotion))
+        out.append(ClipData(info.id, seq, params, one_hot(info.emotion), float(info.intensity), info.emotion))
     return out
 
 

@@ -101,7 +101,7 @@ def new_deformer(stage1, frames: EmotionFrames, cfg: TrainEmotionConfig) -> Emot
     audio = frames.all_audio()
     text = None
     if cfg.text_checkpoint:
-        from emotalker.core.models.bundle import EMOTIONS
+        from emotalker.core.base.emotions import EMOTIONS
         from emotalker.core.models.text_embed import clip_text_embeddings
 
         text = (clip_text_embeddings(list(EMOTIONS), cfg.text_checkpoint, cfg.text_model),

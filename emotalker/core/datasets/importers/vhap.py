@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emotalker.core.models.bundle import EMOTIONS
+from emotalker.core.base.emotions import check_intensity, emotion_index
 from emotalker.core.datasets.dataset import _CLIP_ID_RE, FRAME_NAME, SPLITS, ClipInfo, Dataset, Tracking, write_dataset_json
 from emotalker.core.base.errors import InputError
 from emotalker.core.base.fileio import read_json, read_npz
@@ -139,10 +139,10 @@ def import_vhap(src: str | os.PathLike, out: str | os.PathLike, opts: ImportOpti
     from PIL import Image
 
     src, out = Path(src), Path(out)
-    if opts.emotion not in EMOTIONS:
-        raise InputError(None, f"unknown emotion {opts.emotion!r}; expected one of {', '.join(EMOTIONS)}")
-    if opts.split not in SPLITS or not 0.0 <= opts.intensity <= 3.0:
-        raise InputError(None, f"split must be train or test and intensity in [0, 3], got {opts.split!r}, {opts.intensity}")
+    emotion_index(opts.emotion)
+    check_intensity(opts.intensity)
+    if opts.split not in SPLITS:
+        raise InputError(None, f"split must be train or test, got {opts.split!r}")
     frames, shared, root = _frames(src)
     if not frames:
         raise InputError(src, "the export has no frames")
