@@ -243,6 +243,6 @@ def test_an_id_in_use_by_an_unfinished_job_is_refused():
 
     Worker(feed(), out, {"hold": Method(NoParams, hold), "echo": Method(Count, echo)}).serve()
     replies = [json.loads(line) for line in out.getvalue().splitlines()][1:]
-    assert replies[0] == {"id": 1, "error": {"kind": "protocol", "message": "bad request: id 1 is already a job's "
+    assert replies[0] == {"id": 1, "error": {"kind": "protocol", "message": "bad request: id 1 belongs to a job "
                                                                              "that has not finished"}}
     assert replies[1:] == [{"id": 1, "result": {"held": True}}, {"id": 1, "result": {"n": 1}}]

@@ -6,7 +6,7 @@ so Blender never imports torch and stays responsive while a job runs.
     -> {"id": 7, "method": "bake", "params": {...}}
     <- {"id": 7, "event": "progress", "stage": "bake", "step": 3, "total": 80, "eta": 12.5}
     <- {"id": 7, "result": {...}}
-    <- {"id": 7, "error": {"kind": "input" | "cancelled" | "internal", "message": "..."}}
+    <- {"id": 7, "error": {"kind": "input" | "cancelled" | "internal" | "protocol", "message": "..."}}
     -> {"id": 8, "method": "cancel", "params": {"target": 7}}
     -> {"method": "shutdown"}
 
@@ -186,7 +186,7 @@ class Worker:
         if method is None:
             raise Refused(request.id, "protocol", f"unknown method {request.method!r}")
         if request.id in self._running:
-            raise Refused(request.id, "protocol", f"bad request: id {request.id!r} is already a job's that has not "
+            raise Refused(request.id, "protocol", f"bad request: id {request.id!r} belongs to a job that has not "
                                                   f"finished")
         try:
             params = method.parse(request.params, f"{request.method} params")
