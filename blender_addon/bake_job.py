@@ -5,6 +5,11 @@ frame of the scene range into a tracks file (linear keys on every frame, so the
 worker sees exactly the values Blender shows), submits `bake` to the worker and
 is then polled: by a modal operator's timer in the UI, or in a loop when run
 from a script or in background mode.
+
+The `bake` params are {"clip": {...}, "run": {...}}: the fields of the core's
+ClipSpec (what the clip is) and RunOptions (how the run goes), see
+emotalker/bake/clip.py; the worker checks them on arrival and names any field
+it does not know. Plain dicts: the add-on never imports emotalker.
 """
 
 from __future__ import annotations
@@ -62,21 +67,23 @@ class BakeJob:
     """Submit with `start`, then `poll` until `done`; `result` or `error` tell how it ended."""
 
     def __init__(self, context, avatar, out: Path, *, exports=("ply",), flame_curves: str | None = None,
-                 camera: str | None = None, extra: dict | None = None):
+                 camera: str | None = None, clip: dict | None = None, run: dict | None = None):
+        """`clip` and `run`: further ClipSpec and RunOptions fields (e.g. {"name": ...}, {"overwrite": True})."""
         scene = context.scene
         props = avatar.emotalker
         frames = np.arange(scene.frame_start, scene.frame_end + 1)
         fps = scene.render.fps / scene.render.fps_base
         tracks = write_tracks(avatar, frames, fps, out / "tracks.json")
-        self.params = {
+        clip_fields = {
             "avatar": bpy_abspath(props.avatar_path), "audio": audio_source(context, props), "out": str(out),
-            "tracks": str(tracks), "frames": f"{frames[0]}:{frames[-1]}", "fps": fps,
-            "name": BAKE_NAME, "device": session.device(context), **{e: True for e in exports}, **(extra or {}),
+            "tracks": str(tracks), "frames": f"{frames[0]}:{frames[-1]}", "fps": fps, "name": BAKE_NAME,
+            **{e: True for e in exports}, **(clip or {}),
         }
         if flame_curves:
-            self.params["flame_curves"] = flame_curves
+            clip_fields["flame_curves"] = flame_curves
         if camera:
-            self.params["camera"] = camera
+            clip_fields["camera"] = camera
+        self.params = {"clip": clip_fields, "run": {"device": session.device(context), **(run or {})}}
         self.client = session.worker(context)
         self.job_id: int | None = None
         self.fraction = 0.0

@@ -99,7 +99,7 @@ class EMOTALKER_OT_bake(_JobOperator, bpy.types.Operator):
     bl_label = "Bake EmoTalker Avatar"
 
     def make_job(self, context, avatar):
-        return BakeJob(context, avatar, bake_dir(cache_dir(avatar.emotalker, avatar.name)), extra={"overwrite": True})
+        return BakeJob(context, avatar, bake_dir(cache_dir(avatar.emotalker, avatar.name)), run={"overwrite": True})
 
     def finished(self, context, avatar, result):
         n = apply_bake(avatar, expression_names(avatar), cache_dir(avatar.emotalker, avatar.name))
@@ -145,7 +145,7 @@ class EMOTALKER_OT_rebake(_BakedJobOperator, bpy.types.Operator):
     def make_job(self, context, avatar):
         cache = cache_dir(avatar.emotalker, avatar.name)
         return BakeJob(context, avatar, bake_dir(cache) / "rebake", flame_curves=edited_curves_file(avatar),
-                       extra={"overwrite": True})
+                       run={"overwrite": True})
 
     def finished(self, context, avatar, result):
         self.report({"INFO"}, f"re-baked {result['written']} frames from the edited curves")
@@ -160,7 +160,7 @@ class EMOTALKER_OT_export_ply(_ExportOperator, bpy.types.Operator):
     def make_job(self, context, avatar):
         props = avatar.emotalker
         return BakeJob(context, avatar, Path(bpy.path.abspath(self.directory)), flame_curves=edited_curves_file(avatar),
-                       extra={"sh_degree": int(props.sh_degree), "up_axis": props.up_axis.lower(), "name": avatar.name})
+                       clip={"sh_degree": int(props.sh_degree), "up_axis": props.up_axis.lower(), "name": avatar.name})
 
     def finished(self, context, avatar, result):
         self.report({"INFO"}, f"wrote {result['frame_end'] - result['frame_start'] + 1} PLY frames to {result['out']}")
@@ -188,7 +188,7 @@ class EMOTALKER_OT_render_mp4(_ExportOperator, bpy.types.Operator):
         out.mkdir(parents=True, exist_ok=True)
         camera = write_camera_file(context, avatar, out / "camera.json")
         return BakeJob(context, avatar, out, exports=("png", "mp4"), flame_curves=edited_curves_file(avatar),
-                       camera=camera, extra={"name": avatar.name})
+                       camera=camera, clip={"name": avatar.name})
 
     def finished(self, context, avatar, result):
         self.report({"INFO"}, f"wrote {result['outputs'].get('mp4', result['out'])}")

@@ -80,7 +80,11 @@ class WorkerClient:
             return None
 
     def submit(self, method: str, params: dict | None = None) -> int:
-        """Send a request; returns its id. Replies arrive through `poll`."""
+        """Send a request; returns its id. Replies arrive through `poll`.
+
+        `params` must match the method's schema (emotalker/worker/methods.py): the
+        worker answers an unknown, missing or mistyped field at once with an error
+        of kind "input" naming it."""
         job_id = next(self._ids)
         self._send({"id": job_id, "method": method, "params": params or {}})
         return job_id

@@ -185,10 +185,14 @@ def test_a2e_command_writes_curves(trained, tmp_path):
     with np.load(out) as c:
         T = len(c["expr"])
         assert T == 50 and float(c["fps"]) == FPS
+        assert str(c["format"]) == "emotalker-flame-curves/1" and int(c["frame_start"]) == 1  # the bake's format
         assert c["expr"].shape == (T, 6) and c["jaw"].shape == (T, 3) and c["neck"].shape == (T, 3)
         assert c["emotion_weights"].shape == (T, 8) and c["intensity"].shape == (T,)
         assert list(c["emotions"]) == list(EMOTIONS) and list(c["expr_names"]) == [f"e{i}" for i in range(6)]
         happy = c["expr"]
+    from emotalker.bake.engine import FlameCurves
+
+    assert FlameCurves.load(out, 6).expr.shape == (50, 6)  # what `bake --flame-curves` reads
     zero = tmp_path / "zero.npz"
     neutral = tmp_path / "neutral.npz"
     assert main(["a2e", str(avatar), "--audio", str(audio), "--emotion", "sad", "--intensity", "0", "--out", str(zero), "--device", "cpu"]) == 0

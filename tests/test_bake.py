@@ -17,13 +17,14 @@ from bake_fixture import FPS, make_speech, make_tiny_avatar
 from stage1_rig import tiny_rig
 from emotalker.core.render.camera import front_camera
 from emotalker.cli.main import main
-from emotalker.bake.clip import BakeOptions, bake_clip
+from emotalker.bake.clip import ClipSpec, RunOptions, bake_clip
 from emotalker.bake.ply import ply_property_names
 from emotalker.core.base.emotions import EMOTIONS
 from emotalker.core.base.errors import InputError
 from emotalker.core.rig.flame import FlameModel
 
 REPO = Path(__file__).resolve().parent.parent
+QUIET = RunOptions(progress="none")
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +44,34 @@ def _digests(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
+def test_bake_options_keep_their_names_and_are_the_clip_and_run_fields():
+    from emotalker.bake.demo import DEMO_OUT, DEMO_RESOLUTION
+    from emotalker.cli.bake import bake_request
+    from emotalker.cli.main import build_parser
+    from emotalker.cli.options import config_from_args
+
+    parse = build_parser().parse_args
+    args = parse(["bake", "av", "--audio", "a.wav", "--out", "o", "--tracks", "t.json", "--emotion", "happy",
+                  "--intensity", "2", "--ply", "--png", "--mp4", "--frames", "1:5", "--fps", "30", "--camera", "c.json",
+                  "--resolution", "64", "--flame-curves", "f.npz", "--sh-degree", "1", "--up-axis", "z", "--name", "n",
+                  "--no-emotion", "--overwrite", "--device", "cpu", "--threads", "1", "--chunk", "4", "--progress",
+                  "json"])
+    assert bake_request(args) == (
+        ClipSpec(avatar="av", audio="a.wav", out="o", tracks="t.json", emotion="happy", intensity=2.0, ply=True,
+                 png=True, mp4=True, frames="1:5", fps=30.0, camera="c.json", resolution=64, flame_curves="f.npz",
+                 sh_degree=1, up_axis="z", name="n", no_emotion=True),
+        RunOptions(device="cpu", threads=1, chunk=4, overwrite=True, progress="json"))
+    # Defaults are the dataclasses' (the CLI's device is auto); no output asked for means the PLY sequence.
+    assert bake_request(parse(["bake", "av", "--audio", "a.wav", "--out", "o"])) == (
+        ClipSpec("av", "a.wav", "o", ply=True), RunOptions())
+    for argv in (["bake", "av", "--out", "o"], ["bake", "av", "--audio", "a.wav", "--out", "o", "--sh-degree", "4"]):
+        with pytest.raises(SystemExit):
+            parse(argv)
+    demo = parse(["demo"])
+    assert (demo.out, demo.resolution, demo.threads, demo.progress) == (DEMO_OUT, DEMO_RESOLUTION, None, "bar")
+    assert config_from_args(RunOptions, parse(["bake-batch", "m.json"])) == RunOptions(device="cpu")
+
+
 def test_tracks_reach_each_frame_as_hand_computed(inputs, tmp_path):
     """constant, linear and bezier channels, evaluated per frame, are what A2E and the eyelids get."""
     tracks = _tracks(tmp_path / "t.json", {
@@ -51,8 +80,8 @@ def test_tracks_reach_each_frame_as_hand_computed(inputs, tmp_path):
         "intensity": {"interpolation": "linear", "keys": [[1, 0.0], [11, 2.0]]},
         "blink": {"interpolation": "bezier", "keys": [[1, 0.0], [11, 1.0]]},
     })
-    bake_clip(BakeOptions(avatar=str(inputs / "avatar"), audio=str(inputs / "speech.wav"), out=str(tmp_path / "out"),
-                          tracks=tracks, ply=True, frames="1:3", progress="none"))
+    bake_clip(ClipSpec(avatar=str(inputs / "avatar"), audio=str(inputs / "speech.wav"), out=str(tmp_path / "out"),
+                       tracks=tracks, ply=True, frames="1:3"), QUIET)
     with np.load(tmp_path / "out" / "speech_flame.npz") as c:
         weights, intensity, eyelids = c["emotion_weights"], c["intensity"], c["eyelids"]
         assert int(c["frame_start"]) == 1 and len(c["expr"]) == 30  # the curves cover the whole audio
@@ -99,8 +128,8 @@ def test_ply_sequence_meets_the_format(inputs, tmp_path):
 def test_ply_frames_import_in_blender(inputs, tmp_path):
     bpy = pytest.importorskip("bpy")
     out = tmp_path / "out"
-    bake_clip(BakeOptions(avatar=str(inputs / "avatar"), audio=str(inputs / "speech.wav"), out=str(out), emotion="sad",
-                          ply=True, frames="1:3", up_axis="z", progress="none"))
+    bake_clip(ClipSpec(avatar=str(inputs / "avatar"), audio=str(inputs / "speech.wav"), out=str(out), emotion="sad",
+                       ply=True, frames="1:3", up_axis="z"), QUIET)
     count = json.loads((out / "speech.json").read_text())["count"]
     for f in sorted(out.glob("speech_*.ply")):
         before = set(bpy.data.objects)
@@ -118,8 +147,8 @@ def test_png_mp4_and_camera(inputs, tmp_path):
     from PIL import Image
 
     out = tmp_path / "out"
-    result = bake_clip(BakeOptions(avatar=str(inputs / "avatar"), audio=str(inputs / "speech.wav"), out=str(out),
-                                   emotion="happy", mp4=True, resolution=48, frames="1:10", progress="none"))
+    result = bake_clip(ClipSpec(avatar=str(inputs / "avatar"), audio=str(inputs / "speech.wav"), out=str(out),
+                                emotion="happy", mp4=True, resolution=48, frames="1:10"), QUIET)
     pngs = sorted(out.glob("speech_*.png"))
     assert len(pngs) == 10 and not list(out.glob("*.ply"))
     image = np.asarray(Image.open(pngs[0]))
@@ -137,8 +166,8 @@ def test_png_mp4_and_camera(inputs, tmp_path):
     turned["viewmat"] = (np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.array(camera["viewmat"])).tolist()
     turned["K"] = camera["K"]
     (tmp_path / "cam.json").write_text(json.dumps(turned))
-    bake_clip(BakeOptions(avatar=str(inputs / "avatar"), audio=str(inputs / "speech.wav"), out=str(tmp_path / "o2"),
-                          emotion="happy", png=True, camera=str(tmp_path / "cam.json"), frames="1:1", progress="none"))
+    bake_clip(ClipSpec(avatar=str(inputs / "avatar"), audio=str(inputs / "speech.wav"), out=str(tmp_path / "o2"),
+                       emotion="happy", png=True, camera=str(tmp_path / "cam.json"), frames="1:1"), QUIET)
     flipped = np.asarray(Image.open(tmp_path / "o2" / "speech_000001.png"))
     assert np.abs(flipped[::-1, ::-1, 3].astype(int) - alpha.astype(int)).mean() < 8
 
@@ -146,22 +175,22 @@ def test_png_mp4_and_camera(inputs, tmp_path):
 def test_edited_flame_curves_feed_back(inputs, tmp_path):
     out = tmp_path / "out"
     opts = dict(avatar=str(inputs / "avatar"), audio=str(inputs / "speech.wav"), emotion="happy", ply=True,
-                frames="1:4", progress="none")
-    bake_clip(BakeOptions(out=str(out), **opts))
+                frames="1:4")
+    bake_clip(ClipSpec(out=str(out), **opts), QUIET)
     with np.load(out / "speech_flame.npz") as c:
         edited = {k: c[k] for k in c.files}
     edited["jaw"] = edited["jaw"].copy()
     edited["jaw"][:, 0] += 0.3  # open the mouth
     np.savez(tmp_path / "edited.npz", **edited)
-    bake_clip(BakeOptions(out=str(tmp_path / "again"), flame_curves=str(out / "speech_flame.npz"), **opts))
-    bake_clip(BakeOptions(out=str(tmp_path / "edit"), flame_curves=str(tmp_path / "edited.npz"), **opts))
+    bake_clip(ClipSpec(out=str(tmp_path / "again"), flame_curves=str(out / "speech_flame.npz"), **opts), QUIET)
+    bake_clip(ClipSpec(out=str(tmp_path / "edit"), flame_curves=str(tmp_path / "edited.npz"), **opts), QUIET)
     # Curves fed back unchanged bake the same frames; edited ones change them.
     assert (out / "speech_000002.ply").read_bytes() == (tmp_path / "again" / "speech_000002.ply").read_bytes()
     assert (out / "speech_000002.ply").read_bytes() != (tmp_path / "edit" / "speech_000002.ply").read_bytes()
     # A Stage-1-only avatar (no A2E) bakes from curves alone.
     make_tiny_avatar(tmp_path / "stage1_only", a2e=False)
-    bake_clip(BakeOptions(out=str(tmp_path / "s1"), flame_curves=str(out / "speech_flame.npz"),
-                          **{**opts, "avatar": str(tmp_path / "stage1_only")}))
+    bake_clip(ClipSpec(out=str(tmp_path / "s1"), flame_curves=str(out / "speech_flame.npz"),
+                       **{**opts, "avatar": str(tmp_path / "stage1_only")}), QUIET)
     assert len(list((tmp_path / "s1").glob("speech_*.ply"))) == 4
 
 
@@ -170,10 +199,9 @@ def test_stage2_changes_emotional_frames_and_no_emotion_turns_it_off(tmp_path):
     make_speech(tmp_path / "speech.wav", seconds=0.4)
     tracks = _tracks(tmp_path / "t.json", {"emotion.happy": {"keys": [[1, 1.0]]},
                                            "intensity": {"interpolation": "linear", "keys": [[1, 0.0], [10, 3.0]]}})
-    common = dict(avatar=str(tmp_path / "avatar"), audio=str(tmp_path / "speech.wav"), tracks=tracks, ply=True,
-                  progress="none")
-    with_s2 = bake_clip(BakeOptions(out=str(tmp_path / "s2"), **common))
-    bake_clip(BakeOptions(out=str(tmp_path / "s1"), no_emotion=True, **common))
+    common = dict(avatar=str(tmp_path / "avatar"), audio=str(tmp_path / "speech.wav"), tracks=tracks, ply=True)
+    with_s2 = bake_clip(ClipSpec(out=str(tmp_path / "s2"), **common), QUIET)
+    bake_clip(ClipSpec(out=str(tmp_path / "s1"), no_emotion=True, **common), QUIET)
     assert with_s2.emotion_stage
     read = lambda d, f: (tmp_path / d / f"speech_{f:06d}.ply").read_bytes()  # noqa: E731
     assert read("s2", 1) == read("s1", 1)  # intensity 0: Stage 1 exactly
@@ -201,9 +229,8 @@ def test_killed_bake_resumes_to_identical_files(inputs, tmp_path):
     n_before = len(list(killed.glob("speech_*.ply")))
     assert 6 <= n_before < 100, n_before
 
-    result = bake_clip(BakeOptions(avatar=str(inputs / "avatar"), audio=str(speech), out=str(killed),
-                                   emotion="surprised", intensity=3.0, ply=True, png=True, resolution=32,
-                                   progress="none"))
+    result = bake_clip(ClipSpec(avatar=str(inputs / "avatar"), audio=str(speech), out=str(killed),
+                                emotion="surprised", intensity=3.0, ply=True, png=True, resolution=32), QUIET)
     assert result.skipped >= n_before - 1 and result.written + result.skipped == 100
     ours, theirs = _digests(killed), _digests(reference)
     assert not [n for n in ours if n.endswith(".part")]
@@ -225,6 +252,9 @@ def test_bad_inputs_fail_clearly_and_leave_frames_intact(inputs, tmp_path, capsy
     late = _tracks(tmp_path / "late.json", {"emotion.sad": {"keys": [[1, 0.0], [90, 1.0]]}})
     nan_curves = tmp_path / "nan.npz"
     np.savez(nan_curves, expr=np.full((30, 6), np.nan, np.float32), jaw=np.zeros((30, 3)), neck=np.zeros((30, 3)), fps=25.0)
+    other_format = tmp_path / "other.npz"
+    np.savez(other_format, format=np.str_("emotalker-flame-curves/9"), expr=np.zeros((30, 6), np.float32),
+             jaw=np.zeros((30, 3)), neck=np.zeros((30, 3)), fps=25.0)
     cases = {
         "unknown emotion 'joyful'": [*base, "--emotion", "joyful"],
         "key at frame 90, outside the audio": [*base, "--tracks", late],
@@ -233,6 +263,7 @@ def test_bad_inputs_fail_clearly_and_leave_frames_intact(inputs, tmp_path, capsy
         "silent throughout": [str(inputs / "avatar"), "--audio", str(tmp_path / "silent.wav"), *base[3:], "--emotion", "sad"],
         "reaches outside": [*base, "--emotion", "happy", "--frames", "20:40"],
         "holds NaN": [*base, "--emotion", "happy", "--flame-curves", str(nan_curves)],
+        "expected 'emotalker-flame-curves/1'": [*base, "--emotion", "happy", "--flame-curves", str(other_format)],
         "baked from different inputs": [*base, "--emotion", "sad", "--ply"],
     }
     # The Stage-1-less avatar fails on its missing neutral stage first; give it Stage 1 back for the a2e case.
@@ -248,8 +279,8 @@ def test_bad_inputs_fail_clearly_and_leave_frames_intact(inputs, tmp_path, capsy
 
 def test_missing_stage_and_unknown_emotion_raise_input_error(inputs, tmp_path):
     with pytest.raises(InputError, match="unknown emotion"):
-        bake_clip(BakeOptions(avatar=str(inputs / "avatar"), audio=str(inputs / "speech.wav"), out=str(tmp_path),
-                              emotion="bored", ply=True))
+        bake_clip(ClipSpec(avatar=str(inputs / "avatar"), audio=str(inputs / "speech.wav"), out=str(tmp_path),
+                           emotion="bored", ply=True))
     assert not any(tmp_path.iterdir())
 
 
@@ -294,8 +325,8 @@ def test_worker_bake_reports_progress_and_render_frame_writes_rgba(inputs, tmp_p
 
     events: list[dict] = []
     ctx = JobContext(7, events.append)
-    result = METHODS["bake"]({"avatar": str(inputs / "avatar"), "audio": str(inputs / "speech.wav"),
-                              "out": str(tmp_path / "out"), "emotion": "happy", "frames": "1:5"}, ctx)
+    result = METHODS["bake"]({"clip": {"avatar": str(inputs / "avatar"), "audio": str(inputs / "speech.wav"),
+                                       "out": str(tmp_path / "out"), "emotion": "happy", "frames": "1:5"}}, ctx)
     assert result["frame_end"] == 5 and len(list((tmp_path / "out").glob("speech_*.ply"))) == 5
     steps = [e["step"] for e in events if e.get("event") == "progress"]
     assert steps == [1, 2, 3, 4, 5] and all(e["id"] == 7 for e in events)
@@ -345,9 +376,9 @@ def test_render_frame_loads_the_avatar_once_while_its_files_are_unchanged(tmp_pa
               "K": cam.K.tolist(), "width": 32, "height": 32, "no_emotion": True}
     worker_methods._cached_evaluator.cache_clear()
     for frame in (1, 2):
-        worker_methods.render_frame({**params, "frame": frame}, None)
+        worker_methods.METHODS["render_frame"]({**params, "frame": frame}, None)
     info = worker_methods._cached_evaluator.cache_info()
     assert (info.misses, info.hits) == (1, 1)
     (avatar / "neutral.safetensors").touch()  # a retrained stage is picked up
-    worker_methods.render_frame({**params, "frame": 3}, None)
+    worker_methods.METHODS["render_frame"]({**params, "frame": 3}, None)
     assert worker_methods._cached_evaluator.cache_info().misses == 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -17,15 +18,15 @@ from emotalker.bake.batch import load_manifest, run_batch
 
 
 def fake_clip_job(clip):
-    """Pretend to bake: note when and in which process, fail on request."""
+    """Pretend to bake: note when and in which process, fail on request (an emotion 'fail:input' or 'fail:bug')."""
     start = time.time()
-    if clip.fields.get("fail") == "input":
-        raise InputError(clip.fields["audio"], "audio is silent")
-    if clip.fields.get("fail") == "bug":
+    if clip.spec.emotion == "fail:input":
+        raise InputError(clip.spec.audio, "audio is silent")
+    if clip.spec.emotion == "fail:bug":
         raise ZeroDivisionError("division by zero")
     time.sleep(1.0)
     clip.out.mkdir(parents=True, exist_ok=True)
-    record = {"pid": os.getpid(), "start": start, "end": time.time(), "audio": clip.fields["audio"]}
+    record = {"pid": os.getpid(), "start": start, "end": time.time(), "audio": clip.spec.audio}
     with open(clip.out / "runs.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
     return {"frames": 3}
@@ -33,7 +34,8 @@ def fake_clip_job(clip):
 
 def _manifest(tmp_path, clips, defaults=None):
     path = tmp_path / "batch.json"
-    path.write_text(json.dumps({"format": "emotalker-batch/1", "defaults": defaults or {"ply": True}, "clips": clips}))
+    defaults = defaults or {"avatar": "avatar", "ply": True}
+    path.write_text(json.dumps({"format": "emotalker-batch/1", "defaults": defaults, "clips": clips}))
     return path
 
 
@@ -57,8 +59,8 @@ def test_two_clips_run_in_parallel_processes(tmp_path):
 
 
 def test_failures_are_summarised_and_retried(tmp_path):
-    clips = [{"id": "good", "audio": "g.wav"}, {"id": "silent", "audio": "s.wav", "fail": "input"},
-             {"id": "buggy", "audio": "x.wav", "fail": "bug"}]
+    clips = [{"id": "good", "audio": "g.wav"}, {"id": "silent", "audio": "s.wav", "emotion": "fail:input"},
+             {"id": "buggy", "audio": "x.wav", "emotion": "fail:bug"}]
     manifest = _manifest(tmp_path, clips)
     summary = run_batch(manifest, fake_clip_job, workers=2, progress="none")
     assert summary.done == ["good"] and summary.exit_code == 1
@@ -69,8 +71,8 @@ def test_failures_are_summarised_and_retried(tmp_path):
     status = json.loads((tmp_path / "batch.status.json").read_text())
     assert status["clips"] == {"good": "done", "silent": "failed", "buggy": "failed"}
     # Fix the manifest: the failed clips run again, the finished one does not.
-    clips[1].pop("fail")
-    clips[2].pop("fail")
+    clips[1].pop("emotion")
+    clips[2].pop("emotion")
     manifest = _manifest(tmp_path, clips)
     again = run_batch(manifest, fake_clip_job, workers=2, progress="none")
     assert sorted(again.done) == ["buggy", "silent"] and again.skipped == ["good"] and again.exit_code == 0
@@ -84,12 +86,45 @@ def test_changed_clip_fields_run_again(tmp_path):
     assert summary.done == ["a"] and len(_runs(tmp_path, "a")) == 2
 
 
+def test_manifest_clips_are_read_as_complete_clip_specs(tmp_path):
+    from emotalker.bake.clip import ClipSpec
+
+    manifest = _manifest(tmp_path, [{"id": "a", "audio": "a.wav", "fps": 25, "frames": "1:4"},
+                                    {"id": "b", "audio": "b.wav", "png": True, "name": "line_b", "out": "/abs/b"}],
+                         defaults={"avatar": "av", "background": [0, 0, 0]})
+    a, b = load_manifest(manifest)
+    assert a.spec == ClipSpec(avatar=str(tmp_path / "av"), audio=str(tmp_path / "a.wav"),
+                              out=str(tmp_path / "bake" / "a"), fps=25.0, frames="1:4", name="a", ply=True,
+                              background=(0.0, 0.0, 0.0))
+    assert (b.spec.name, b.spec.ply, b.spec.png, b.out) == ("line_b", False, True, Path("/abs/b"))
+    # The resume digest is of the fields as given, so finished clips stay finished across this change.
+    assert a.fields == {"avatar": str(tmp_path / "av"), "background": [0, 0, 0], "audio": str(tmp_path / "a.wav"),
+                        "fps": 25, "frames": "1:4", "out": str(tmp_path / "bake" / "a")}
+
+
 @pytest.mark.parametrize("doc, message", [
     ({"format": "emotalker-batch/2", "clips": []}, "format is 'emotalker-batch/2'"),
     ({"format": "emotalker-batch/1", "clips": []}, "'clips' must be a non-empty list"),
     ({"format": "emotalker-batch/1", "clips": [{"id": "a"}]}, "clip 0 \\(a\\) has no 'audio' path"),
-    ({"format": "emotalker-batch/1", "clips": [{"audio": "a.wav"}, {"audio": "x/a.wav"}]}, "id 'a' appears twice"),
+    ({"format": "emotalker-batch/1", "defaults": {"avatar": "av"}, "clips": [{"audio": "a.wav"}, {"audio": "x/a.wav"}]},
+     "id 'a' appears twice"),
     ({"format": "emotalker-batch/1", "clips": [{"id": "a b", "audio": "a.wav"}]}, "id 'a b' must be letters"),
+    # Clip fields are a ClipSpec's: one error naming the field (and the file, checked below).
+    ({"format": "emotalker-batch/1", "clips": [{"audio": "a.wav", "avatar": "av"}, {"audio": "b.wav", "avatar": "av",
+                                                                                  "fsp": 25}]},
+     "unknown field clips\\[1\\].fsp \\(known: audio, avatar, background, camera,"),
+    ({"format": "emotalker-batch/1", "clips": [{"audio": "a.wav", "avatar": "av", "fps": "fast"}]},
+     "clips\\[0\\].fps must be a number, got 'fast'"),
+    ({"format": "emotalker-batch/1", "clips": [{"audio": "a.wav", "avatar": "av", "ply": "yes"}]},
+     "clips\\[0\\].ply must be true or false, got 'yes'"),
+    ({"format": "emotalker-batch/1", "clips": [{"audio": "a.wav", "avatar": "av", "tracks": 3}]},
+     "clips\\[0\\].tracks must be a string, got int"),
+    ({"format": "emotalker-batch/1", "clips": [{"audio": "a.wav"}]}, "missing field clips\\[0\\].avatar"),
+    ({"format": "emotalker-batch/1", "defaults": {"avatar": "av", "devise": "cpu"}, "clips": [{"audio": "a.wav"}]},
+     "unknown field defaults.devise"),
+    # How a clip runs is the command line's (RunOptions), not the manifest's.
+    ({"format": "emotalker-batch/1", "clips": [{"audio": "a.wav", "avatar": "av", "device": "cuda"}]},
+     "unknown field clips\\[0\\].device"),
 ])
 def test_bad_manifests(tmp_path, doc, message):
     path = tmp_path / "m.json"

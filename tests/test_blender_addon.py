@@ -241,6 +241,11 @@ def test_export_operator_writes_a_valid_ply_sequence(baked_scene):
     read = [read_ply(f) for f in frames]
     assert {r.rows.shape for r in read} == {(sidecar["count"], 17)}  # x y z, normals, 3 DC, opacity, 3 scales, 4 rot
     assert read[0].names[:3] == ["x", "y", "z"] and read[0].names[-4:] == ["rot_0", "rot_1", "rot_2", "rot_3"]
+    # The edited curves the add-on hands back keep the FLAME-curves format's stamp.
+    from emotalker.bake.engine import CURVES_FORMAT
+
+    with np.load(tmp_path / "cache" / "Ava" / "edited_flame.npz") as edited:
+        assert str(edited["format"]) == CURVES_FORMAT
 
 
 def test_cancelling_a_bake_leaves_only_whole_frames(baked_scene):
@@ -250,7 +255,13 @@ def test_cancelling_a_bake_leaves_only_whole_frames(baked_scene):
     avatar, tmp_path = baked_scene
     bpy.context.scene.frame_end = 15
     out = tmp_path / "cancelled"
-    job = BakeJob(bpy.context, avatar, out, extra={"chunk": 1})
+    job = BakeJob(bpy.context, avatar, out, run={"chunk": 1})
+    # The add-on's plain dict is what the worker's schema reads.
+    from emotalker.core.base.config import from_dict
+    from emotalker.worker.methods import BakeParams
+
+    params = from_dict(BakeParams, job.params, "the add-on's bake params")
+    assert (params.clip.name, params.clip.ply, params.run.chunk) == ("bake", True, 1)
     job.start()
     for _ in range(2000):
         job.poll()

@@ -8,17 +8,21 @@ Manifest (`MANIFEST.json`):
                {"id": "line_002", "audio": "audio/line_002.wav", "emotion": "happy", "intensity": 2.0,
                 "out": "/renders/line_002"}]}
 
-- `clips` (required): one object per clip; `audio` is required, `id` defaults
-  to the audio file's stem and must be unique (letters, digits, `._-`).
+- `clips` (required): one object per clip: an `id` and the fields of a
+  `ClipSpec` (emotalker/bake/clip.py: what a clip is), read with their types
+  checked, so an unknown or mistyped field is an error naming the field and the
+  manifest. `audio` and `avatar` are required; `id` defaults to the audio file's
+  stem and must be unique (letters, digits, `._-`).
 - `defaults` (optional): fields every clip gets unless it sets them itself.
-- `out` defaults to `bake/<id>` beside the manifest.
+- `out` defaults to `bake/<id>` beside the manifest, `name` to the id, and the
+  outputs to the PLY sequence when a clip asks for none.
 - Relative paths in the fields `audio tracks out avatar camera flame_curves`
   are taken relative to the manifest's folder.
-- Every other field is handed to the per-clip job unchanged (e.g. the bake
-  options `ply`, `png`, `mp4`, `frames`, `sh_degree`, `up_axis`).
+- How the clips run (device, threads, ...: `RunOptions`) is not the manifest's
+  but the command line's, one for the whole batch.
 
 Resuming: when a clip's job succeeds, `<out>/.emotalker-clip.json` records a
-digest of the clip's resolved fields; a re-run skips clips whose record matches
+digest of the clip's fields as the manifest gives them (paths resolved); a re-run skips clips whose record matches
 and runs the rest (a clip's own bake resumes its frames). A summary of every
 clip's state and each failure's reason is written beside the manifest as
 `<manifest stem>.status.json` and returned.
@@ -34,10 +38,12 @@ import multiprocessing
 import os
 import re
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from emotalker.bake.clip import ClipSpec
+from emotalker.core.base.config import from_dict
 from emotalker.core.base.errors import InputError
 from emotalker.core.base.fileio import read_json, write_json
 from emotalker.core.base.progress import Progress
@@ -50,11 +56,17 @@ _ID = re.compile(r"^[A-Za-z0-9._-]+$")
 
 @dataclass(frozen=True)
 class ClipJob:
-    """One clip of a batch: its id, output folder and resolved fields (paths absolute)."""
+    """One clip of a batch."""
 
     id: str
-    out: Path
+    spec: ClipSpec
+    """What to bake, complete: paths absolute, name and outputs defaulted."""
     fields: dict[str, Any]
+    """The clip's fields as the manifest gives them (defaults merged, paths absolute): what the digest is of."""
+
+    @property
+    def out(self) -> Path:
+        return Path(self.spec.out)
 
     @property
     def digest(self) -> str:
@@ -93,28 +105,39 @@ def load_manifest(path: str | os.PathLike) -> list[ClipJob]:
         raise InputError(path, "'defaults' must be an object")
     if not isinstance(clips, list) or not clips:
         raise InputError(path, "'clips' must be a non-empty list of clip objects")
-    base = path.parent.resolve()
+    known = sorted(ClipSpec.__dataclass_fields__)
+    unknown = sorted(set(defaults) - set(known))
+    if unknown:  # named here: checked with each clip, it would be named as the first clip's
+        raise InputError(path, f"unknown field defaults.{unknown[0]} (known: {', '.join(known)})")
     jobs, seen = [], set()
     for i, clip in enumerate(clips):
-        if not isinstance(clip, dict):
-            raise InputError(path, f"clip {i} must be an object")
-        fields = {**defaults, **clip}
-        if not isinstance(fields.get("audio"), str):
-            raise InputError(path, f"clip {i} ({clip.get('id', 'no id')}) has no 'audio' path")
-        clip_id = fields.pop("id", None) or Path(fields["audio"]).stem
-        if not isinstance(clip_id, str) or not _ID.match(clip_id):
-            raise InputError(path, f"clip {i}: id {clip_id!r} must be letters, digits, '.', '_' or '-'")
-        if clip_id in seen:
-            raise InputError(path, f"clip {i}: id {clip_id!r} appears twice")
-        seen.add(clip_id)
-        fields.setdefault("out", os.path.join("bake", clip_id))
-        for key in PATH_FIELDS:
-            if key in fields:
-                if not isinstance(fields[key], str):
-                    raise InputError(path, f"clip {clip_id!r}: {key!r} must be a path string")
-                fields[key] = str(base / os.path.expanduser(fields[key]))
-        jobs.append(ClipJob(clip_id, Path(fields["out"]), fields))
+        job = _clip_job(path, i, clip, defaults)
+        if job.id in seen:
+            raise InputError(path, f"clip {i}: id {job.id!r} appears twice")
+        seen.add(job.id)
+        jobs.append(job)
     return jobs
+
+
+def _clip_job(path: Path, i: int, clip: Any, defaults: dict) -> ClipJob:
+    """Clip `i` of the manifest at `path`, its fields type-checked as a ClipSpec."""
+    if not isinstance(clip, dict):
+        raise InputError(path, f"clip {i} must be an object")
+    fields = {**defaults, **clip}
+    if not isinstance(fields.get("audio"), str):
+        raise InputError(path, f"clip {i} ({clip.get('id', 'no id')}) has no 'audio' path")
+    clip_id = fields.pop("id", None) or Path(fields["audio"]).stem
+    if not isinstance(clip_id, str) or not _ID.match(clip_id):
+        raise InputError(path, f"clip {i}: id {clip_id!r} must be letters, digits, '.', '_' or '-'")
+    fields.setdefault("out", os.path.join("bake", clip_id))
+    spec = from_dict(ClipSpec, fields, path, f"clips[{i}].")
+    base = path.parent.resolve()
+    for key in PATH_FIELDS:
+        if fields.get(key) is not None:
+            fields[key] = str(base / os.path.expanduser(fields[key]))
+    absolute = {key: fields[key] for key in PATH_FIELDS if fields.get(key) is not None}
+    spec = replace(spec, name=spec.name or clip_id, **absolute).with_default_export()
+    return ClipJob(clip_id, spec, fields)
 
 
 def is_finished(job: ClipJob) -> bool:

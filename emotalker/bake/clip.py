@@ -1,7 +1,10 @@
 """Bake one clip: avatar + audio + emotion tracks -> FLAME curves, PLY sequence, PNG frames, MP4.
 
-`bake_clip(BakeOptions(...))` is what `emotalker bake`, each clip of
-`emotalker bake-batch` and the worker's `bake` method run. Steps:
+`bake_clip(ClipSpec(...), RunOptions(...))` is what `emotalker bake`, each clip
+of `emotalker bake-batch` and the worker's `bake` method run. `ClipSpec` is what
+the clip is (inputs, frame range, outputs and how they look: everything that
+changes what is written); `RunOptions` is how this run goes about it (device,
+threads, batch size, progress, starting over). Steps:
 
 1. read and check every input first (avatar stages, tracks, audio, curves,
    camera, frame range), so that bad input fails before anything is written;
@@ -23,54 +26,95 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import numpy as np
 
 from emotalker.core.base.errors import InputError
 
+if TYPE_CHECKING:
+    from emotalker.bake.engine import AvatarEvaluator, FlameCurves
+    from emotalker.bake.tracks import Tracks
+    from emotalker.core.models.bundle import AvatarBundle
+    from emotalker.core.render.camera import Camera
+    from emotalker.core.rig.flame import FlameModel
+
 DEFAULT_FPS = 25.0
 
 
 @dataclass(frozen=True)
-class BakeOptions:
-    """One clip's bake. Paths as strings; `frames` "START:END" (timeline frames, inclusive)."""
+class ClipSpec:
+    """What a clip is: its inputs, its frames, the outputs wanted and how they look.
+
+    Every field changes what is written. Paths are strings. The `bake` command's
+    options, a batch manifest's clip entries and the worker's `bake` params
+    (`clip`) are these fields.
+    """
 
     avatar: str
+    """Avatar bundle folder (Stage 1 at least; A2E unless --flame-curves)."""
     audio: str
+    """Dialogue audio (any format soundfile reads); timeline frame 1 is its start."""
     out: str
+    """Output folder (a re-run resumes, skipping finished frames)."""
     tracks: str | None = None
+    """Emotion tracks JSON (emotalker-tracks/1: emotion.<name>, intensity, blink)."""
     emotion: str | None = None
+    """Shorthand for a constant emotion (one of the 8 MEAD categories) instead of tracks."""
     intensity: float | None = None
+    """The shorthand's constant intensity, 0..3 (default 1)."""
     ply: bool = False
+    """Write the PLY sequence <name>_NNNNNN.ply and its <name>.json sidecar."""
     png: bool = False
+    """Write RGBA PNG frames <name>_NNNNNN.png."""
     mp4: bool = False
+    """Write <name>.mp4 with the audio (renders the PNG frames too)."""
     frames: str | None = None
+    """Timeline frame range START:END, inclusive (default: the whole audio)."""
     fps: float | None = None
+    """Frame rate (default: the tracks file's, else the avatar's, else 25)."""
     camera: str | None = None
+    """Camera JSON (emotalker-camera/1: OpenCV viewmat, K, width, height); default: a front camera."""
     resolution: int = 512
+    """Width and height of the default front camera."""
     flame_curves: str | None = None
-    sh_degree: int | None = None
-    up_axis: str = "y"
+    """Per-frame FLAME curves .npz to use instead of running A2E (e.g. an edited <name>_flame.npz)."""
+    sh_degree: Literal[0, 1, 2, 3] | None = None
+    """SH degree of the PLY frames (default: the avatar's)."""
+    up_axis: Literal["y", "z"] = "y"
+    """Up axis of the PLY frames (z for Blender / Unreal)."""
     name: str | None = None
+    """File name stem of the outputs (default: the audio's)."""
     no_emotion: bool = False
-    overwrite: bool = False
-    progress: str = "bar"
-    device: str = "cpu"
-    chunk: int = 8
-    threads: int | None = None  # torch CPU threads (None: torch's default)
-    background: tuple[float, float, float] = (1.0, 1.0, 1.0)  # the MP4's; PNGs keep alpha
+    """Stage 1 alone even when the avatar has Stage 2."""
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """The MP4's background colour, RGB in 0..1 (the PNG frames keep their alpha)."""
 
-    @classmethod
-    def from_fields(cls, fields: dict[str, Any]) -> "BakeOptions":
-        """From a batch manifest's clip fields (unknown fields are an InputError naming them)."""
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(fields) - known - {"id"})
-        if unknown:
-            raise InputError(None, f"unknown clip fields {unknown}; expected some of {sorted(known)}")
-        return cls(**{k: v for k, v in fields.items() if k in known})
+    def with_default_export(self) -> ClipSpec:
+        """This clip, asking for the PLY sequence (the bake's main product) when it asks for no output."""
+        return self if self.ply or self.png or self.mp4 else replace(self, ply=True)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How one bake runs: where, how fast, how it reports, whether it may start over.
+
+    None of these says what the clip is. `chunk` is still part of the resume
+    fingerprint: batched products round differently for other batch sizes.
+    """
+
+    device: str = "auto"
+    """auto | cpu | cuda (auto: CUDA when PyTorch sees a GPU)."""
+    threads: int | None = None
+    """torch CPU threads (default: torch's; 1 is fastest on a busy machine)."""
+    chunk: int = 8
+    """Frames evaluated at once (more is faster and takes more memory); a resumed bake keeps its chunk."""
+    overwrite: bool = False
+    """Delete frames baked from other inputs and start over."""
+    progress: Literal["bar", "json", "none"] = "bar"
+    """How progress shows: a bar, JSON lines on stdout, or nothing."""
 
 
 @dataclass(frozen=True)
@@ -110,130 +154,257 @@ def default_name(audio: str) -> str:
     return stem
 
 
-def bake_clip(opts: BakeOptions, progress_sink: Callable[[dict], None] | None = None,
-              log: Callable[[str], None] = lambda s: None) -> BakeResult:
-    """Bake one clip as the module docstring describes; InputError for any bad input, before writing."""
+@dataclass(frozen=True)
+class ClipInputs:
+    """A clip's inputs, opened and checked (step 1) before anything is written."""
+
+    clip: ClipSpec
+    name: str
+    """The outputs' file name stem."""
+    out: Path
+    device: Any
+    """The torch.device the avatar runs on."""
+    bundle: AvatarBundle
+    flame: FlameModel
+    tracks: Tracks
+    """At the bake's fps (the shorthand's too)."""
+    fps: float
+    samples: np.ndarray
+    """The audio, mono 16 kHz."""
+    n_audio: int
+    """The audio's length in frames at `fps`."""
+    given_curves: FlameCurves | None
+    """--flame-curves, read; None when the avatar's A2E makes the curves."""
+    frames: tuple[int, int]
+    """The timeline frames to bake, inclusive."""
+    camera: Camera
+    evaluator: AvatarEvaluator
+    sh_degree: int
+    """The PLY frames' SH degree."""
+
+    @property
+    def frame_list(self) -> list[int]:
+        return list(range(self.frames[0], self.frames[1] + 1))
+
+
+def bake_clip(clip: ClipSpec, run: RunOptions = RunOptions(),
+              progress_sink: Callable[[dict], None] | None = None) -> BakeResult:
+    """Bake one clip as the module docstring describes; InputError for any bad input, before writing.
+
+    `progress_sink` receives the JSON progress events instead of stdout (the worker's)."""
+    inputs = open_clip(clip, run)
+    # 2. FLAME curves (A2E runs on the whole clip: its band attention needs the context).
+    curves = _a2e_curves(inputs) if inputs.given_curves is None else inputs.given_curves
+    sequence = _bake_frames(inputs, curves, run, progress_sink)
+    outputs = _write_outputs(inputs, curves)
+    return BakeResult(inputs.out, inputs.name, inputs.frames[0], inputs.frames[1], sequence.written, sequence.skipped,
+                      inputs.evaluator.n_gaussians, inputs.evaluator.uses_emotion, outputs)
+
+
+def open_clip(clip: ClipSpec, run: RunOptions) -> ClipInputs:
+    """Step 1: every input of `clip` read and checked; InputError naming the input at fault."""
     import torch
 
+    from emotalker.bake.engine import AvatarEvaluator
     from emotalker.core.audio.waveform import duration_frames, load_audio
+    from emotalker.core.base.device import resolve_device
     from emotalker.core.models.bundle import AvatarBundle
+    from emotalker.core.render.camera import Camera, front_camera
     from emotalker.core.rig.flame import FlameModel
 
-    from emotalker.core.render.camera import Camera, front_camera
-    from emotalker.bake.engine import AvatarEvaluator, FlameCurves, FrameProducer, audio_rows, camera_code, curves_from_a2e
-    from emotalker.bake.ply import ply_sink, write_sidecar
-    from emotalker.bake.sequence import file_digest, run_sequence
-    from emotalker.bake.tracks import Tracks, load_tracks_or_shorthand
-    from emotalker.bake.video import encode_mp4, png_path, png_sink
-
-    if not (opts.ply or opts.png or opts.mp4):
-        raise InputError(None, "nothing to export: give --ply, --png and/or --mp4")
-    if opts.up_axis not in ("y", "z"):
-        raise InputError("--up-axis", f"must be y or z, got {opts.up_axis!r}")
-    if opts.sh_degree is not None and not 0 <= opts.sh_degree <= 3:
-        raise InputError("--sh-degree", f"must be 0..3, got {opts.sh_degree}")
-    name = opts.name or default_name(opts.audio)
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-        raise InputError("--name", f"{name!r} must be letters, digits, '.', '_' or '-'")
-    out = Path(opts.out)
-    device = torch.device(opts.device)
-    if opts.threads is not None:
-        if opts.threads < 1:
-            raise InputError("--threads", f"must be at least 1, got {opts.threads}")
-        torch.set_num_threads(opts.threads)
-
-    # 1. Inputs, all checked before anything is written.
-    bundle = AvatarBundle.open(opts.avatar)
+    name = _check_clip(clip, run)
+    device = resolve_device(run.device)
+    if run.threads is not None:
+        torch.set_num_threads(run.threads)
+    bundle = AvatarBundle.open(clip.avatar)
     bundle.require_stage("neutral")
     flame = FlameModel.load(bundle.flame_path)
-    tracks = load_tracks_or_shorthand(opts.tracks, opts.emotion, opts.intensity, opts.fps or None)
-    fps = _resolve_fps(opts, tracks, bundle)
-    if opts.tracks is None:  # the shorthand was made before fps was known
-        tracks = Tracks(fps, tracks.channels, tracks.source)
-    samples = load_audio(opts.audio)
+    tracks, fps = _tracks_at_fps(clip, bundle)
+    samples = load_audio(clip.audio)
     n_audio = duration_frames(len(samples), fps)
-    audio_range = f"the audio ({opts.audio}: frames 1..{n_audio} at {fps:g} fps)"
+    audio_range = f"the audio ({clip.audio}: frames 1..{n_audio} at {fps:g} fps)"
     tracks.require_keys_within(1, n_audio, audio_range)
-    curves = None
-    if opts.flame_curves is not None:
-        curves = FlameCurves.load(opts.flame_curves, flame.n_expr)
-        if abs(curves.fps - fps) > 1e-6:
-            raise InputError(opts.flame_curves, f"curves are at {curves.fps:g} fps, the bake at {fps:g} fps")
-        first, last = max(1, curves.frame_start), min(n_audio, curves.frame_end)
-        if last < first:
-            raise InputError(opts.flame_curves, f"curves cover frames {curves.frame_start}..{curves.frame_end}, "
-                                                f"outside {audio_range}")
-    else:
+    curves, first, last = _given_curves(clip, bundle, flame.n_expr, fps, n_audio, audio_range)
+    frames = parse_frames(clip.frames) or (first, last)
+    if frames[0] < first or frames[1] > last:
+        covered = audio_range if curves is None else f"frames {first}..{last} (audio and curves)"
+        raise InputError("--frames", f"{frames[0]}:{frames[1]} reaches outside {covered}")
+    camera = Camera.load(clip.camera) if clip.camera else front_camera(flame.v_template, clip.resolution)
+    evaluator = AvatarEvaluator.open(bundle, device, use_emotion=not clip.no_emotion, sh_degree=clip.sh_degree)
+    sh_degree = evaluator.sh_degree if clip.sh_degree is None else clip.sh_degree
+    return ClipInputs(clip, name, Path(clip.out), device, bundle, flame, tracks, fps, samples, n_audio, curves, frames,
+                      camera, evaluator, sh_degree)
+
+
+def _check_clip(clip: ClipSpec, run: RunOptions) -> str:
+    """The values no type says are wrong (outputs, axis, degree, name, threads); returns the file name stem."""
+    if not (clip.ply or clip.png or clip.mp4):
+        raise InputError(None, "nothing to export: give --ply, --png and/or --mp4")
+    if clip.up_axis not in ("y", "z"):
+        raise InputError("--up-axis", f"must be y or z, got {clip.up_axis!r}")
+    if clip.sh_degree is not None and not 0 <= clip.sh_degree <= 3:
+        raise InputError("--sh-degree", f"must be 0..3, got {clip.sh_degree}")
+    name = clip.name or default_name(clip.audio)
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        raise InputError("--name", f"{name!r} must be letters, digits, '.', '_' or '-'")
+    if run.threads is not None and run.threads < 1:
+        raise InputError("--threads", f"must be at least 1, got {run.threads}")
+    return name
+
+
+def _tracks_at_fps(clip: ClipSpec, bundle) -> tuple[Tracks, float]:
+    """The clip's tracks (file or shorthand) and the bake's fps."""
+    from emotalker.bake.tracks import Tracks, load_tracks_or_shorthand
+
+    tracks = load_tracks_or_shorthand(clip.tracks, clip.emotion, clip.intensity, clip.fps or None)
+    fps = _resolve_fps(clip, tracks, bundle)
+    if clip.tracks is None:  # the shorthand was made before fps was known
+        tracks = Tracks(fps, tracks.channels, tracks.source)
+    return tracks, fps
+
+
+def _resolve_fps(clip: ClipSpec, tracks, bundle) -> float:
+    """--fps, else the tracks file's fps, else the avatar's, else 25; a clash with the tracks file is an error."""
+    if clip.tracks is not None:
+        if clip.fps and abs(clip.fps - tracks.fps) > 1e-6:
+            raise InputError(clip.tracks, f"tracks are keyed at {tracks.fps:g} fps but --fps is {clip.fps:g}")
+        return float(tracks.fps)
+    if clip.fps is not None:
+        if not clip.fps > 0:
+            raise InputError("--fps", f"must be positive, got {clip.fps}")
+        return float(clip.fps)
+    return float(bundle.manifest().get("fps") or DEFAULT_FPS)
+
+
+def _given_curves(clip: ClipSpec, bundle, n_expr: int, fps: float, n_audio: int,
+                  audio_range: str) -> tuple[FlameCurves | None, int, int]:
+    """(--flame-curves read or None, first, last): the frames the curves and the audio both cover."""
+    from emotalker.bake.engine import FlameCurves
+
+    if clip.flame_curves is None:
         if not bundle.has_stage("a2e"):
             raise InputError(bundle.root, "this avatar has no a2e stage, so it cannot turn audio into motion: "
                                           "run `emotalker train a2e` or pass --flame-curves")
-        first, last = 1, n_audio
-    frames = parse_frames(opts.frames) or (first, last)
-    if frames[0] < first or frames[1] > last:
-        raise InputError("--frames", f"{frames[0]}:{frames[1]} reaches outside "
-                                     f"{audio_range if opts.flame_curves is None else f'frames {first}..{last} (audio and curves)'}")
-    frame_list = list(range(frames[0], frames[1] + 1))
-    camera = Camera.load(opts.camera) if opts.camera else front_camera(flame.v_template, opts.resolution)
-    evaluator = AvatarEvaluator.open(bundle, device, use_emotion=not opts.no_emotion, sh_degree=opts.sh_degree)
-    out_degree = evaluator.sh_degree if opts.sh_degree is None else opts.sh_degree
+        return None, 1, n_audio
+    curves = FlameCurves.load(clip.flame_curves, n_expr)
+    if abs(curves.fps - fps) > 1e-6:
+        raise InputError(clip.flame_curves, f"curves are at {curves.fps:g} fps, the bake at {fps:g} fps")
+    first, last = max(1, curves.frame_start), min(n_audio, curves.frame_end)
+    if last < first:
+        raise InputError(clip.flame_curves, f"curves cover frames {curves.frame_start}..{curves.frame_end}, "
+                                            f"outside {audio_range}")
+    return curves, first, last
 
-    # 2. FLAME curves (A2E runs on the whole clip: its band attention needs the context).
-    if curves is None:
-        all_frames = tracks.evaluate(np.arange(1, n_audio + 1))
-        curves = curves_from_a2e(bundle, samples, all_frames.emotion, all_frames.intensity, all_frames.blink, fps, device)
+
+def _a2e_curves(inputs: ClipInputs) -> FlameCurves:
+    """The avatar's A2E over the whole audio, driven by the tracks' per-frame values."""
+    from emotalker.bake.engine import curves_from_a2e
+
+    per_frame = inputs.tracks.evaluate(np.arange(1, inputs.n_audio + 1))
+    return curves_from_a2e(inputs.bundle, inputs.samples, per_frame.emotion, per_frame.intensity, per_frame.blink,
+                           inputs.fps, inputs.device)
+
+
+def _bake_frames(inputs: ClipInputs, curves: FlameCurves, run: RunOptions,
+                 progress_sink: Callable[[dict], None] | None):
+    """Step 3: the resumable frame loop over the clip's frames -> its SequenceResult."""
+    from emotalker.bake.sequence import run_sequence
+
+    producer = _frame_producer(inputs, curves, run.chunk)
+    return run_sequence(inputs.frame_list, producer, _frame_sinks(inputs, run.threads), out_dir=inputs.out,
+                        fingerprint=_fingerprint(inputs, run.chunk), overwrite=run.overwrite, progress=run.progress,
+                        stage="bake", progress_sink=progress_sink)
+
+
+def _frame_producer(inputs: ClipInputs, curves: FlameCurves, chunk: int):
+    """Each frame's Gaussians from the curves and the tracks' values at the curves' rows."""
+    from emotalker.bake.engine import FrameProducer, audio_rows, camera_code
+
     curve_frames = np.arange(curves.frame_start, curves.frame_end + 1)
-    per_row = tracks.evaluate(curve_frames)
-    curves_path = out / f"{name}_flame.npz"
-
-    # 3. The frame loop.
+    per_row = inputs.tracks.evaluate(curve_frames)
+    evaluator = inputs.evaluator
     # Stage 2 reads each frame's audio window and the camera it is seen from (the render camera;
     # the default front camera for a PLY-only bake).
     stage2 = {}
     if evaluator.uses_emotion:
-        stage2 = {"audio": audio_rows(samples, fps, evaluator.audio_features, curve_frames),
-                  "camera": camera_code(camera.viewmat).to(device)}
-    producer = FrameProducer(evaluator, curves, per_row.emotion, per_row.intensity, per_row.blink,
-                             chunk=opts.chunk, device=device, **stage2)
-    sinks = []
-    if opts.ply:
-        sinks.append(ply_sink(out, name, sh_degree=out_degree, up_axis=opts.up_axis, count=evaluator.n_gaussians))
-    if opts.png or opts.mp4:
-        sinks.append(png_sink(out, name, lambda g: render_rgba(g, camera, opts.threads)))
-    fingerprint = {
-        "neutral": file_digest(bundle.stage_path("neutral")), "flame_model": file_digest(bundle.flame_path),
-        "emotion": file_digest(bundle.stage_path("emotion")) if evaluator.uses_emotion else None,
-        "curves": file_digest(opts.flame_curves) if opts.flame_curves else file_digest(bundle.stage_path("a2e")),
-        "audio": file_digest(opts.audio), "tracks": tracks.to_dict(), "fps": fps,
-        "sh_degree": out_degree, "up_axis": opts.up_axis, "camera": camera.to_dict(), "chunk": opts.chunk,
-    }
-    result = run_sequence(frame_list, producer, sinks, out_dir=out, fingerprint=fingerprint, overwrite=opts.overwrite,
-                          progress=opts.progress, stage="bake", progress_sink=progress_sink)
+        stage2 = {"audio": audio_rows(inputs.samples, inputs.fps, evaluator.audio_features, curve_frames),
+                  "camera": camera_code(inputs.camera.viewmat).to(inputs.device)}
+    return FrameProducer(evaluator, curves, per_row.emotion, per_row.intensity, per_row.blink,
+                         chunk=chunk, device=inputs.device, **stage2)
 
-    # 4. Curves, sidecar and video: written after the loop, which refuses a folder baked from other
-    # inputs, so that a refused run leaves the earlier bake's files as they were.
-    if opts.flame_curves is None or Path(opts.flame_curves).resolve() != curves_path.resolve():
-        curves.save(curves_path, flame.expr_names, audio=str(opts.audio))
+
+def _frame_sinks(inputs: ClipInputs, threads: int | None) -> list:
+    """The per-frame outputs the clip asks for: PLY files, rendered PNGs."""
+    from emotalker.bake.ply import ply_sink
+    from emotalker.bake.video import png_sink
+
+    clip, camera = inputs.clip, inputs.camera
+    sinks = []
+    if clip.ply:
+        sinks.append(ply_sink(inputs.out, inputs.name, sh_degree=inputs.sh_degree, up_axis=clip.up_axis,
+                              count=inputs.evaluator.n_gaussians))
+    if clip.png or clip.mp4:
+        sinks.append(png_sink(inputs.out, inputs.name, lambda g: render_rgba(g, camera, threads)))
+    return sinks
+
+
+def _fingerprint(inputs: ClipInputs, chunk: int) -> dict:
+    """Whatever determines the frames' content: a re-run with another fingerprint is refused."""
+    from emotalker.bake.sequence import file_digest
+
+    clip, bundle = inputs.clip, inputs.bundle
+    return {
+        "neutral": file_digest(bundle.stage_path("neutral")), "flame_model": file_digest(bundle.flame_path),
+        "emotion": file_digest(bundle.stage_path("emotion")) if inputs.evaluator.uses_emotion else None,
+        "curves": file_digest(clip.flame_curves) if clip.flame_curves else file_digest(bundle.stage_path("a2e")),
+        "audio": file_digest(clip.audio), "tracks": inputs.tracks.to_dict(), "fps": inputs.fps,
+        "sh_degree": inputs.sh_degree, "up_axis": clip.up_axis, "camera": inputs.camera.to_dict(), "chunk": chunk,
+    }
+
+
+def _write_outputs(inputs: ClipInputs, curves: FlameCurves) -> dict[str, str]:
+    """Step 4: curves, sidecar, camera and video -> {output kind: path}.
+
+    Written after the frame loop, which refuses a folder baked from other inputs,
+    so that a refused run leaves the earlier bake's files as they were."""
+    clip, out, name = inputs.clip, inputs.out, inputs.name
+    curves_path = out / f"{name}_flame.npz"
+    if clip.flame_curves is None or Path(clip.flame_curves).resolve() != curves_path.resolve():
+        curves.save(curves_path, inputs.flame.expr_names, audio=str(clip.audio))
     outputs: dict[str, str] = {"flame_curves": str(curves_path)}
-    if opts.ply:
-        audio_ref = _relative(opts.audio, out)
-        outputs["ply_sidecar"] = str(write_sidecar(out, name, fps=fps, frame_start=frames[0], frame_end=frames[1],
-                                                   count=evaluator.n_gaussians, sh_degree=out_degree,
-                                                   up_axis=opts.up_axis, audio=audio_ref))
+    if clip.ply:
+        outputs["ply_sidecar"] = str(_write_sidecar(inputs))
         outputs["ply"] = str(out / f"{name}_{{frame:06d}}.ply")
-    if opts.png or opts.mp4:
+    if clip.png or clip.mp4:
         from emotalker.core.base.fileio import write_json
 
         camera_path = out / f"{name}_camera.json"
-        write_json(camera_path, camera.to_dict())
+        write_json(camera_path, inputs.camera.to_dict())
         outputs["png"] = str(out / f"{name}_{{frame:06d}}.png")
         outputs["camera"] = str(camera_path)
-    if opts.mp4:
-        video = out / f"{name}.mp4"
-        encode_mp4((png_path(out, name, f) for f in frame_list), video, fps, audio=opts.audio,
-                   audio_start=(frames[0] - 1) / fps, background=opts.background)
-        outputs["mp4"] = str(video)
-    return BakeResult(out, name, frames[0], frames[1], result.written, result.skipped, evaluator.n_gaussians,
-                      evaluator.uses_emotion, outputs)
+    if clip.mp4:
+        outputs["mp4"] = str(_encode_video(inputs))
+    return outputs
+
+
+def _write_sidecar(inputs: ClipInputs) -> Path:
+    from emotalker.bake.ply import write_sidecar
+
+    clip = inputs.clip
+    return write_sidecar(inputs.out, inputs.name, fps=inputs.fps, frame_start=inputs.frames[0],
+                         frame_end=inputs.frames[1], count=inputs.evaluator.n_gaussians, sh_degree=inputs.sh_degree,
+                         up_axis=clip.up_axis, audio=_relative(clip.audio, inputs.out))
+
+
+def _encode_video(inputs: ClipInputs) -> Path:
+    """`<name>.mp4` of the PNG frames with the clip's audio from the first frame's time."""
+    from emotalker.bake.video import encode_mp4, png_path
+
+    clip, out, name = inputs.clip, inputs.out, inputs.name
+    video = out / f"{name}.mp4"
+    encode_mp4((png_path(out, name, f) for f in inputs.frame_list), video, inputs.fps, audio=clip.audio,
+               audio_start=(inputs.frames[0] - 1) / inputs.fps, background=clip.background)
+    return video
 
 
 def render_rgba(gaussians, camera, threads: int | None = None) -> np.ndarray:
@@ -256,19 +427,6 @@ def render_rgba(gaussians, camera, threads: int | None = None) -> np.ndarray:
     if threads is not None:
         torch.set_num_threads(threads)
     return to_rgba8(out.rgb[0], out.alpha[0], premultiplied=True)
-
-
-def _resolve_fps(opts: BakeOptions, tracks, bundle) -> float:
-    """--fps, else the tracks file's fps, else the avatar's, else 25; a clash with the tracks file is an error."""
-    if opts.tracks is not None:
-        if opts.fps and abs(opts.fps - tracks.fps) > 1e-6:
-            raise InputError(opts.tracks, f"tracks are keyed at {tracks.fps:g} fps but --fps is {opts.fps:g}")
-        return float(tracks.fps)
-    if opts.fps is not None:
-        if not opts.fps > 0:
-            raise InputError("--fps", f"must be positive, got {opts.fps}")
-        return float(opts.fps)
-    return float(bundle.manifest().get("fps") or DEFAULT_FPS)
 
 
 def _relative(path: str, start: Path) -> str:

@@ -20,6 +20,8 @@ from emotalker.core.base.errors import InputError
 DATA = Path(__file__).resolve().parent.parent / "data"
 DEMO_AVATAR = DATA / "demo_avatar"
 DEMO_SPEECH = DATA / "demo_speech.wav"
+DEMO_OUT = "emotalker-demo"
+DEMO_RESOLUTION = 256
 SHEET_FRAMES = 8
 
 
@@ -33,15 +35,15 @@ def demo_tracks(n_frames: int, fps: float) -> dict:
     }}
 
 
-def run_demo(out: str | Path = "emotalker-demo", resolution: int = 256, progress: str = "bar",
+def run_demo(out: str | Path = DEMO_OUT, resolution: int = DEMO_RESOLUTION, progress: str = "bar",
              log: Callable[[str], None] = print, avatar: Path = DEMO_AVATAR, speech: Path = DEMO_SPEECH,
              threads: int | None = None) -> dict:
-    """Bake the sample into `out`; returns {output kind: path}. Prints where each output is."""
+    """Bake the sample into `out` on the CPU; returns {output kind: path}. Prints where each output is."""
     from emotalker.core.audio.waveform import duration_frames, load_audio
     from emotalker.core.models.bundle import AvatarBundle
     from emotalker.core.base.fileio import write_json
 
-    from emotalker.bake.clip import BakeOptions, bake_clip
+    from emotalker.bake.clip import ClipSpec, RunOptions, bake_clip
     from emotalker.bake.tracks import Tracks
     from emotalker.bake.video import contact_sheet, png_path, write_png
 
@@ -56,9 +58,9 @@ def run_demo(out: str | Path = "emotalker-demo", resolution: int = 256, progress
     tracks_doc = demo_tracks(n_frames, fps)
     tracks_path = out / "demo_tracks.json"
     write_json(tracks_path, tracks_doc)
-    result = bake_clip(BakeOptions(avatar=str(avatar), audio=str(speech), out=str(out), tracks=str(tracks_path),
-                                   ply=True, mp4=True, resolution=resolution, name="demo", progress=progress,
-                                   threads=threads))
+    result = bake_clip(ClipSpec(avatar=str(avatar), audio=str(speech), out=str(out), tracks=str(tracks_path),
+                                ply=True, mp4=True, resolution=resolution, name="demo"),
+                       RunOptions(device="cpu", threads=threads, progress=progress))
 
     # Contact sheet: evenly spaced frames labelled with their emotion mix.
     from PIL import Image

@@ -67,8 +67,17 @@ class FlameCurves:
         """Row indices [B] of timeline `frames` [B] (which must lie in frame_start..frame_end)."""
         return np.asarray(frames, dtype=np.int64) - self.frame_start
 
+    @classmethod
+    def from_a2e(cls, curves: dict, fps: float, blink: np.ndarray | None = None) -> "FlameCurves":
+        """The curves of an A2E run (`core.models.a2e.infer_curves`: expr, jaw, neck, emotion_weights,
+        intensity, T rows), from timeline frame 1; eyelids follow `blink` [T] (both lids alike; default open)."""
+        T = len(curves["expr"])
+        blink = np.zeros(T, np.float32) if blink is None else np.asarray(blink, dtype=np.float32).reshape(T)
+        return cls(curves["expr"], curves["jaw"], curves["neck"], np.zeros((T, 6), np.float32),
+                   np.stack([blink, blink], 1), curves["emotion_weights"], curves["intensity"], float(fps), 1)
+
     def save(self, path: str | os.PathLike, expr_names: list[str] | None = None, audio: str | None = None) -> Path:
-        """Write the .npz atomically (keys as `emotalker a2e` writes, plus eyes, eyelids, frame_start, format)."""
+        """Write the .npz atomically, stamped with CURVES_FORMAT: the one writer of the FLAME-curves file."""
         path = Path(path)
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
@@ -81,13 +90,16 @@ class FlameCurves:
 
     @classmethod
     def load(cls, path: str | os.PathLike, n_expr: int) -> "FlameCurves":
-        """Read curves written by `save` or by `emotalker a2e`; InputError naming the file and the key at fault.
+        """Read curves written by `save` (or by an earlier version, unstamped); InputError naming the file and
+        the key at fault.
 
         `n_expr`: the rig's expression count (a file may hold fewer, never more).
         Missing eyes/eyelids/emotion keys default to zeros / neutral.
         """
         path = Path(path)
         arrays = read_npz(path, "FLAME curves")
+        if "format" in arrays and str(arrays["format"]) != CURVES_FORMAT:
+            raise InputError(path, f"format is {str(arrays['format'])!r}, expected {CURVES_FORMAT!r}")
         for key in ("expr", "jaw", "neck", "fps"):
             if key not in arrays:
                 raise InputError(path, f"FLAME curves file has no {key!r} array")
@@ -128,10 +140,7 @@ def curves_from_a2e(bundle: AvatarBundle, samples: np.ndarray, emotion: np.ndarr
 
     model, _ = load_from_bundle(bundle, device)
     curves = infer_curves(model, samples, emotion.astype(np.float32), intensity.astype(np.float32), fps, device)
-    T = len(curves["expr"])
-    blink = np.asarray(blink, dtype=np.float32).reshape(T)
-    return FlameCurves(curves["expr"], curves["jaw"], curves["neck"], np.zeros((T, 6), np.float32),
-                       np.stack([blink, blink], 1), curves["emotion_weights"], curves["intensity"], float(fps), 1)
+    return FlameCurves.from_a2e(curves, fps, blink)
 
 
 @dataclass

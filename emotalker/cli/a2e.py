@@ -1,18 +1,22 @@
 """`emotalker a2e AVATAR --audio A.wav --emotion happy --intensity 2 --out curves.npz`.
 
 Runs the avatar's audio-to-expression model and writes per-frame curves, the
-input of baking and of the Blender timeline. curves.npz holds:
+input of baking (`emotalker bake --flame-curves`) and of the Blender timeline,
+in the FLAME-curves format a bake writes (emotalker/bake/engine.py FlameCurves,
+format "emotalker-flame-curves/1"). curves.npz holds:
 
+    format           []     str      "emotalker-flame-curves/1"
     expr             [T, E] float32  FLAME expression coefficients
     jaw              [T, 3] float32  jaw pose, axis-angle (radians)
     neck             [T, 3] float32  neck pose, axis-angle (radians)
+    eyes             [T, 6] float32  eye poses (zeros: A2E does not move the eyes)
+    eyelids          [T, 2] float32  eyelid closure (zeros: open)
     emotion_weights  [T, 8] float32  the emotion mix used, over `emotions`
     intensity        [T]    float32  the intensity used, 0..3
     emotions         [8]    str      EMOTIONS, the order of emotion_weights
     expr_names       [E]    str      the rig's component names (empty when unnamed)
-    fps              []     float    frames per second; frame t is at time t / fps
-    sample_rate      []     int      16000, the rate the audio was read at
-    n_samples        []     int      audio length in samples at sample_rate
+    fps              []     float    frames per second
+    frame_start      []     int      1: row t is timeline frame t + 1, at audio time t / fps
     audio            []     str      the audio path as given
 
 T = round(audio duration * fps).
@@ -34,14 +38,12 @@ def add_parsers(sub) -> None:
 
 
 def run(args) -> None:
-    import numpy as np
-
-    from emotalker.core.base.emotions import EMOTIONS, check_intensity, parse_mix
-    from emotalker.core.models.a2e import infer_curves, load_from_bundle
-    from emotalker.core.audio.waveform import SAMPLE_RATE, load_audio
-    from emotalker.core.models.bundle import AvatarBundle
+    from emotalker.bake.engine import FlameCurves
+    from emotalker.core.audio.waveform import load_audio
     from emotalker.core.base.device import resolve_device
-    from emotalker.core.base.fileio import atomic_path
+    from emotalker.core.base.emotions import check_intensity, parse_mix
+    from emotalker.core.models.a2e import infer_curves, load_from_bundle
+    from emotalker.core.models.bundle import AvatarBundle
     from emotalker.core.rig.flame import FlameModel
 
     check_intensity(args.intensity, "--intensity")
@@ -53,9 +55,5 @@ def run(args) -> None:
     samples = load_audio(args.audio)
     curves = infer_curves(model, samples, weights, args.intensity, fps, device)
     expr_names = FlameModel.load(bundle.flame_path).expr_names if bundle.flame_path.exists() else []
-    with atomic_path(args.out) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **curves, emotions=np.array(EMOTIONS), expr_names=np.array(expr_names, dtype=np.str_),
-                     fps=np.float64(fps), sample_rate=np.int64(SAMPLE_RATE), n_samples=np.int64(len(samples)),
-                     audio=np.str_(str(args.audio)))
+    FlameCurves.from_a2e(curves, fps).save(args.out, expr_names, audio=str(args.audio))
     print(f"wrote {args.out}: {len(curves['expr'])} frames at {fps:g} fps")

@@ -8,6 +8,8 @@ fields as `--field-name` options and reads them back into that config:
 
 Only fields with a scalar type (bool, int, float, str, a Literal, or those
 `| None`) become options; nested configs and lists are left to the caller.
+A field without a default is a required option; a bool field is `--x/--no-x`,
+except one named `no_x`, a switch that only turns something off: `--no-x`.
 """
 
 from __future__ import annotations
@@ -48,13 +50,18 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, skip: set[str
 
     `defaults` overrides a field's default for this command only (shown in the help)."""
     docs, types_ = field_docs(cls), field_types(cls)
+    defaults = defaults or {}
     for f in config_fields(cls, skip):
         tp = _scalar(types_[f.name])
-        default = (defaults or {}).get(f.name, f.default if f.default is not dataclasses.MISSING else None)
+        required = (f.name not in defaults and f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING)
+        default = defaults.get(f.name, f.default if f.default is not dataclasses.MISSING else None)
         help_ = docs.get(f.name, "")
         shown = f" (default: {default})" if default is not None and tp is not bool else ""
         name = option_name(f.name, prefix)
-        if tp is bool:
+        if tp is bool and f.name.startswith("no_") and not default:
+            parser.add_argument(name, dest=dest_name(f.name, prefix), action="store_true", help=help_)
+        elif tp is bool:
             parser.add_argument(name, dest=dest_name(f.name, prefix), action=argparse.BooleanOptionalAction,
                                 default=default, help=help_)
         elif get_origin(tp) is Literal:
@@ -62,7 +69,7 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, skip: set[str
             parser.add_argument(name, dest=dest_name(f.name, prefix), choices=choices, type=type(choices[0]),
                                 default=default, help=help_ + shown)
         else:
-            parser.add_argument(name, dest=dest_name(f.name, prefix), type=tp, default=default,
+            parser.add_argument(name, dest=dest_name(f.name, prefix), type=tp, default=default, required=required,
                                 metavar=f.name.upper(), help=help_ + shown)
 
 

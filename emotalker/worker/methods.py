@@ -1,42 +1,93 @@
 """The worker's methods: what the Blender add-on can ask of the core.
 
-Each takes (params, ctx) and returns a JSON-able dict. Arrays travel as files
-(.npz/.npy) in the folder the add-on names, never inline in the protocol.
+Each is a `Method` (emotalker/worker/server.py): a params schema, the dataclass
+beside it here, checked as the request arrives, and a function taking (params,
+ctx) that returns a JSON-able dict. Arrays travel as files (.npz/.npy) in the
+folder the add-on names, never inline in the protocol.
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from emotalker.bake.clip import ClipSpec, RunOptions
 from emotalker.core.base.emotions import EMOTIONS, NEUTRAL, one_hot
 from emotalker.core.models.bundle import STAGE_FILES, AvatarBundle
 from emotalker.core.base.errors import InputError
 from emotalker.core.base.fileio import atomic_path
 from emotalker.core.rig.flame import FlameModel
+from emotalker.worker.server import Method
 
 
 STAGES = tuple(STAGE_FILES)
 
 
-def _out_dir(params: dict) -> Path:
-    if not params.get("out"):
+@dataclass(frozen=True)
+class AvatarProxyParams:
+    """`avatar_proxy`: the FLAME proxy of an avatar, for the add-on's mesh and rig."""
+
+    avatar: str
+    """Avatar bundle folder."""
+    out: str
+    """Folder to write proxy.npz into."""
+
+
+@dataclass(frozen=True)
+class BakeParams:
+    """`bake`: one clip, as `emotalker bake` bakes it."""
+
+    clip: ClipSpec
+    """What to bake (emotalker/bake/clip.py ClipSpec); with none of ply, png, mp4, the PLY sequence."""
+    run: RunOptions = field(default_factory=RunOptions)
+    """How (RunOptions); its `progress` is the protocol's own: progress events on the job's id."""
+
+
+@dataclass(frozen=True)
+class RenderFrameParams:
+    """`render_frame`: one frame of an avatar from a camera, for the viewport or F12."""
+
+    avatar: str
+    """Avatar bundle folder."""
+    cache: str
+    """Folder to write frame_NNNNNN.npy into."""
+    frame: int
+    """The timeline frame."""
+    viewmat: list[list[float]]
+    """The camera's world-to-camera matrix [4][4], OpenCV axes."""
+    K: list[list[float]]
+    """The camera's intrinsics [3][3], in pixels."""
+    width: int
+    """Image width in pixels."""
+    height: int
+    """Image height in pixels."""
+    curves: str | None = None
+    """A FLAME curves .npz (e.g. a bake's <name>_flame.npz); without it the neutral face."""
+    audio: str | None = None
+    """The clip's audio, which Stage 2 reads (needed for an avatar with Stage 2 unless no_emotion)."""
+    no_emotion: bool = False
+    """Stage 1 alone even when the avatar has Stage 2."""
+
+
+def _out_dir(out: str) -> Path:
+    if not out:
         raise InputError(None, "the request names no output folder ('out')")
-    out = Path(params["out"])
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    path = Path(out)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
-def avatar_proxy(params: dict, ctx) -> dict:
+def avatar_proxy(params: AvatarProxyParams, ctx) -> dict:
     """The FLAME proxy the add-on builds its mesh, shape keys and armature from.
 
-    params: avatar (bundle folder), out (folder). Writes out/proxy.npz with
-    v_template [V,3], faces [F,3], expr_dirs [E,V,3], joints [J,3] (rest),
-    parents [J], weights [V,J]; returns its path and the bundle's description.
+    Writes out/proxy.npz with v_template [V,3], faces [F,3], expr_dirs [E,V,3],
+    joints [J,3] (rest), parents [J], weights [V,J]; returns its path and the
+    bundle's description.
     """
-    bundle = AvatarBundle.open(params["avatar"])
+    bundle = AvatarBundle.open(params.avatar)
     model = FlameModel.load(bundle.flame_path)
     joints = model.J_regressor @ model.v_template
     arrays = {
@@ -47,7 +98,7 @@ def avatar_proxy(params: dict, ctx) -> dict:
         "parents": model.parents.astype(np.int32),
         "weights": model.weights,
     }
-    path = _out_dir(params) / "proxy.npz"
+    path = _out_dir(params.out) / "proxy.npz"
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
@@ -62,24 +113,16 @@ def avatar_proxy(params: dict, ctx) -> dict:
     }
 
 
-def bake(params: dict, ctx) -> dict:
+def bake(params: BakeParams, ctx) -> dict:
     """Bake a clip exactly as `emotalker bake` does, with progress through the protocol.
 
-    params: the BakeOptions fields (emotalker.bake.clip): avatar, audio, out and
-    tracks (a file) or emotion/intensity, plus any of ply, png, mp4, frames,
-    fps, camera, resolution, flame_curves, sh_degree, up_axis, name,
-    no_emotion, overwrite, device. A cancel stops at the next frame boundary;
-    a later bake of the same inputs resumes. Returns the BakeResult as a dict.
+    A cancel stops at the next frame boundary; a later bake of the same inputs
+    resumes. Returns the BakeResult as a dict.
     """
-    from emotalker.bake.clip import BakeOptions, bake_clip
-    from emotalker.core.base.device import resolve_device
+    from emotalker.bake.clip import bake_clip
 
-    fields = dict(params)
-    fields["progress"] = "json"
-    fields["device"] = str(resolve_device(fields.get("device", "auto")))
-    if not any(fields.get(k) for k in ("ply", "png", "mp4")):
-        fields["ply"] = True
-    return bake_clip(BakeOptions.from_fields(fields), progress_sink=ctx.progress).to_dict()
+    return bake_clip(params.clip.with_default_export(), replace(params.run, progress="json"),
+                     progress_sink=ctx.progress).to_dict()
 
 
 def _evaluator(bundle: AvatarBundle, use_emotion: bool):
@@ -100,33 +143,27 @@ def _cached_evaluator(root: str, use_emotion: bool, stamps: tuple):
     return AvatarEvaluator.open(AvatarBundle.open(root), use_emotion=use_emotion)
 
 
-def render_frame(params: dict, ctx) -> dict:
+def render_frame(params: RenderFrameParams, ctx) -> dict:
     """Render one frame of an avatar for the viewport or F12.
 
-    params: avatar (bundle folder), cache (folder), frame (timeline frame),
-    curves (a FLAME curves .npz, e.g. a bake's <name>_flame.npz; without it the
-    neutral face), viewmat [4][4] (OpenCV, world-to-camera), K [3][3], width,
-    height; audio (the clip's sound: Stage 2 reads it) and no_emotion, optional. Writes <cache>/frame_NNNNNN.npy, RGBA
-    float32 [H,W,4] with straight alpha, and returns its path.
+    Writes <cache>/frame_NNNNNN.npy, RGBA float32 [H,W,4] with straight alpha,
+    and returns its path.
     """
     import torch
 
     from emotalker.core.render.camera import Camera
     from emotalker.bake.engine import FlameCurves, FrameProducer, audio_rows, camera_code
 
-    for key in ("avatar", "cache", "frame", "viewmat", "K", "width", "height"):
-        if key not in params:
-            raise InputError(None, f"render_frame needs {key!r}")
-    camera = Camera.from_dict({"format": "emotalker-camera/1", **{k: params[k] for k in ("viewmat", "K", "width", "height")}},
-                              source="render_frame camera")
-    bundle = AvatarBundle.open(params["avatar"])
-    evaluator = _evaluator(bundle, not params.get("no_emotion", False))
-    frame = int(params["frame"])
-    if params.get("curves"):
-        curves = FlameCurves.load(params["curves"], evaluator.stage1.flame_model.n_expr)
+    camera = Camera.from_dict({"format": "emotalker-camera/1", "viewmat": params.viewmat, "K": params.K,
+                               "width": params.width, "height": params.height}, source="render_frame camera")
+    bundle = AvatarBundle.open(params.avatar)
+    evaluator = _evaluator(bundle, not params.no_emotion)
+    frame = params.frame
+    if params.curves:
+        curves = FlameCurves.load(params.curves, evaluator.stage1.flame_model.n_expr)
         if not curves.frame_start <= frame <= curves.frame_end:
-            raise InputError(params["curves"], f"frame {frame} is outside the curves' frames "
-                                               f"{curves.frame_start}..{curves.frame_end}")
+            raise InputError(params.curves, f"frame {frame} is outside the curves' frames "
+                                            f"{curves.frame_start}..{curves.frame_end}")
         rows = curves.rows(np.array([frame]))
         emotion, intensity = curves.emotion_weights[rows], curves.intensity[rows]
         blink = curves.eyelids[rows, 0]
@@ -141,12 +178,12 @@ def render_frame(params: dict, ctx) -> dict:
         curves = FlameCurves(z(1, n), z(1, 3), z(1, 3), z(1, 6), z(1, 2), emotion, intensity, 25.0, frame)
     stage2 = {}
     if evaluator.uses_emotion:
-        if not params.get("audio"):
+        if not params.audio:
             raise InputError(bundle.stage_path("emotion"), "render_frame needs the clip's 'audio' for this avatar's "
                                                            "Stage 2 (or pass no_emotion)")
         from emotalker.core.audio.waveform import load_audio
 
-        stage2 = {"audio": audio_rows(load_audio(params["audio"]), curves.fps, evaluator.audio_features, np.array([frame])),
+        stage2 = {"audio": audio_rows(load_audio(params.audio), curves.fps, evaluator.audio_features, np.array([frame])),
                   "camera": camera_code(camera.viewmat)}
     gaussians = FrameProducer(evaluator, curves, emotion, intensity, blink, chunk=1, **stage2)(frame)
     quats, scales, opacities, sh = gaussians.activated()
@@ -159,7 +196,7 @@ def render_frame(params: dict, ctx) -> dict:
     rgb, alpha = out.rgb[0].numpy(), out.alpha[0].numpy()
     straight = np.where(alpha > 1e-6, rgb / np.maximum(alpha, 1e-6), 0.0)
     rgba = np.concatenate([np.clip(straight, 0, 1), alpha], -1).astype(np.float32)
-    cache = Path(params["cache"])
+    cache = Path(params.cache)
     cache.mkdir(parents=True, exist_ok=True)
     path = cache / f"frame_{frame:06d}.npy"
     with atomic_path(path) as tmp:
@@ -168,4 +205,5 @@ def render_frame(params: dict, ctx) -> dict:
     return {"path": str(path), "width": camera.width, "height": camera.height}
 
 
-METHODS = {"avatar_proxy": avatar_proxy, "bake": bake, "render_frame": render_frame}
+METHODS = {"avatar_proxy": Method(AvatarProxyParams, avatar_proxy), "bake": Method(BakeParams, bake),
+           "render_frame": Method(RenderFrameParams, render_frame)}

@@ -6,9 +6,18 @@ so Blender never imports torch and stays responsive while a job runs.
     -> {"id": 7, "method": "bake", "params": {...}}
     <- {"id": 7, "event": "progress", "stage": "bake", "step": 3, "total": 80, "eta": 12.5}
     <- {"id": 7, "result": {...}}
-    <- {"id": 7, "error": {"kind": "input" | "cancelled" | "internal", "message": "..."}}
+    <- {"id": 7, "error": {"kind": "input" | "cancelled" | "internal" | "protocol", "message": "..."}}
     -> {"id": 8, "method": "cancel", "params": {"target": 7}}
     -> {"method": "shutdown"}
+
+A request is a `Request`: `id` (a string or an integer, unique among the jobs
+not finished yet; only `shutdown` may leave it out), `method` and `params` (an
+object). Each method's params have a schema, a dataclass (`Method.schema`; see
+emotalker/worker/methods.py), read with `from_dict` as the request arrives: an
+unknown, missing or mistyped param is answered at once with one error of kind
+"input" naming the field. A malformed request (not JSON, not a Request, a bad
+id, a cancel whose target is no id, an unknown method) is answered with kind
+"protocol", the request's id when it has a valid one; the worker keeps serving.
 
 Jobs run one at a time on a job thread while the main thread keeps reading, so
 a cancel arrives mid-job; the job stops at its next progress update (a frame
@@ -27,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, TextIO
 
 from emotalker import __version__
+from emotalker.core.base.config import from_dict
 from emotalker.core.base.errors import EmoTalkerError, InputError
 
 PROTOCOL = "emotalker-worker/1"
@@ -34,6 +44,44 @@ PROTOCOL = "emotalker-worker/1"
 
 class Cancelled(Exception):
     """Raised inside a job at its next progress update after a cancel request."""
+
+
+class Refused(Exception):
+    """A request answered with an error before it runs: `kind` "protocol" or "input"."""
+
+    def __init__(self, job_id: Any, kind: str, message: str):
+        super().__init__(message)
+        self.job_id, self.kind, self.message = job_id, kind, message
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request line."""
+
+    method: str
+    """The method to run, or `cancel` or `shutdown`."""
+    id: Any = None
+    """The caller's name for this request, a string or an integer; every reply to it carries it."""
+    params: dict[str, Any] | None = None
+    """The method's params, an object read into the method's schema."""
+
+
+@dataclass(frozen=True)
+class CancelParams:
+    """`cancel`: stop a job at its next progress update (or before it starts)."""
+
+    target: Any
+    """The id of the job to stop."""
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """A method that takes no params."""
+
+
+def is_id(value: Any) -> bool:
+    """A request id is a string or an integer (not a bool, which JSON keeps apart)."""
+    return isinstance(value, (str, int)) and not isinstance(value, bool)
 
 
 @dataclass
@@ -51,10 +99,25 @@ class JobContext:
         self.send({"id": self.job_id, "event": "progress", **event})
 
 
-Method = Callable[[dict, JobContext], dict]
+@dataclass(frozen=True)
+class Method:
+    """A worker method: its params' schema and the function that runs a job with them."""
+
+    schema: type
+    """The dataclass the params are read into (with `from_dict`) as the request arrives."""
+    run: Callable[[Any, JobContext], dict]
+    """(params as `schema`, context) -> the JSON-able result."""
+
+    def parse(self, params: dict | None, source: str) -> Any:
+        """`params` read into the schema; InputError naming `source` and the field at fault."""
+        return from_dict(self.schema, {} if params is None else params, source)
+
+    def __call__(self, params: dict | None, ctx: JobContext | None) -> dict:
+        """Check the params and run, in one step (the worker takes the two steps apart)."""
+        return self.run(self.parse(params, f"{self.run.__name__} params"), ctx)
 
 
-def method_environment(params: dict, ctx: JobContext) -> dict:
+def method_environment(params: NoParams, ctx: JobContext) -> dict:
     """Versions and devices, for the add-on's preferences check."""
     import platform
 
@@ -74,7 +137,7 @@ def default_methods() -> dict[str, Method]:
     """The methods the worker serves; bake and export register theirs here."""
     from emotalker.worker.methods import METHODS
 
-    return {"environment": method_environment, **METHODS}
+    return {"environment": Method(NoParams, method_environment), **METHODS}
 
 
 class Worker:
@@ -101,51 +164,90 @@ class Worker:
             if not line.strip():
                 continue
             try:
-                request = json.loads(line)
-                if not isinstance(request, dict) or not isinstance(request.get("method"), str):
-                    raise ValueError("a request is an object with a string 'method'")
-            except ValueError as exc:
-                self.send({"id": None, "error": {"kind": "protocol", "message": f"bad request line: {exc}"}})
-                continue
-            method, job_id = request["method"], request.get("id")
-            if method == "shutdown":
-                break
-            if method == "cancel":
-                target = (request.get("params") or {}).get("target")
-                ctx = self._running.get(target)
-                if ctx is not None:
-                    ctx.cancel_event.set()
-                self.send({"id": job_id, "result": {"cancelled": target, "was_running": ctx is not None}})
-                continue
-            if method not in self.methods:
-                self.send({"id": job_id, "error": {"kind": "protocol", "message": f"unknown method {method!r}"}})
-                continue
-            ctx = JobContext(job_id, self.send)
-            self._running[job_id] = ctx
-            self._jobs.put((method, request.get("params") or {}, ctx))
+                request = read_request(line)
+                if request.method == "shutdown":
+                    break
+                self._accept(request)
+            except Refused as exc:
+                self.send({"id": exc.job_id, "error": {"kind": exc.kind, "message": exc.message}})
         for ctx in list(self._running.values()):  # stdin closed or shutdown: stop the current job
             ctx.cancel_event.set()
         self._jobs.put(None)
         runner.join()
 
+    def _accept(self, request: Request) -> None:
+        """Answer a cancel, or check a job's params and queue it; Refused when it cannot run."""
+        if request.id is None:
+            raise Refused(None, "protocol", f"bad request: {request.method!r} needs an 'id' (a string or an integer)")
+        if request.method == "cancel":
+            self._cancel(request)
+            return
+        method = self.methods.get(request.method)
+        if method is None:
+            raise Refused(request.id, "protocol", f"unknown method {request.method!r}")
+        if request.id in self._running:
+            raise Refused(request.id, "protocol", f"bad request: id {request.id!r} belongs to a job that has not "
+                                                  f"finished")
+        try:
+            params = method.parse(request.params, f"{request.method} params")
+        except InputError as exc:
+            raise Refused(request.id, "input", str(exc)) from None
+        ctx = JobContext(request.id, self.send)
+        self._running[request.id] = ctx
+        self._jobs.put((method, params, ctx))
+
+    def _cancel(self, request: Request) -> None:
+        try:
+            target = from_dict(CancelParams, request.params or {}, "cancel params").target
+        except InputError as exc:
+            raise Refused(request.id, "protocol", str(exc)) from None
+        if not is_id(target):
+            raise Refused(request.id, "protocol", f"cancel params: target must be a job's id (a string or an "
+                                                  f"integer), got {target!r}")
+        ctx = self._running.get(target)
+        if ctx is not None:
+            ctx.cancel_event.set()
+        self.send({"id": request.id, "result": {"cancelled": target, "was_running": ctx is not None}})
+
     def _run_jobs(self) -> None:
         while (item := self._jobs.get()) is not None:
             method, params, ctx = item
-            try:
-                if ctx.cancel_event.is_set():
-                    raise Cancelled()
-                self.send({"id": ctx.job_id, "result": self.methods[method](params, ctx)})
-            except Cancelled:
-                self.send({"id": ctx.job_id, "error": {"kind": "cancelled", "message": "cancelled"}})
-            except InputError as exc:
-                self.send({"id": ctx.job_id, "error": {"kind": "input", "message": str(exc)}})
-            except EmoTalkerError as exc:
-                self.send({"id": ctx.job_id, "error": {"kind": "input", "message": str(exc)}})
-            except Exception as exc:  # a bug: report it, keep serving
-                traceback.print_exc(file=sys.stderr)
-                self.send({"id": ctx.job_id, "error": {"kind": "internal", "message": f"{type(exc).__name__}: {exc}"}})
-            finally:
-                self._running.pop(ctx.job_id, None)
+            reply = self._run_job(method, params, ctx)
+            self._running.pop(ctx.job_id, None)  # the id is free again once the caller hears the job ended
+            self.send(reply)
+
+    def _run_job(self, method: Method, params: Any, ctx: JobContext) -> dict:
+        """The job's final reply: its result, or an error of kind cancelled, input or internal."""
+        try:
+            if ctx.cancel_event.is_set():
+                raise Cancelled()
+            result = method.run(params, ctx)
+            json.dumps(result)  # a result that cannot travel is a bug, reported like one
+            return {"id": ctx.job_id, "result": result}
+        except Cancelled:
+            return {"id": ctx.job_id, "error": {"kind": "cancelled", "message": "cancelled"}}
+        except EmoTalkerError as exc:
+            return {"id": ctx.job_id, "error": {"kind": "input", "message": str(exc)}}
+        except Exception as exc:  # a bug: report it, keep serving
+            traceback.print_exc(file=sys.stderr)
+            return {"id": ctx.job_id, "error": {"kind": "internal", "message": f"{type(exc).__name__}: {exc}"}}
+
+
+def read_request(line: str) -> Request:
+    """One request line -> Request; Refused (kind "protocol") naming what is wrong with it."""
+    try:
+        data = json.loads(line)
+    except ValueError as exc:
+        raise Refused(None, "protocol", f"bad request line: {exc}") from None
+    job_id = data.get("id") if isinstance(data, dict) else None
+    job_id = job_id if is_id(job_id) else None  # replies carry the id only when it is one
+    try:
+        request = from_dict(Request, data, "bad request")
+    except InputError as exc:
+        raise Refused(job_id, "protocol", str(exc)) from None
+    if request.id is not None and not is_id(request.id):
+        raise Refused(None, "protocol", f"bad request: id must be a string or an integer, got {request.id!r}")
+    return request
 
 
 def serve_stdio() -> None:
