@@ -9,7 +9,7 @@
    tracks' per-frame emotion weights and intensity, eyelids from the blink
    track; written to `<out>/<name>_flame.npz` for editing and `--flame-curves`;
 3. the resumable frame loop (emotalker.bake.sequence) over the frame range:
-   per-frame Gaussians (AvatarEvaluator: Stage 1, + Stage 2 when present, which
+   per-frame Gaussians (core.models.avatar.Avatar: Stage 1, + Stage 2 when present, which
    also reads the frame's audio window and the camera's direction) to
    `<name>_NNNNNN.ply` and/or rendered `<name>_NNNNNN.png`;
 4. the sidecar `<name>.json` (PLY), then `<name>.mp4` with the audio (from the PNGs).
@@ -115,12 +115,15 @@ def bake_clip(opts: BakeOptions, progress_sink: Callable[[dict], None] | None = 
     """Bake one clip as the module docstring describes; InputError for any bad input, before writing."""
     import torch
 
+    from emotalker.core.audio.features import frame_audio_windows
     from emotalker.core.audio.waveform import duration_frames, load_audio
+    from emotalker.core.models.avatar import Avatar
     from emotalker.core.models.bundle import AvatarBundle
+    from emotalker.core.models.emotion_deformer import camera_code
     from emotalker.core.rig.flame import FlameModel
 
     from emotalker.core.render.camera import Camera, front_camera
-    from emotalker.bake.engine import AvatarEvaluator, FlameCurves, FrameProducer, audio_rows, camera_code, curves_from_a2e
+    from emotalker.bake.engine import FlameCurves, FrameProducer, curves_from_a2e
     from emotalker.bake.ply import ply_sink, write_sidecar
     from emotalker.bake.sequence import file_digest, run_sequence
     from emotalker.bake.tracks import Tracks, load_tracks_or_shorthand
@@ -174,8 +177,8 @@ def bake_clip(opts: BakeOptions, progress_sink: Callable[[dict], None] | None = 
                                      f"{audio_range if opts.flame_curves is None else f'frames {first}..{last} (audio and curves)'}")
     frame_list = list(range(frames[0], frames[1] + 1))
     camera = Camera.load(opts.camera) if opts.camera else front_camera(flame.v_template, opts.resolution)
-    evaluator = AvatarEvaluator.open(bundle, device, use_emotion=not opts.no_emotion, sh_degree=opts.sh_degree)
-    out_degree = evaluator.sh_degree if opts.sh_degree is None else opts.sh_degree
+    avatar = Avatar.open(bundle, device, use_emotion=not opts.no_emotion, sh_degree=opts.sh_degree)
+    out_degree = avatar.sh_degree if opts.sh_degree is None else opts.sh_degree
 
     # 2. FLAME curves (A2E runs on the whole clip: its band attention needs the context).
     if curves is None:
@@ -189,19 +192,19 @@ def bake_clip(opts: BakeOptions, progress_sink: Callable[[dict], None] | None = 
     # Stage 2 reads each frame's audio window and the camera it is seen from (the render camera;
     # the default front camera for a PLY-only bake).
     stage2 = {}
-    if evaluator.uses_emotion:
-        stage2 = {"audio": audio_rows(samples, fps, evaluator.audio_features, curve_frames),
+    if avatar.uses_emotion:
+        stage2 = {"audio": frame_audio_windows(samples, avatar.audio_features, fps, curve_frames - 1, hold_ends=True),
                   "camera": camera_code(camera.viewmat).to(device)}
-    producer = FrameProducer(evaluator, curves, per_row.emotion, per_row.intensity, per_row.blink,
+    producer = FrameProducer(avatar, curves, per_row.emotion, per_row.intensity, per_row.blink,
                              chunk=opts.chunk, device=device, **stage2)
     sinks = []
     if opts.ply:
-        sinks.append(ply_sink(out, name, sh_degree=out_degree, up_axis=opts.up_axis, count=evaluator.n_gaussians))
+        sinks.append(ply_sink(out, name, sh_degree=out_degree, up_axis=opts.up_axis, count=avatar.n_gaussians))
     if opts.png or opts.mp4:
         sinks.append(png_sink(out, name, lambda g: render_rgba(g, camera, opts.threads)))
     fingerprint = {
         "neutral": file_digest(bundle.stage_path("neutral")), "flame_model": file_digest(bundle.flame_path),
-        "emotion": file_digest(bundle.stage_path("emotion")) if evaluator.uses_emotion else None,
+        "emotion": file_digest(bundle.stage_path("emotion")) if avatar.uses_emotion else None,
         "curves": file_digest(opts.flame_curves) if opts.flame_curves else file_digest(bundle.stage_path("a2e")),
         "audio": file_digest(opts.audio), "tracks": tracks.to_dict(), "fps": fps,
         "sh_degree": out_degree, "up_axis": opts.up_axis, "camera": camera.to_dict(), "chunk": opts.chunk,
@@ -217,7 +220,7 @@ def bake_clip(opts: BakeOptions, progress_sink: Callable[[dict], None] | None = 
     if opts.ply:
         audio_ref = _relative(opts.audio, out)
         outputs["ply_sidecar"] = str(write_sidecar(out, name, fps=fps, frame_start=frames[0], frame_end=frames[1],
-                                                   count=evaluator.n_gaussians, sh_degree=out_degree,
+                                                   count=avatar.n_gaussians, sh_degree=out_degree,
                                                    up_axis=opts.up_axis, audio=audio_ref))
         outputs["ply"] = str(out / f"{name}_{{frame:06d}}.ply")
     if opts.png or opts.mp4:
@@ -232,8 +235,8 @@ def bake_clip(opts: BakeOptions, progress_sink: Callable[[dict], None] | None = 
         encode_mp4((png_path(out, name, f) for f in frame_list), video, fps, audio=opts.audio,
                    audio_start=(frames[0] - 1) / fps, background=opts.background)
         outputs["mp4"] = str(video)
-    return BakeResult(out, name, frames[0], frames[1], result.written, result.skipped, evaluator.n_gaussians,
-                      evaluator.uses_emotion, outputs)
+    return BakeResult(out, name, frames[0], frames[1], result.written, result.skipped, avatar.n_gaussians,
+                      avatar.uses_emotion, outputs)
 
 
 def render_rgba(gaussians, camera, threads: int | None = None) -> np.ndarray:
@@ -244,15 +247,11 @@ def render_rgba(gaussians, camera, threads: int | None = None) -> np.ndarray:
     """
     import torch
 
-    from emotalker.core.render import rasterize
-
     from emotalker.bake.video import to_rgba8
+    from emotalker.core.models.avatar import render_avatar
 
-    quats, scales, opacities, sh = gaussians.activated()
-    t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=gaussians.means.device)  # noqa: E731
     with torch.inference_mode():
-        out = rasterize(gaussians.means, quats, scales, opacities, sh, t(camera.viewmat)[None], t(camera.K)[None],
-                        camera.width, camera.height, sh_degree=gaussians.sh_degree)
+        out = render_avatar(gaussians, camera)
     if threads is not None:
         torch.set_num_threads(threads)
     return to_rgba8(out.rgb[0], out.alpha[0], premultiplied=True)

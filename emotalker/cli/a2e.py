@@ -36,7 +36,7 @@ def add_parsers(sub) -> None:
 def run(args) -> None:
     import numpy as np
 
-    from emotalker.core.models.a2e import infer_curves, load_from_bundle, resolve_emotion
+    from emotalker.core.models.a2e import infer_curves, load_a2e, resolve_emotion
     from emotalker.core.audio.waveform import SAMPLE_RATE, load_audio
     from emotalker.core.models.bundle import EMOTIONS, AvatarBundle
     from emotalker.core.base.device import resolve_device
@@ -49,7 +49,7 @@ def run(args) -> None:
     weights = resolve_emotion(args.emotion)
     device = resolve_device(args.device)
     bundle = AvatarBundle.open(args.avatar)
-    model, meta = load_from_bundle(bundle, device)
+    model, meta = load_a2e(bundle, device)
     fps = float(args.fps or meta["fps"])
     samples = load_audio(args.audio)
     curves = infer_curves(model, samples, weights, args.intensity, fps, device)

@@ -5,21 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from emotalker.core.models.avatar import render_avatar
 from emotalker.core.models.blendshapes import GaussianBlendshapes, JAW_JOINT
 from emotalker.core.datasets.frames import Frame, FrameSet
-from emotalker.core.render.gaussians import Gaussians
 from emotalker.core.evaluation.metrics import image_metrics
 
 MOUTH_REGIONS = ("lips", "mouth_interior", "teeth")
-
-
-def render_gaussians(g: Gaussians, frame: Frame, width: int, height: int, background: torch.Tensor, backend: str = "auto"):
-    """Render one frame's Gaussians from its camera -> RenderOutput (rgb [1,H,W,3], alpha, means2d, radii)."""
-    from emotalker.core.render import rasterize
-
-    quats, scales, opacities, sh = g.activated()
-    return rasterize(g.means, quats, scales, opacities, sh, frame.viewmat, frame.K, width, height,
-                     sh_degree=g.sh_degree, backgrounds=background[None], backend=backend)
 
 
 def mouth_vertices(model: GaussianBlendshapes) -> np.ndarray:
@@ -57,7 +48,7 @@ def render_frame(model: GaussianBlendshapes, frames: FrameSet, i: int, backend: 
     """(frame, rendered rgb [H,W,3], alpha [H,W,1]) for frame i of `frames`."""
     frame = frames.get(i)
     g = model(frame.params)[0]
-    out = render_gaussians(g, frame, frames.width, frames.height, frames.background, backend)
+    out = render_avatar(g, frame.camera, frames.background, backend)
     return frame, out.rgb[0].clamp(0, 1), out.alpha[0]
 
 

@@ -267,7 +267,7 @@ def resolve_emotion(spec: str) -> np.ndarray:
     return weights / weights.sum()
 
 
-def load_from_bundle(avatar, device="cpu") -> tuple[A2EModel, dict]:
+def load_a2e(avatar, device="cpu") -> tuple[A2EModel, dict]:
     """The A2E model of an avatar bundle (folder or AvatarBundle) and its metadata (fps, metrics, ...)."""
     from emotalker.core.models.bundle import AvatarBundle
 
