@@ -21,13 +21,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from emotalker.core.models.avatar import Avatar, FrameConditions
 from emotalker.core.models.bundle import EMOTIONS, AvatarBundle
+from emotalker.core.render.gaussians import Gaussians
 from emotalker.core.rig.flame import FlameParams
 from emotalker.core.base.errors import InputError
 from emotalker.core.base.fileio import atomic_path, read_npz
@@ -120,7 +120,7 @@ class FlameCurves:
 
 
 def curves_from_a2e(bundle: AvatarBundle, samples: np.ndarray, emotion: np.ndarray, intensity: np.ndarray,
-                    blink: np.ndarray, fps: float, device: Any = "cpu") -> FlameCurves:
+                    blink: np.ndarray, fps: float, device: str | torch.device = "cpu") -> FlameCurves:
     """Run the avatar's A2E on 16 kHz `samples` [N] with per-frame emotion [T,8] and intensity [T];
     eyelids follow the blink track [T] (both lids alike). T = the audio's frame count at `fps`."""
     from emotalker.core.models.a2e import infer_curves, load_a2e
@@ -149,7 +149,7 @@ class FrameProducer:
     """
 
     def __init__(self, avatar: Avatar, curves: FlameCurves, emotion: np.ndarray, intensity: np.ndarray,
-                 blink: np.ndarray, chunk: int = 8, device: Any = "cpu", audio: np.ndarray | None = None,
+                 blink: np.ndarray, chunk: int = 8, device: str | torch.device = "cpu", audio: np.ndarray | None = None,
                  camera: torch.Tensor | None = None):
         self.avatar, self.curves = avatar, curves
         self.emotion, self.intensity, self.blink = emotion, intensity, blink
@@ -157,7 +157,7 @@ class FrameProducer:
         self.chunk = max(1, int(chunk))
         self.device = device
         self._block: int | None = None
-        self._cached: dict[int, Any] = {}
+        self._cached: dict[int, Gaussians] = {}
 
     def conditions(self, frames: list[int]) -> FrameConditions:
         """The FrameConditions of timeline `frames` (within the curves)."""
@@ -168,8 +168,8 @@ class FrameProducer:
         audio = None if self.audio is None else t(self.audio)
         return FrameConditions(params, t(self.emotion), t(self.intensity), t(self.blink), audio, self.camera)
 
-    def __call__(self, frame: int):
-        """The Gaussians (emotalker.core.render.gaussians.Gaussians) of timeline `frame`."""
+    def __call__(self, frame: int) -> Gaussians:
+        """The raw Gaussians of timeline `frame`."""
         c = self.curves
         if not c.frame_start <= frame <= c.frame_end:
             raise ValueError(f"frame {frame} is outside the curves' frames {c.frame_start}..{c.frame_end}")

@@ -77,7 +77,7 @@ def run_render(args) -> None:
 
     from emotalker.core.base.device import resolve_device
     from emotalker.core.base.errors import InputError
-    from emotalker.core.evaluation.neutral import render_frame
+    from emotalker.core.evaluation.neutral import render_neutral_frame
     from emotalker.core.base.fileio import atomic_path
     from emotalker.core.datasets.frames import FrameSet
 
@@ -104,7 +104,7 @@ def run_render(args) -> None:
 
             frame, rgb, _ = render_emotion_frame(avatar, emotion_frames, i)
         else:
-            frame, rgb, _ = render_frame(avatar.stage1, frames, i)
+            frame, rgb, _ = render_neutral_frame(avatar.stage1, frames, i)
         img = torch.cat([frame.image, rgb], 1) if args.compare else rgb
         arr = (img.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
         with atomic_path(out / f"{frame.t:06d}.png") as tmp:

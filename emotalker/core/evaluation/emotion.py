@@ -6,7 +6,7 @@ import torch
 
 from emotalker.core.models.avatar import Avatar, render_avatar
 from emotalker.core.datasets.emotion_frames import EmotionFrames
-from emotalker.core.evaluation.metrics import image_metrics
+from emotalker.core.evaluation.metrics import mean_metrics
 
 
 @torch.no_grad()
@@ -26,16 +26,7 @@ def evaluate_emotion(avatar: Avatar, frames: EmotionFrames, indices=None, backen
     """Mean psnr/ssim/l1 over frames on the whole image and (`head_*`) inside the union of the
     ground-truth mask and the rendered alpha; an avatar without Stage 2: Stage 1 alone (`--no-emotion`)."""
     indices = range(len(frames)) if indices is None else indices
-    sums: dict[str, float] = {}
-    n = 0
-    for i in indices:
-        frame, rgb, alpha = render_emotion_frame(avatar, frames, i, backend)
-        head = (frame.mask[..., 0] > 0.5) | (alpha[..., 0] > 0.5)
-        for prefix, mask in (("", None), ("head_", head)):
-            for k, v in image_metrics(rgb, frame.image, mask).items():
-                sums[prefix + k] = sums.get(prefix + k, 0.0) + v
-        n += 1
-    return {k: v / max(n, 1) for k, v in sums.items()} | {"frames": n}
+    return mean_metrics(render_emotion_frame(avatar, frames, i, backend) for i in indices)
 
 
 def clip_groups(dataset, split: str = "test") -> dict[str, list[str]]:
