@@ -141,11 +141,11 @@ def model_figures(n: int, repeats: int, eval_only: bool = False) -> dict:
     (`eval_only`: the eval_fps figures alone)."""
     from emotalker.core.render.camera import front_camera
     from emotalker.bake.clip import render_rgba
-    from emotalker.bake.engine import AvatarEvaluator, FlameCurves, FrameProducer
+    from emotalker.bake.engine import FlameCurves, FrameProducer
 
     import torch
 
-    from emotalker.bake.engine import Stage2Offsets
+    from emotalker.core.models.avatar import Avatar
     from emotalker.core.audio.features import AudioFeaturizer, FeatureConfig
     from emotalker.core.models.emotion_deformer import EmotionConfig, EmotionDeformer
 
@@ -158,7 +158,7 @@ def model_figures(n: int, repeats: int, eval_only: bool = False) -> dict:
         for name, p in deformer.named_parameters():
             if "head" in name:
                 p.normal_(0, 0.05)
-    stage2 = Stage2Offsets(deformer.eval().requires_grad_(False), model)
+    avatar = Avatar(model, deformer.eval().requires_grad_(False))
     T = 96
     rng = np.random.default_rng(0)
     z = lambda *s: np.zeros(s, np.float32)  # noqa: E731
@@ -168,13 +168,13 @@ def model_figures(n: int, repeats: int, eval_only: bool = False) -> dict:
     audio = rng.standard_normal((T, audio_dim)).astype(np.float32)
     happy = one_hot(["happy"] * T)
     intensity = np.full(T, 2.0, np.float32)
-    evaluator = AvatarEvaluator(model, stage2)
-    out: dict[str, object] = {"n_gaussians_model": evaluator.n_gaussians}
+    stage1_only = Avatar(model)
+    out: dict[str, object] = {"n_gaussians_model": avatar.n_gaussians}
 
-    def frames_per_second(chunk: int, frames: int) -> float:
+    def frames_per_second(chunk: int, frames: int, evaluated: Avatar = avatar) -> float:
         rates = []
         for _ in range(max(2, repeats // 5)):
-            producer = FrameProducer(evaluator, curves, happy, intensity, z(T), chunk=chunk, audio=audio)
+            producer = FrameProducer(evaluated, curves, happy, intensity, z(T), chunk=chunk, audio=audio)
             t = time.perf_counter()
             for f in range(1, frames + 1):
                 producer(f)
@@ -184,20 +184,18 @@ def model_figures(n: int, repeats: int, eval_only: bool = False) -> dict:
     frames_per_second(8, 8)  # warm-up
     out["eval_fps"] = frames_per_second(8, 64)
     out["eval_fps_unbatched"] = frames_per_second(1, 32)
-    evaluator.stage2 = None
-    out["eval_fps_stage1"] = frames_per_second(8, 64)
+    out["eval_fps_stage1"] = frames_per_second(8, 64, stage1_only)
     if eval_only:
         return out
 
     camera = front_camera(rig.v_template, 256)
-    gaussians = FrameProducer(evaluator, curves, curves.emotion_weights, curves.intensity, z(T), chunk=1)(1)
+    gaussians = FrameProducer(stage1_only, curves, curves.emotion_weights, curves.intensity, z(T), chunk=1)(1)
     threads = torch.get_num_threads()  # numba's first parallel launch resets torch's OpenMP count
     seconds = timed(lambda i: render_rgba(gaussians, camera, threads), max(3, repeats // 2))
     out["render_fps_256"] = 1.0 / statistics.median(seconds)
 
     with tempfile.TemporaryDirectory() as tmp:
-        evaluator.stage2 = stage2
-        producer = FrameProducer(evaluator, curves, happy, intensity, z(T), chunk=8, audio=audio)
+        producer = FrameProducer(avatar, curves, happy, intensity, z(T), chunk=8, audio=audio)
         t = time.perf_counter()
         for f in range(1, 33):
             write_ply(Path(tmp) / f"f_{f:06d}.ply", producer(f))

@@ -41,9 +41,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from emotalker.core.base.emotions import EMOTIONS, one_hot, parse_mix  # noqa: E402
+from emotalker.core.models.avatar import Avatar, render_avatar  # noqa: E402
 from emotalker.core.models.bundle import AvatarBundle  # noqa: E402
 from emotalker.core.models.emotion_deformer import (EmotionConfig, EmotionDeformer, EmotionInputs, apply_offsets,  # noqa: E402
-                                    frame_gaussians, mesh_cue)
+                                                    mesh_cue)
 from emotalker.core.rig.flame import FlameModel, FlameParams  # noqa: E402
 
 
@@ -108,10 +109,9 @@ def quality(dataset_root: Path, avatar: Path, steps: int, stride: int, workdir: 
     from dataclasses import replace
 
     from emotalker.core.datasets.dataset import Dataset
-    from emotalker.core.models.emotion_deformer import load_from_bundle
     from emotalker.core.datasets.emotion_frames import EmotionFrames, a2e_params
     from emotalker.core.evaluation.emotion import clip_groups, evaluate_emotion
-    from emotalker.core.training.emotion import TrainEmotionConfig, load_stage1, train_emotion
+    from emotalker.core.training.emotion import TrainEmotionConfig, train_emotion
 
     ds = Dataset.open(dataset_root)
     groups = clip_groups(ds)
@@ -128,16 +128,16 @@ def quality(dataset_root: Path, avatar: Path, steps: int, stride: int, workdir: 
         metrics = train_emotion(dataset_root, copy, replace(cfg, use_null=use_null), device="cpu", progress="none")
         out["train_minutes" + ("" if use_null else "_no_null")] = metrics["train_minutes"]
         out["train_seconds_per_step" + ("" if use_null else "_no_null")] = metrics["train_seconds_per_step"]
-        models[name] = load_from_bundle(copy)[0]
+        models[name] = Avatar.open(copy).stage2
     bundle = AvatarBundle.open(workdir / "full")
-    stage1 = load_stage1(bundle).eval()
+    stage1 = Avatar.open(bundle, use_emotion=False).stage1
     features = models["full"].cfg.features
 
     def frames(ids, override=None):
         return EmotionFrames(ds, ids, features, resolution, cfg.background, stride=stride, params_override=override)
 
     def psnr(model, f):
-        return evaluate_emotion(stage1, model, f, backend=backend)["psnr"]
+        return evaluate_emotion(Avatar(stage1, model), f, backend=backend)["psnr"]
 
     if groups["intensity3"]:
         f3 = frames(groups["intensity3"])
@@ -146,7 +146,7 @@ def quality(dataset_root: Path, avatar: Path, steps: int, stride: int, workdir: 
         out["psnr_no_null"] = psnr(models["no_null"], f3)
         out["gain_full_over_stage1_db"] = out["psnr_full"] - out["psnr_stage1_only"]
         if bundle.has_stage("a2e"):
-            from emotalker.core.models.a2e import load_from_bundle as load_a2e
+            from emotalker.core.models.a2e import load_a2e
 
             a2e, _ = load_a2e(bundle)
             fa = frames(groups["intensity3"], {c: a2e_params(a2e, ds, c) for c in groups["intensity3"]})
@@ -164,27 +164,24 @@ def quality(dataset_root: Path, avatar: Path, steps: int, stride: int, workdir: 
 def emotion_grid(avatar: Path, dataset_root: Path, out_png: Path, clip: str | None = None, t: int | None = None,
                  levels=(0.0, 1.0, 2.0, 3.0), backend: str = "auto") -> dict:
     """Render emotions (rows) x intensities (columns) for one frame of a held-out clip's audio."""
+    from dataclasses import replace
+
     from emotalker.core.datasets.dataset import Dataset
-    from emotalker.core.models.emotion_deformer import load_from_bundle
     from emotalker.core.datasets.emotion_frames import EmotionFrames
-    from emotalker.core.evaluation.neutral import render_gaussians
-    from emotalker.core.training.emotion import load_stage1
 
     ds = Dataset.open(dataset_root)
     bundle = AvatarBundle.open(avatar)
-    stage1 = load_stage1(bundle).eval()
-    found = load_from_bundle(bundle)
-    if found is None:
+    model = Avatar.open(bundle)
+    if not model.uses_emotion:
         raise SystemExit(f"{bundle.root}: no Stage 2 (emotion.safetensors) to draw the grid with")
-    emotion = found[0]
     test = ds.split("test")
     clip = clip or next((c.id for c in test if c.held_out), test[0].id)
-    frames = EmotionFrames(ds, [clip], emotion.cfg.features, max(bundle.manifest()["stages"]["neutral"]["resolution"]))
+    frames = EmotionFrames(ds, [clip], model.audio_features, max(bundle.manifest()["stages"]["neutral"]["resolution"]))
     t = ds.n_frames(clip) // 2 if t is None else t
-    frame, inputs = frames.get(t)
+    frame, conditions = frames.get(t)
     a2e = None
     if bundle.has_stage("a2e"):
-        from emotalker.core.models.a2e import infer_curves, load_from_bundle as load_a2e
+        from emotalker.core.models.a2e import infer_curves, load_a2e
         from emotalker.core.audio.waveform import load_audio
 
         a2e, _ = load_a2e(bundle)
@@ -201,10 +198,11 @@ def emotion_grid(avatar: Path, dataset_root: Path, out_png: Path, clip: str | No
                 f = lambda a: torch.as_tensor(a[k:k + 1], dtype=torch.float32)  # noqa: E731
                 params = FlameParams(expr=f(c["expr"]), jaw=f(c["jaw"]), neck=f(c["neck"]),
                                      eyes=frame.params.eyes, eyelids=frame.params.eyelids)
-            x = EmotionInputs(torch.from_numpy(w), s, inputs.blink, inputs.audio, inputs.camera)
+            x = replace(conditions, params=params, emotion=torch.from_numpy(w)[None],
+                        intensity=torch.tensor([s], dtype=torch.float64))
             with torch.no_grad():
-                g = frame_gaussians(stage1, emotion, params, x)
-                rgb = render_gaussians(g, frame, frames.width, frames.height, frames.background, backend).rgb[0]
+                g = model.evaluate_differentiable(x).unbind()[0]
+                rgb = render_avatar(g, frame.camera, frames.background, backend).rgb[0]
             tiles.append((rgb.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8))
         rows.append(tiles)
     out_png.parent.mkdir(parents=True, exist_ok=True)

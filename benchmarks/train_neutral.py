@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from emotalker.core.datasets.dataset import Dataset  # noqa: E402
-from emotalker.core.evaluation.neutral import evaluate, render_frame  # noqa: E402
+from emotalker.core.evaluation.neutral import evaluate, render_neutral_frame  # noqa: E402
 from emotalker.core.rig.flame import FlameParams  # noqa: E402
 from emotalker.core.datasets.frames import FrameSet  # noqa: E402
 from emotalker.core.training.neutral import NeutralTrainer, TrainNeutralConfig, new_model  # noqa: E402
@@ -180,7 +180,7 @@ def main() -> int:
 
         rows = []
         for i in evenly(len(test), 4):
-            frame, rgb, _ = render_frame(model, test, i)
+            frame, rgb, _ = render_neutral_frame(model, test, i)
             rows.append(torch.cat([frame.image, rgb], 1))
         grid = torch.cat([torch.cat(rows[:2], 1), torch.cat(rows[2:4], 1)], 0) if len(rows) == 4 else torch.cat(rows, 0)
         Path(args.compare).parent.mkdir(parents=True, exist_ok=True)

@@ -52,16 +52,17 @@ def teacher(rig, n: int = 300) -> GaussianBlendshapes:
 
 
 def render_truth(model, tr: Tracking, t: int, shift: np.ndarray) -> np.ndarray:
-    from emotalker.core.render import rasterize
+    from emotalker.core.models.avatar import render_avatar
+    from emotalker.core.render.camera import Camera
+    from emotalker.core.render.gaussians import Gaussians
 
     with torch.no_grad():
         g = model(frame_params(tr, t))[0]
         front = (g.means[: model.n_gaussians, 2] > 0.03).float()[:, None]
         sh = g.sh.clone()
         sh[: model.n_gaussians, 0] += front * torch.as_tensor(shift, dtype=torch.float32) / 0.2821
-        q, s, o, _ = g.activated()
-        out = rasterize(g.means, q, s, o, sh, torch.as_tensor(tr.viewmat[t:t + 1]), torch.as_tensor(tr.K[t:t + 1]),
-                        SIZE, SIZE, sh_degree=g.sh_degree, backend="cpu")
+        shifted = Gaussians(g.means, g.quats, g.log_scales, g.opacity_logits, sh)
+        out = render_avatar(shifted, Camera(tr.viewmat[t], tr.K[t], SIZE, SIZE), backend="cpu")
     rgb, alpha = out.rgb[0].clamp(0, 1).numpy(), out.alpha[0].clamp(0, 1).numpy()
     # Straight (not premultiplied) colour with the alpha as the mask.
     colour = np.where(alpha > 1e-3, rgb / np.maximum(alpha, 1e-3), 0).clip(0, 1)

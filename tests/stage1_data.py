@@ -13,7 +13,8 @@ from PIL import Image
 from emotalker.core.models.blendshapes import BlendshapeConfig, GaussianBlendshapes
 from emotalker.core.datasets.dataset import FRAME_NAME, ClipInfo, Tracking, write_dataset_json
 from emotalker.core.datasets.frames import frame_params
-from emotalker.core.render import rasterize
+from emotalker.core.models.avatar import render_avatar
+from emotalker.core.render.camera import Camera
 from stage1_rig import tiny_rig
 
 
@@ -67,9 +68,7 @@ def write_teacher_dataset(root: Path, size: int = 64, frames: int = 8, splits=("
         with torch.no_grad():
             for t in range(T):
                 g = teacher(frame_params(tr, t))[0]
-                q, s, o, sh = g.activated()
-                out = rasterize(g.means, q, s, o, sh, torch.tensor(tr.viewmat[t])[None], torch.tensor(tr.K[t])[None],
-                                size, size, sh_degree=g.sh_degree)
+                out = render_avatar(g, Camera(tr.viewmat[t], tr.K[t], size, size))
                 rgba = torch.cat([out.rgb[0], out.alpha[0]], -1).clamp(0, 1).numpy()
                 Image.fromarray((rgba * 255 + 0.5).astype(np.uint8)).save(d / "images" / FRAME_NAME.format(t))
         clips.append(ClipInfo(cid, "neutral", 1.0, split))

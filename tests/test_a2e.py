@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from a2e_fixture import FPS, make_dataset, make_rig
-from emotalker.core.models.a2e import A2EConfig, A2EModel, emotion_condition, infer_curves, split_params
+from emotalker.core.models.a2e import A2EConfig, A2EModel, emotion_condition
 from emotalker.core.audio.features import FeatureConfig
 from emotalker.core.base.emotions import EMOTIONS, one_hot, parse_mix
 from emotalker.core.base.errors import InputError

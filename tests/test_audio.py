@@ -7,7 +7,8 @@ import pytest
 import soundfile as sf
 
 from emotalker.core.audio.waveform import SAMPLE_RATE, load_audio, resample, to_mono
-from emotalker.core.audio.features import AudioFeaturizer, FeatureConfig, frame_windows, log_mel, mel_filterbank
+from emotalker.core.audio.features import (AudioFeaturizer, FeatureConfig, frame_audio_windows, frame_windows, log_mel,
+                                           mel_filterbank)
 from emotalker.core.base.errors import InputError
 
 
@@ -112,6 +113,23 @@ def test_features_are_aligned_to_video_frames():
     assert loudest_frame == 20
     # Frame 18 sees the click two frames ahead, at the end of its window: that is the context.
     assert energy[18, -cfg.sub:].max() > energy[18, :cfg.sub].max() + 3
+
+
+def test_frame_audio_windows_pick_frames_and_hold_the_ends():
+    fps, T = 25.0, 12
+    cfg = FeatureConfig(context=2, sub=4)
+    x = np.random.default_rng(1).standard_normal(int(T / fps * SAMPLE_RATE)).astype(np.float32)
+    every = frame_windows(AudioFeaturizer(cfg)(x, fps, T), cfg.sub, cfg.context)
+    all_frames = frame_audio_windows(x, cfg, fps, np.arange(T))
+    assert all_frames.dtype == np.float32 and all_frames.flags.c_contiguous
+    np.testing.assert_array_equal(all_frames, every)
+    # A frame's window does not depend on the other frames asked for.
+    np.testing.assert_array_equal(frame_audio_windows(x, cfg, fps, np.array([7, 2])), every[[7, 2]])
+    # Past either end: the silence padding, or with hold_ends the nearest frame the audio covers.
+    held = frame_audio_windows(x, cfg, fps, np.array([-3, 0, T + 5]), hold_ends=True)
+    np.testing.assert_array_equal(held, every[[0, 0, T - 1]])
+    past = frame_audio_windows(x, cfg, fps, np.array([T + 5]))
+    assert not np.array_equal(past[0], every[T - 1])
 
 
 def test_frame_windows_numpy_and_torch_agree():

@@ -374,11 +374,11 @@ def test_render_frame_loads_the_avatar_once_while_its_files_are_unchanged(tmp_pa
     cam = front_camera(FlameModel.load(avatar / "flame_model.npz").v_template, 32)
     params = {"avatar": str(avatar), "cache": str(tmp_path / "cache"), "viewmat": cam.viewmat.tolist(),
               "K": cam.K.tolist(), "width": 32, "height": 32, "no_emotion": True}
-    worker_methods._cached_evaluator.cache_clear()
+    worker_methods._cached_avatar.cache_clear()
     for frame in (1, 2):
         worker_methods.METHODS["render_frame"]({**params, "frame": frame}, None)
-    info = worker_methods._cached_evaluator.cache_info()
+    info = worker_methods._cached_avatar.cache_info()
     assert (info.misses, info.hits) == (1, 1)
     (avatar / "neutral.safetensors").touch()  # a retrained stage is picked up
     worker_methods.METHODS["render_frame"]({**params, "frame": 3}, None)
-    assert worker_methods._cached_evaluator.cache_info().misses == 2
+    assert worker_methods._cached_avatar.cache_info().misses == 2

@@ -193,27 +193,28 @@ def test_f12_render_matches_the_cores_own_render(baked_scene):
     blender = np.array(img.pixels[:], dtype=np.float32).reshape(80, 96, 4)[::-1]  # premultiplied, bottom row first
 
     # The core's own render of the same frame from the same camera, through the bake engine.
-    from emotalker.core.render.camera import Camera
-    from emotalker.bake.engine import AvatarEvaluator, FlameCurves, FrameProducer, audio_rows, camera_code
+    from emotalker.bake.engine import FlameCurves, FrameProducer
+    from emotalker.core.audio.features import frame_audio_windows
     from emotalker.core.audio.waveform import load_audio
+    from emotalker.core.models.avatar import Avatar, render_avatar
     from emotalker.core.models.bundle import AvatarBundle
-    from emotalker.core.render import rasterize
+    from emotalker.core.models.emotion_deformer import camera_code
+    from emotalker.core.render.camera import Camera
     import torch
 
     V, K, W, H = camera.scene_camera(scene, cam, avatar)
-    ev = AvatarEvaluator.open(AvatarBundle.open(tmp_path / "avatar"))
-    curves = FlameCurves.load(tmp_path / "cache" / "Ava" / "bake" / "bake_flame.npz", ev.stage1.flame_model.n_expr)
+    av = Avatar.open(AvatarBundle.open(tmp_path / "avatar"))
+    curves = FlameCurves.load(tmp_path / "cache" / "Ava" / "bake" / "bake_flame.npz", av.stage1.flame_model.n_expr)
     rows = curves.rows(np.array([6]))
     frame_curves = FlameCurves(*(getattr(curves, k)[rows] for k in ("expr", "jaw", "neck", "eyes", "eyelids",
                                                                       "emotion_weights", "intensity")),
                                fps=curves.fps, frame_start=6)
-    audio = audio_rows(load_audio(avatar.emotalker.audio_path), curves.fps, ev.audio_features, np.array([6]))
-    g = FrameProducer(ev, frame_curves, curves.emotion_weights[rows], curves.intensity[rows], curves.eyelids[rows, 0],
+    audio = frame_audio_windows(load_audio(avatar.emotalker.audio_path), av.audio_features, curves.fps, np.array([5]),
+                                hold_ends=True)
+    g = FrameProducer(av, frame_curves, curves.emotion_weights[rows], curves.intensity[rows], curves.eyelids[rows, 0],
                       chunk=1, audio=audio, camera=camera_code(V))(6)
-    q, s, o, sh = g.activated()
     with torch.inference_mode():
-        out = rasterize(g.means, q, s, o, sh, torch.as_tensor(V, dtype=torch.float32)[None],
-                        torch.as_tensor(K, dtype=torch.float32)[None], W, H, sh_degree=g.sh_degree)
+        out = render_avatar(g, Camera(np.asarray(V), np.asarray(K), W, H))
     from blender_addon.engine import srgb_to_linear
 
     rgb, alpha = out.rgb[0].numpy(), out.alpha[0].numpy()
@@ -250,7 +251,6 @@ def test_export_operator_writes_a_valid_ply_sequence(baked_scene):
 
 def test_cancelling_a_bake_leaves_only_whole_frames(baked_scene):
     from blender_addon.bake_job import BakeJob
-    from blender_addon.operators import cache_dir
 
     avatar, tmp_path = baked_scene
     bpy.context.scene.frame_end = 15

@@ -7,7 +7,7 @@ from emotalker.core.models.blendshapes import BlendshapeConfig, GaussianBlendsha
 from emotalker.core.rig.deformation_transfer import deformation_gradients
 from emotalker.core.base.errors import InputError
 from emotalker.core.rig.flame import FlameParams, axis_angle_to_matrix
-from emotalker.core.base.quaternion import matrix_to_quat, quat_to_matrix
+from emotalker.core.base.quaternion import quat_to_matrix
 from stage1_rig import tiny_rig
 
 SH_C1 = 0.4886025119029199

@@ -11,9 +11,10 @@ from stage1_rig import tiny_rig
 
 from emotalker.core.models.blendshapes import BlendshapeConfig, GaussianBlendshapes
 from emotalker.core.base.emotions import EMOTIONS, normalise_mix, one_hot, parse_mix
+from emotalker.core.models.avatar import Avatar, FrameConditions
 from emotalker.core.models.bundle import AvatarBundle
 from emotalker.core.models.emotion_deformer import (EmotionConfig, EmotionDeformer, EmotionInputs, N_OFFSETS, apply_offsets,
-                                    frame_gaussians, load_from_bundle, mesh_cue)
+                                                    mesh_cue)
 from emotalker.core.base.errors import InputError
 from emotalker.core.rig.flame import FlameParams
 
@@ -54,6 +55,29 @@ def inputs(weights, intensity=2.0, seed=0) -> EmotionInputs:
                          camera=torch.tensor([0.1, 0.0, 0.99]))
 
 
+def conditions(p: FlameParams, x: EmotionInputs) -> FrameConditions:
+    """One frame's FrameConditions with the conditioning of `x`."""
+    return FrameConditions(p, x.weights[None], torch.tensor([x.intensity], dtype=torch.float64),
+                           torch.tensor([x.blink]), x.audio[None], x.camera)
+
+
+def avatar_frame(stage1, model, p: FlameParams, x: EmotionInputs):
+    """Stage 1 (+ Stage 2 `model` unless None) of one frame through Avatar's differentiable path."""
+    return Avatar(stage1, model).evaluate_differentiable(conditions(p, x)).unbind()[0]
+
+
+def save_bundle(stage1, root, emotion: EmotionDeformer | None = None) -> AvatarBundle:
+    """A bundle holding `stage1` on its rig and, when given, Stage 2."""
+    bundle = AvatarBundle.create(root)
+    stage1.flame_model.save(bundle.flame_path)
+    stage1.save(bundle.stage_path("neutral"))
+    bundle.update_manifest("neutral", file="neutral.safetensors")
+    if emotion is not None:
+        emotion.save(bundle.stage_path("emotion"))
+        bundle.update_manifest("emotion", file="emotion.safetensors")
+    return bundle
+
+
 def test_offsets_are_zero_at_initialisation(stage1):
     model = make_deformer(stage1.n_gaussians, trained=False)
     p = params()
@@ -66,7 +90,7 @@ def test_offsets_are_zero_at_initialisation(stage1):
         assert torch.count_nonzero(off) == 0
     with torch.no_grad():
         g1 = stage1(p)[0]
-        g2 = frame_gaussians(stage1, model, p, inputs(onehot("angry"), 3.0))
+        g2 = avatar_frame(stage1, model, p, inputs(onehot("angry"), 3.0))
     for a, b in zip(vars(g1).values(), vars(g2).values()):
         assert torch.equal(a, b)
 
@@ -78,7 +102,7 @@ def test_intensity_zero_gives_no_offset(stage1):
         assert torch.count_nonzero(model.offsets(dM, inputs(onehot("sad"), 0.0))) == 0
         assert model.offsets(dM, inputs(onehot("sad"), 0.05)).abs().max() > 0
         g1 = stage1(params())[0]
-        g0 = frame_gaussians(stage1, model, params(), inputs(onehot("sad"), 0.0))
+        g0 = avatar_frame(stage1, model, params(), inputs(onehot("sad"), 0.0))
     assert torch.equal(g1.sh, g0.sh) and torch.equal(g1.quats, g0.quats)
 
 
@@ -172,15 +196,14 @@ def test_bundle_round_trip_gives_identical_outputs(stage1, tmp_path, text):
         with torch.no_grad():
             model.emotion_text.normal_()
             model.intensity_text.normal_()
-    bundle = AvatarBundle.create(tmp_path / "avatar")
-    model.save(bundle.stage_path("emotion"))
-    bundle.update_manifest("emotion", file="emotion.safetensors")
-    loaded, meta = load_from_bundle(bundle.root)
+    bundle = save_bundle(stage1, tmp_path / "avatar", model)
+    loaded = Avatar.open(bundle.root).stage2
+    _, meta = EmotionDeformer.load(bundle.stage_path("emotion"))
     assert meta["encoder"] == ("text" if text else "table")
     p, x = params(5), inputs(0.6 * onehot("disgusted") + 0.4 * onehot("surprised"), 2.7)
     with torch.no_grad():
-        a = frame_gaussians(stage1, model, p, x)
-        b = frame_gaussians(stage1, loaded, p, x)
+        a = avatar_frame(stage1, model, p, x)
+        b = avatar_frame(stage1, loaded, p, x)
     for u, v in zip(vars(a).values(), vars(b).values()):
         assert torch.equal(u, v)
 
@@ -189,13 +212,11 @@ def test_bundle_without_clip_installed_loads_and_bakes(stage1, tmp_path, monkeyp
     model = make_deformer(stage1.n_gaussians, d_text=12)
     with torch.no_grad():
         model.emotion_text.normal_()
-    bundle = AvatarBundle.create(tmp_path / "avatar")
-    model.save(bundle.stage_path("emotion"))
-    bundle.update_manifest("emotion", file="emotion.safetensors")
+    bundle = save_bundle(stage1, tmp_path / "avatar", model)
     monkeypatch.setitem(sys.modules, "open_clip", None)  # any `import open_clip` now fails
-    loaded, _ = load_from_bundle(bundle.root)
+    loaded = Avatar.open(bundle.root).stage2
     with torch.no_grad():
-        g = frame_gaussians(stage1, loaded, params(), inputs(onehot("happy"), 1.0))
+        g = avatar_frame(stage1, loaded, params(), inputs(onehot("happy"), 1.0))
     assert torch.isfinite(g.sh).all() and len(g) == stage1.n_gaussians + stage1.n_teeth
     from emotalker.core.models.text_embed import clip_text_embeddings
 
@@ -206,10 +227,10 @@ def test_bundle_without_clip_installed_loads_and_bakes(stage1, tmp_path, monkeyp
 
 
 def test_bundle_without_emotion_stage_and_bad_files(stage1, tmp_path):
-    bundle = AvatarBundle.create(tmp_path / "avatar")
-    assert load_from_bundle(bundle.root) is None  # Stage 1 only: bakes without offsets
+    bundle = save_bundle(stage1, tmp_path / "avatar")
+    assert Avatar.open(bundle.root).stage2 is None  # Stage 1 only: bakes without offsets
     with torch.no_grad():
-        g = frame_gaussians(stage1, None, params(), inputs(onehot("happy")))
+        g = avatar_frame(stage1, None, params(), inputs(onehot("happy")))
         assert torch.equal(g.sh, stage1(params())[0].sh)
     bad = tmp_path / "bad.safetensors"
     from emotalker.core.base.fileio import save_tensors
@@ -220,3 +241,24 @@ def test_bundle_without_emotion_stage_and_bad_files(stage1, tmp_path):
     bad.write_bytes(b"not safetensors")
     with pytest.raises(InputError):
         EmotionDeformer.load(bad)
+
+
+def test_avatar_open_refuses_a_stage2_trained_for_another_stage1(stage1, tmp_path):
+    bundle = save_bundle(stage1, tmp_path / "avatar", make_deformer(stage1.n_gaussians + 5))
+    with pytest.raises(InputError, match=rf"{stage1.n_gaussians + 5} face Gaussians.*Stage 1 has {stage1.n_gaussians}") as err:
+        Avatar.open(bundle.root)
+    assert "emotion.safetensors" in str(err.value)  # names the file at fault
+    assert Avatar.open(bundle.root, use_emotion=False).stage2 is None  # --no-emotion still bakes Stage 1
+    with pytest.raises(InputError, match="face Gaussians"):  # models in memory get the same check
+        Avatar(stage1, make_deformer(stage1.n_gaussians - 1))
+
+
+def test_avatar_open_loads_both_stages_frozen(stage1, tmp_path):
+    bundle = save_bundle(stage1, tmp_path / "avatar", make_deformer(stage1.n_gaussians))
+    avatar = Avatar.open(bundle.root, sh_degree=0)
+    assert avatar.uses_emotion and avatar.sh_degree == 0
+    assert avatar.n_gaussians == stage1.n_gaussians + stage1.n_teeth
+    assert avatar.audio_features == avatar.stage2.cfg.features
+    assert not any(p.requires_grad for p in (*avatar.stage1.parameters(), *avatar.stage2.parameters()))
+    with pytest.raises(InputError, match="no neutral stage"):
+        Avatar.open(AvatarBundle.create(tmp_path / "empty"))

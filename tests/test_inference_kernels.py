@@ -1,16 +1,15 @@
 """The bake's compiled inference path (torch.inference_mode on the CPU) against the differentiable
 torch code it must reproduce: Stage 1 alone, Stage 1 + Stage 2 as the bake evaluator runs them,
-the rig's skinning and the mesh cue."""
+the rig's skinning and the mesh cue; Avatar.evaluate against Avatar.evaluate_differentiable."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from stage1_rig import tiny_rig
 
-from emotalker.bake.engine import AvatarEvaluator, FrameInputs, Stage2Offsets
+from emotalker.core.models.avatar import Avatar, FrameConditions
 from emotalker.core.models.blendshapes import DELTA_NAMES, BlendshapeConfig, GaussianBlendshapes
 from emotalker.core.base.emotions import one_hot
 from emotalker.core.models.emotion_deformer import (EmotionConfig, EmotionDeformer, EmotionInputs, apply_offsets,
@@ -97,26 +96,37 @@ def test_skinning_and_mesh_cue_match_the_differentiable_path(rig):
     assert cue.abs().max() > 1e-3
 
 
-def test_stage1_and_stage2_as_the_bake_runs_them_match_the_differentiable_path(rig):
-    model = stage1_model(rig)
+def trained_deformer(model: GaussianBlendshapes) -> EmotionDeformer:
+    """A Stage 2 network for `model` whose heads and null codes are non-zero, frozen."""
     torch.manual_seed(1)
     deformer = EmotionDeformer(EmotionConfig(n_gaussians=model.n_gaussians, audio_dim=AUDIO))
     with torch.no_grad():
         for name, value in deformer.named_parameters():
             if "head" in name or name == "null":
                 value.normal_(0, 0.2)
-    deformer = deformer.eval().requires_grad_(False)
-    evaluator = AvatarEvaluator(model, Stage2Offsets(deformer, model))
+    return deformer.eval().requires_grad_(False)
+
+
+def four_frames(camera: torch.Tensor) -> FrameConditions:
+    """Four frames of mixed emotions; frame 1 at intensity 0 keeps Stage 1."""
     B = 4
-    p = frame_params(B, seed=5)
     emotion = torch.from_numpy(one_hot(["happy", "sad", "angry", "happy"]))
-    intensity = torch.tensor([2.0, 0.0, 3.0, 0.7])  # frame 1 at intensity 0 keeps Stage 1
+    intensity = torch.tensor([2.0, 0.0, 3.0, 0.7])
     blink = torch.tensor([0.0, 0.3, 1.0, 0.5])
     audio = torch.randn(B, AUDIO, generator=torch.Generator().manual_seed(2))
-    camera = torch.tensor([0.1, 0.0, 0.99])
-    inputs = FrameInputs(p, emotion, intensity, blink, np.arange(1, B + 1), {"audio": audio, "camera": camera})
+    return FrameConditions(frame_params(B, seed=5), emotion, intensity, blink, audio, camera)
 
-    frames = evaluator.evaluate(inputs)  # inference mode: the compiled path
+
+def test_stage1_and_stage2_as_the_bake_runs_them_match_the_differentiable_path(rig):
+    model = stage1_model(rig)
+    deformer = trained_deformer(model)
+    B = 4
+    camera = torch.tensor([0.1, 0.0, 0.99])
+    conditions = four_frames(camera)
+    p, emotion, intensity, blink, audio = (conditions.params, conditions.emotion, conditions.intensity,
+                                           conditions.blink, conditions.audio)
+
+    frames = Avatar(model, deformer).evaluate(conditions).unbind()  # inference mode: the compiled path
 
     stage1 = model.evaluate(p).unbind()  # the differentiable code, autograd on
     dM = mesh_cue(model, p)
@@ -128,6 +138,36 @@ def test_stage1_and_stage2_as_the_bake_runs_them_match_the_differentiable_path(r
             assert offsets.abs().max() > 1e-2
             ref = apply_offsets(ref, offsets)
         assert_close(frames[b], ref)
+
+
+@pytest.mark.parametrize("per_frame_camera", [False, True])
+def test_avatar_inference_and_differentiable_paths_agree(rig, per_frame_camera):
+    model = stage1_model(rig)
+    avatar = Avatar(model, trained_deformer(model))
+    camera = torch.tensor([0.1, 0.0, 0.99])
+    if per_frame_camera:
+        camera = torch.nn.functional.normalize(camera + torch.randn(4, 3, generator=torch.Generator().manual_seed(7)) * 0.2, dim=-1)
+    conditions = four_frames(camera)
+    fast = avatar.evaluate(conditions)
+    slow = avatar.evaluate_differentiable(conditions)
+    assert torch.is_inference(fast.means) and not torch.is_inference(slow.means)
+    stage1 = Avatar(model).evaluate(conditions).unbind()
+    for b, (f, s) in enumerate(zip(fast.unbind(), slow.unbind())):
+        assert_close(f, s)
+        changed = (f.sh - stage1[b].sh).abs().max()
+        assert (changed == 0) if b == 1 else (changed > 1e-3)  # intensity 0 keeps Stage 1; the others move
+    if per_frame_camera:  # each frame reads its own camera code
+        shared = Avatar(model, avatar.stage2).evaluate(four_frames(camera[0])).unbind()
+        assert (shared[2].sh - fast.unbind()[2].sh).abs().max() > 1e-6
+
+
+def test_avatar_differentiable_path_trains_stage2_only(rig):
+    model = stage1_model(rig)
+    deformer = trained_deformer(model).requires_grad_(True)
+    batch = Avatar(model, deformer).evaluate_differentiable(four_frames(torch.tensor([0.0, 0.0, 1.0])))
+    batch.sh.sum().backward()
+    assert deformer.head[2].weight.grad.abs().max() > 0
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_offsets_in_place_match_apply_offsets_with_and_without_the_kernel(rig):

@@ -194,3 +194,28 @@ def test_bad_arguments_are_named(change, message):
     args.update(change)
     with pytest.raises(ValueError, match=message):
         rasterize(**args)
+
+
+def test_render_avatar_takes_a_numpy_or_torch_camera_and_a_background():
+    import numpy as np
+
+    from emotalker.core.models.avatar import render_avatar
+    from emotalker.core.render.camera import Camera
+    from emotalker.core.render.gaussians import Gaussians
+
+    g = torch.Generator().manual_seed(0)
+    n = 40
+    gaussians = Gaussians(torch.randn(n, 3, generator=g) * 0.05, torch.randn(n, 4, generator=g),
+                          torch.full((n, 3), -3.5), torch.randn(n, generator=g), torch.randn(n, 4, 3, generator=g) * 0.3)
+    viewmat = look_at((0.0, 0.0, 0.5)).float()
+    K = torch.tensor([[60.0, 0.0, W / 2], [0.0, 60.0, H / 2], [0.0, 0.0, 1.0]])
+    quats, scales, opacities, sh = gaussians.activated()
+    bg = torch.tensor([0.2, 0.4, 0.6])
+    expected = rasterize(gaussians.means, quats, scales, opacities, sh, viewmat[None], K[None], W, H, sh_degree=1,
+                         backgrounds=bg[None], backend="cpu")
+    for camera in (Camera(viewmat, K, W, H), Camera(viewmat.double().numpy(), K.double().numpy(), W, H)):
+        out = render_avatar(gaussians, camera, bg, backend="cpu")
+        assert torch.equal(out.rgb, expected.rgb) and torch.equal(out.alpha, expected.alpha)
+    black = render_avatar(gaussians, Camera(viewmat.numpy(), K.numpy(), W, H), backend="cpu")
+    assert torch.allclose(black.rgb + bg * (1 - black.alpha), expected.rgb, atol=1e-5)
+    assert np.isclose(float(expected.alpha.max()), float(black.alpha.max()))

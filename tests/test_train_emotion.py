@@ -10,10 +10,11 @@ from emotion_fixture import make_emotion_dataset
 
 from emotalker.core.models.bundle import AvatarBundle
 from emotalker.core.datasets.dataset import Dataset
-from emotalker.core.models.emotion_deformer import load_from_bundle
+from emotalker.core.models.avatar import Avatar
+from emotalker.core.models.emotion_deformer import EmotionDeformer
 from emotalker.core.datasets.emotion_frames import EmotionFrames
 from emotalker.core.evaluation.emotion import clip_groups, evaluate_emotion
-from emotalker.core.training.emotion import EmotionTrainer, TrainEmotionConfig, feature_config, load_stage1, new_deformer
+from emotalker.core.training.emotion import EmotionTrainer, TrainEmotionConfig, feature_config, new_deformer
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def data(tmp_path_factory):
 def trainer_for(dataset_root, avatar, cfg: TrainEmotionConfig, clips=None) -> EmotionTrainer:
     ds = Dataset.open(dataset_root)
     bundle = AvatarBundle.open(avatar)
-    stage1 = load_stage1(bundle).eval()
+    stage1 = Avatar.open(bundle, use_emotion=False).stage1
     ids = clips or [c.id for c in ds.split("train")]
     frames = EmotionFrames(ds, ids, feature_config(bundle), background=cfg.background)
     return EmotionTrainer(stage1, new_deformer(stage1, frames, cfg), frames, cfg)
@@ -36,12 +37,12 @@ def test_training_learns_the_emotional_colour_stage1_cannot(data):
     # 1e-2 gained -1.1 to 3.3 dB: too chaotic for a test).
     cfg = TrainEmotionConfig(steps=50, backend="cpu")
     trainer = trainer_for(dataset_root, avatar, cfg, clips=["happy_b", "sad_a"])
-    before = evaluate_emotion(trainer.stage1, trainer.deformer, trainer.frames, backend="cpu")
-    stage1 = evaluate_emotion(trainer.stage1, None, trainer.frames, backend="cpu")
+    before = evaluate_emotion(trainer.avatar, trainer.frames, backend="cpu")
+    stage1 = evaluate_emotion(Avatar(trainer.stage1), trainer.frames, backend="cpu")
     assert before["psnr"] == pytest.approx(stage1["psnr"], abs=1e-9)  # starts exactly at Stage 1
     trainer.run()
     trainer.deformer.eval()
-    after = evaluate_emotion(trainer.stage1, trainer.deformer, trainer.frames, backend="cpu")
+    after = evaluate_emotion(trainer.avatar, trainer.frames, backend="cpu")
     assert after["psnr"] > stage1["psnr"] + 1.0, (after, stage1)
     # Stage 1 itself did not move (frozen by default).
     assert all(not p.requires_grad for p in trainer.stage1.parameters())
@@ -79,7 +80,7 @@ def test_train_emotion_command_writes_a_bundle_that_evaluates(data, tmp_path):
     assert bundle.has_stage("emotion")
     info = bundle.manifest()["stages"]["emotion"]
     assert info["steps"] == 3 and "stage2" in info["metrics"] and info["config"]["use_null"] is False
-    model, meta = load_from_bundle(mine)
+    model, meta = EmotionDeformer.load(bundle.stage_path("emotion"))
     assert model.cfg.use_null is False and meta["encoder"] == "table"
     groups = clip_groups(Dataset.open(dataset_root))
     assert groups["intensity3"] == ["happy_t"] and groups["heldout_intensity"] == ["happy_h"]
@@ -116,9 +117,9 @@ def test_a2e_driven_frames_replace_the_tracked_expression(data):
     assert p.expr.shape == (T, 8) and p.jaw.shape == (T, 3)
     bundle = AvatarBundle.open(avatar)
     frames = EmotionFrames(ds, ["happy_t"], feature_config(bundle), params_override={"happy_t": p})
-    frame, inputs = frames.get(3)
-    assert torch.allclose(frame.params.expr[0], p.expr[3]) and inputs.intensity == 3.0
-    m = evaluate_emotion(load_stage1(bundle), None, frames, indices=[0, 3], backend="cpu")
+    frame, conditions = frames.get(3)
+    assert torch.allclose(frame.params.expr[0], p.expr[3]) and conditions.intensity.tolist() == [3.0]
+    m = evaluate_emotion(Avatar.open(bundle, use_emotion=False), frames, indices=[0, 3], backend="cpu")
     assert m["frames"] == 2 and m["psnr"] > 5
 
 
@@ -131,7 +132,8 @@ def test_train_all_runs_the_three_stages_in_turn(data, tmp_path):
                  "--a2e-steps", "2", "--emotion-steps", "2", "--eval-stride", "8", "--progress", "none"]) in (0, None)
     bundle = AvatarBundle.open(out)
     assert all(bundle.has_stage(s) for s in ("neutral", "a2e", "emotion"))
-    model, _ = load_from_bundle(out)
-    assert model.cfg.n_gaussians == load_stage1(bundle).n_gaussians
+    avatar = Avatar.open(out)
+    model = avatar.stage2
+    assert model.cfg.n_gaussians == avatar.stage1.n_gaussians
     # Stage 2 reads the same audio features as the bundle's A2E.
     assert model.cfg.features == feature_config(bundle)

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from emotalker.cli.main import main
-from emotalker.core.models.blendshapes import GAUSSIAN_BUFFERS, GAUSSIAN_PARAMS, load_neutral
+from emotalker.core.models.avatar import Avatar
+from emotalker.core.models.blendshapes import GAUSSIAN_BUFFERS, GAUSSIAN_PARAMS
 from emotalker.core.datasets.dataset import Dataset
 from emotalker.core.evaluation.neutral import evaluate
 from emotalker.core.datasets.frames import FrameSet
@@ -121,7 +122,7 @@ def test_cli_train_render_eval(dataset, tmp_path, capsys):
     info = manifest["stages"]["neutral"]
     assert info["steps"] == 30 and info["resolution"] == [32, 32] and "test_psnr" in info["metrics"]
     assert (out / "flame_model.npz").is_file() and (out / "neutral.safetensors").is_file()
-    model = load_neutral(out)
+    model = Avatar.open(out, use_emotion=False).stage1
     assert model.n_gaussians + model.n_teeth == info["n_gaussians"]
 
     rc = main(["render", str(out), "--frames", f"{dataset.root}:clip02", "--out", str(tmp_path / "png"), "--range", "0:2", "--compare"])

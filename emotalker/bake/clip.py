@@ -12,7 +12,7 @@ threads, batch size, progress, starting over). Steps:
    tracks' per-frame emotion weights and intensity, eyelids from the blink
    track; written to `<out>/<name>_flame.npz` for editing and `--flame-curves`;
 3. the resumable frame loop (emotalker.bake.sequence) over the frame range:
-   per-frame Gaussians (AvatarEvaluator: Stage 1, + Stage 2 when present, which
+   per-frame Gaussians (core.models.avatar.Avatar: Stage 1, + Stage 2 when present, which
    also reads the frame's audio window and the camera's direction) to
    `<name>_NNNNNN.ply` and/or rendered `<name>_NNNNNN.png`;
 4. the sidecar `<name>.json` (PLY), then `<name>.mp4` with the audio (from the PNGs).
@@ -35,7 +35,8 @@ import numpy as np
 from emotalker.core.base.errors import InputError
 
 if TYPE_CHECKING:
-    from emotalker.bake.engine import AvatarEvaluator, FlameCurves
+    from emotalker.bake.engine import FlameCurves
+    from emotalker.core.models.avatar import Avatar
     from emotalker.bake.tracks import Tracks
     from emotalker.core.models.bundle import AvatarBundle
     from emotalker.core.render.camera import Camera
@@ -178,7 +179,8 @@ class ClipInputs:
     frames: tuple[int, int]
     """The timeline frames to bake, inclusive."""
     camera: Camera
-    evaluator: AvatarEvaluator
+    avatar: Avatar
+    """The avatar, every stage loaded and checked."""
     sh_degree: int
     """The PLY frames' SH degree."""
 
@@ -198,14 +200,14 @@ def bake_clip(clip: ClipSpec, run: RunOptions = RunOptions(),
     sequence = _bake_frames(inputs, curves, run, progress_sink)
     outputs = _write_outputs(inputs, curves)
     return BakeResult(inputs.out, inputs.name, inputs.frames[0], inputs.frames[1], sequence.written, sequence.skipped,
-                      inputs.evaluator.n_gaussians, inputs.evaluator.uses_emotion, outputs)
+                      inputs.avatar.n_gaussians, inputs.avatar.uses_emotion, outputs)
 
 
 def open_clip(clip: ClipSpec, run: RunOptions) -> ClipInputs:
     """Step 1: every input of `clip` read and checked; InputError naming the input at fault."""
     import torch
 
-    from emotalker.bake.engine import AvatarEvaluator
+    from emotalker.core.models.avatar import Avatar
     from emotalker.core.audio.waveform import duration_frames, load_audio
     from emotalker.core.base.device import resolve_device
     from emotalker.core.models.bundle import AvatarBundle
@@ -230,10 +232,10 @@ def open_clip(clip: ClipSpec, run: RunOptions) -> ClipInputs:
         covered = audio_range if curves is None else f"frames {first}..{last} (audio and curves)"
         raise InputError("--frames", f"{frames[0]}:{frames[1]} reaches outside {covered}")
     camera = Camera.load(clip.camera) if clip.camera else front_camera(flame.v_template, clip.resolution)
-    evaluator = AvatarEvaluator.open(bundle, device, use_emotion=not clip.no_emotion, sh_degree=clip.sh_degree)
-    sh_degree = evaluator.sh_degree if clip.sh_degree is None else clip.sh_degree
+    avatar = Avatar.open(bundle, device, use_emotion=not clip.no_emotion, sh_degree=clip.sh_degree)
+    sh_degree = avatar.sh_degree if clip.sh_degree is None else clip.sh_degree
     return ClipInputs(clip, name, Path(clip.out), device, bundle, flame, tracks, fps, samples, n_audio, curves, frames,
-                      camera, evaluator, sh_degree)
+                      camera, avatar, sh_degree)
 
 
 def _check_clip(clip: ClipSpec, run: RunOptions) -> str:
@@ -318,18 +320,21 @@ def _bake_frames(inputs: ClipInputs, curves: FlameCurves, run: RunOptions,
 
 def _frame_producer(inputs: ClipInputs, curves: FlameCurves, chunk: int):
     """Each frame's Gaussians from the curves and the tracks' values at the curves' rows."""
-    from emotalker.bake.engine import FrameProducer, audio_rows, camera_code
+    from emotalker.bake.engine import FrameProducer
+    from emotalker.core.audio.features import frame_audio_windows
+    from emotalker.core.models.emotion_deformer import camera_code
 
     curve_frames = np.arange(curves.frame_start, curves.frame_end + 1)
     per_row = inputs.tracks.evaluate(curve_frames)
-    evaluator = inputs.evaluator
+    avatar = inputs.avatar
     # Stage 2 reads each frame's audio window and the camera it is seen from (the render camera;
     # the default front camera for a PLY-only bake).
     stage2 = {}
-    if evaluator.uses_emotion:
-        stage2 = {"audio": audio_rows(inputs.samples, inputs.fps, evaluator.audio_features, curve_frames),
+    if avatar.uses_emotion:
+        stage2 = {"audio": frame_audio_windows(inputs.samples, avatar.audio_features, inputs.fps, curve_frames - 1,
+                                           hold_ends=True),
                   "camera": camera_code(inputs.camera.viewmat).to(inputs.device)}
-    return FrameProducer(evaluator, curves, per_row.emotion, per_row.intensity, per_row.blink,
+    return FrameProducer(avatar, curves, per_row.emotion, per_row.intensity, per_row.blink,
                          chunk=chunk, device=inputs.device, **stage2)
 
 
@@ -342,7 +347,7 @@ def _frame_sinks(inputs: ClipInputs, threads: int | None) -> list:
     sinks = []
     if clip.ply:
         sinks.append(ply_sink(inputs.out, inputs.name, sh_degree=inputs.sh_degree, up_axis=clip.up_axis,
-                              count=inputs.evaluator.n_gaussians))
+                              count=inputs.avatar.n_gaussians))
     if clip.png or clip.mp4:
         sinks.append(png_sink(inputs.out, inputs.name, lambda g: render_rgba(g, camera, threads)))
     return sinks
@@ -355,7 +360,7 @@ def _fingerprint(inputs: ClipInputs, chunk: int) -> dict:
     clip, bundle = inputs.clip, inputs.bundle
     return {
         "neutral": file_digest(bundle.stage_path("neutral")), "flame_model": file_digest(bundle.flame_path),
-        "emotion": file_digest(bundle.stage_path("emotion")) if inputs.evaluator.uses_emotion else None,
+        "emotion": file_digest(bundle.stage_path("emotion")) if inputs.avatar.uses_emotion else None,
         "curves": file_digest(clip.flame_curves) if clip.flame_curves else file_digest(bundle.stage_path("a2e")),
         "audio": file_digest(clip.audio), "tracks": inputs.tracks.to_dict(), "fps": inputs.fps,
         "sh_degree": inputs.sh_degree, "up_axis": clip.up_axis, "camera": inputs.camera.to_dict(), "chunk": chunk,
@@ -392,7 +397,7 @@ def _write_sidecar(inputs: ClipInputs) -> Path:
 
     clip = inputs.clip
     return write_sidecar(inputs.out, inputs.name, fps=inputs.fps, frame_start=inputs.frames[0],
-                         frame_end=inputs.frames[1], count=inputs.evaluator.n_gaussians, sh_degree=inputs.sh_degree,
+                         frame_end=inputs.frames[1], count=inputs.avatar.n_gaussians, sh_degree=inputs.sh_degree,
                          up_axis=clip.up_axis, audio=_relative(clip.audio, inputs.out))
 
 
@@ -415,15 +420,11 @@ def render_rgba(gaussians, camera, threads: int | None = None) -> np.ndarray:
     """
     import torch
 
-    from emotalker.core.render import rasterize
-
     from emotalker.bake.video import to_rgba8
+    from emotalker.core.models.avatar import render_avatar
 
-    quats, scales, opacities, sh = gaussians.activated()
-    t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=gaussians.means.device)  # noqa: E731
     with torch.inference_mode():
-        out = rasterize(gaussians.means, quats, scales, opacities, sh, t(camera.viewmat)[None], t(camera.K)[None],
-                        camera.width, camera.height, sh_degree=gaussians.sh_degree)
+        out = render_avatar(gaussians, camera)
     if threads is not None:
         torch.set_num_threads(threads)
     return to_rgba8(out.rgb[0], out.alpha[0], premultiplied=True)

@@ -42,7 +42,7 @@ def run(args) -> None:
     from emotalker.core.audio.waveform import load_audio
     from emotalker.core.base.device import resolve_device
     from emotalker.core.base.emotions import check_intensity, parse_mix
-    from emotalker.core.models.a2e import infer_curves, load_from_bundle
+    from emotalker.core.models.a2e import infer_curves, load_a2e
     from emotalker.core.models.bundle import AvatarBundle
     from emotalker.core.rig.flame import FlameModel
 
@@ -50,7 +50,7 @@ def run(args) -> None:
     weights = parse_mix(args.emotion, "--emotion")
     device = resolve_device(args.device)
     bundle = AvatarBundle.open(args.avatar)
-    model, meta = load_from_bundle(bundle, device)
+    model, meta = load_a2e(bundle, device)
     fps = float(args.fps or meta["fps"])
     samples = load_audio(args.audio)
     curves = infer_curves(model, samples, weights, args.intensity, fps, device)

@@ -33,39 +33,39 @@ def add_emotion_flags(p) -> None:
                    help="FLAME expression/jaw/neck from the tracking (self-driven) or from the avatar's A2E on the clip's audio")
 
 
-def _emotion_frames(args, ds, ids, resolution, bg, device):
-    """(Stage 2 model or None, EmotionFrames) when Stage 2 or the A2E driver is in play, else (None, None)."""
+def _emotion_frames(args, avatar, ds, ids, resolution, bg, device):
+    """EmotionFrames when Stage 2 or the A2E driver is in play, else None."""
     from emotalker.core.models.bundle import AvatarBundle
-    from emotalker.core.models.emotion_deformer import load_from_bundle
     from emotalker.core.datasets.emotion_frames import EmotionFrames, a2e_params
     from emotalker.core.training.emotion import feature_config
 
+    if not avatar.uses_emotion and args.driver == "tracking":
+        return None
     bundle = AvatarBundle.open(args.avatar)
-    loaded = None if args.no_emotion else load_from_bundle(bundle, device)
-    if loaded is None and args.driver == "tracking":
-        return None, None
     override = None
     if args.driver == "a2e":
-        from emotalker.core.models.a2e import load_from_bundle as load_a2e
+        from emotalker.core.models.a2e import load_a2e
 
         a2e, _ = load_a2e(bundle, device)
         override = {c: a2e_params(a2e, ds, c, device) for c in ids}
-    features = loaded[0].cfg.features if loaded else feature_config(bundle)
-    frames = EmotionFrames(ds, ids, features, resolution, bg, device, params_override=override)
-    return (loaded[0] if loaded else None), frames
+    features = avatar.audio_features or feature_config(bundle)
+    return EmotionFrames(ds, ids, features, resolution, bg, device, params_override=override)
 
 
-def _open(avatar: str, dataset: str, resolution, device):
-    from emotalker.core.models.blendshapes import load_neutral
+def _open(args, dataset: str, device):
+    """(Avatar, Dataset, resolution, background) of the command's avatar and dataset."""
+    from emotalker.core.models.avatar import Avatar
     from emotalker.core.models.bundle import AvatarBundle
     from emotalker.core.datasets.dataset import Dataset
 
-    model = load_neutral(avatar, device)
-    info = AvatarBundle.open(avatar).manifest()["stages"]["neutral"]
+    bundle = AvatarBundle.open(args.avatar)
+    avatar = Avatar.open(bundle, device, use_emotion=not args.no_emotion)
+    info = bundle.manifest()["stages"]["neutral"]
     ds = Dataset.open(dataset)
+    resolution = args.resolution
     if resolution is None and info.get("resolution"):
         resolution = max(info["resolution"])
-    return model, ds, resolution, tuple(info.get("background", (1.0, 1.0, 1.0)))
+    return avatar, ds, resolution, tuple(info.get("background", (1.0, 1.0, 1.0)))
 
 
 def run_render(args) -> None:
@@ -77,7 +77,7 @@ def run_render(args) -> None:
 
     from emotalker.core.base.device import resolve_device
     from emotalker.core.base.errors import InputError
-    from emotalker.core.evaluation.neutral import render_frame
+    from emotalker.core.evaluation.neutral import render_neutral_frame
     from emotalker.core.base.fileio import atomic_path
     from emotalker.core.datasets.frames import FrameSet
 
@@ -85,10 +85,10 @@ def run_render(args) -> None:
         raise InputError(args.frames, "--frames must be DATASET:CLIP")
     dataset, clip = args.frames.rsplit(":", 1)
     device = resolve_device(args.device)
-    model, ds, resolution, bg = _open(args.avatar, dataset, args.resolution, device)
+    avatar, ds, resolution, bg = _open(args, dataset, device)
     ds.clip(clip)  # InputError naming dataset.json when the clip is unknown
     frames = FrameSet(ds, [clip], resolution, background=bg, device=device)
-    emotion, emotion_frames = _emotion_frames(args, ds, [clip], resolution, bg, device)
+    emotion_frames = _emotion_frames(args, avatar, ds, [clip], resolution, bg, device)
     start, end = 0, len(frames)
     if args.range:
         try:
@@ -102,9 +102,9 @@ def run_render(args) -> None:
         if emotion_frames is not None:
             from emotalker.core.evaluation.emotion import render_emotion_frame
 
-            frame, rgb, _ = render_emotion_frame(model, emotion, emotion_frames, i)
+            frame, rgb, _ = render_emotion_frame(avatar, emotion_frames, i)
         else:
-            frame, rgb, _ = render_frame(model, frames, i)
+            frame, rgb, _ = render_neutral_frame(avatar.stage1, frames, i)
         img = torch.cat([frame.image, rgb], 1) if args.compare else rgb
         arr = (img.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
         with atomic_path(out / f"{frame.t:06d}.png") as tmp:
@@ -124,7 +124,7 @@ def run_eval(args) -> None:
     from emotalker.core.datasets.frames import FrameSet
 
     device = resolve_device(args.device)
-    model, ds, resolution, bg = _open(args.avatar, args.dataset, args.resolution, device)
+    avatar, ds, resolution, bg = _open(args, args.dataset, device)
     ids = [c.id for c in ds.split(args.split)]
     if not ids:
         raise InputError(args.dataset, f"no clips in the {args.split} split")
@@ -132,15 +132,15 @@ def run_eval(args) -> None:
     idx = list(range(len(frames)))
     if args.max_frames and args.max_frames < len(frames):
         idx = np.unique(np.linspace(0, len(frames) - 1, args.max_frames).round().astype(int)).tolist()
-    emotion, emotion_frames = _emotion_frames(args, ds, ids, resolution, bg, device)
+    emotion_frames = _emotion_frames(args, avatar, ds, ids, resolution, bg, device)
     if emotion_frames is not None:
         from emotalker.core.evaluation.emotion import evaluate_emotion
 
-        scores = evaluate_emotion(model, emotion, emotion_frames, idx)
+        scores = evaluate_emotion(avatar, emotion_frames, idx)
     else:
-        scores = evaluate(model, frames, idx)
+        scores = evaluate(avatar.stage1, frames, idx)
     metrics = {"split": args.split, "resolution": [frames.width, frames.height], "driver": args.driver,
-               "stage2": emotion is not None, **scores}
+               "stage2": avatar.uses_emotion, **scores}
     if args.json:
         write_json(args.json, metrics)
     print(json.dumps(metrics, indent=2))

@@ -125,22 +125,22 @@ def bake(params: BakeParams, ctx) -> dict:
                      progress_sink=ctx.progress).to_dict()
 
 
-def _evaluator(bundle: AvatarBundle, use_emotion: bool):
-    """The avatar's evaluator, loaded once per worker while its files are unchanged.
+def _avatar(bundle: AvatarBundle, use_emotion: bool):
+    """The avatar (core.models.avatar.Avatar), loaded once per worker while its files are unchanged.
 
     Viewport playback and animation renders ask for one frame at a time; loading
     the bundle each time would cost seconds a frame.
     """
     stamps = tuple(p.stat().st_mtime_ns for p in (bundle.flame_path, *(bundle.stage_path(s) for s in STAGES))
                    if p.exists())
-    return _cached_evaluator(str(bundle.root.resolve()), use_emotion, stamps)
+    return _cached_avatar(str(bundle.root.resolve()), use_emotion, stamps)
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_evaluator(root: str, use_emotion: bool, stamps: tuple):
-    from emotalker.bake.engine import AvatarEvaluator
+def _cached_avatar(root: str, use_emotion: bool, stamps: tuple):
+    from emotalker.core.models.avatar import Avatar
 
-    return AvatarEvaluator.open(AvatarBundle.open(root), use_emotion=use_emotion)
+    return Avatar.open(AvatarBundle.open(root), use_emotion=use_emotion)
 
 
 def render_frame(params: RenderFrameParams, ctx) -> dict:
@@ -151,16 +151,17 @@ def render_frame(params: RenderFrameParams, ctx) -> dict:
     """
     import torch
 
+    from emotalker.bake.engine import FlameCurves, FrameProducer
+    from emotalker.core.models.avatar import render_avatar
     from emotalker.core.render.camera import Camera
-    from emotalker.bake.engine import FlameCurves, FrameProducer, audio_rows, camera_code
 
     camera = Camera.from_dict({"format": "emotalker-camera/1", "viewmat": params.viewmat, "K": params.K,
                                "width": params.width, "height": params.height}, source="render_frame camera")
     bundle = AvatarBundle.open(params.avatar)
-    evaluator = _evaluator(bundle, not params.no_emotion)
+    avatar = _avatar(bundle, not params.no_emotion)
     frame = params.frame
     if params.curves:
-        curves = FlameCurves.load(params.curves, evaluator.stage1.flame_model.n_expr)
+        curves = FlameCurves.load(params.curves, avatar.stage1.flame_model.n_expr)
         if not curves.frame_start <= frame <= curves.frame_end:
             raise InputError(params.curves, f"frame {frame} is outside the curves' frames "
                                             f"{curves.frame_start}..{curves.frame_end}")
@@ -171,28 +172,26 @@ def render_frame(params: RenderFrameParams, ctx) -> dict:
                                                                     "emotion_weights", "intensity")),
                              fps=curves.fps, frame_start=frame)
     else:
-        n = evaluator.stage1.flame_model.n_expr
+        n = avatar.stage1.flame_model.n_expr
         z = lambda *s: np.zeros(s, np.float32)  # noqa: E731
         emotion = one_hot([NEUTRAL])
         intensity, blink = z(1), z(1)
         curves = FlameCurves(z(1, n), z(1, 3), z(1, 3), z(1, 6), z(1, 2), emotion, intensity, 25.0, frame)
     stage2 = {}
-    if evaluator.uses_emotion:
+    if avatar.uses_emotion:
         if not params.audio:
             raise InputError(bundle.stage_path("emotion"), "render_frame needs the clip's 'audio' for this avatar's "
                                                            "Stage 2 (or pass no_emotion)")
+        from emotalker.core.audio.features import frame_audio_windows
         from emotalker.core.audio.waveform import load_audio
+        from emotalker.core.models.emotion_deformer import camera_code
 
-        stage2 = {"audio": audio_rows(load_audio(params.audio), curves.fps, evaluator.audio_features, np.array([frame])),
+        stage2 = {"audio": frame_audio_windows(load_audio(params.audio), avatar.audio_features, curves.fps,
+                                               np.array([frame - 1]), hold_ends=True),
                   "camera": camera_code(camera.viewmat)}
-    gaussians = FrameProducer(evaluator, curves, emotion, intensity, blink, chunk=1, **stage2)(frame)
-    quats, scales, opacities, sh = gaussians.activated()
-    t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
-    from emotalker.core.render import rasterize
-
+    gaussians = FrameProducer(avatar, curves, emotion, intensity, blink, chunk=1, **stage2)(frame)
     with torch.inference_mode():
-        out = rasterize(gaussians.means, quats, scales, opacities, sh, t(camera.viewmat)[None], t(camera.K)[None],
-                        camera.width, camera.height, sh_degree=gaussians.sh_degree)
+        out = render_avatar(gaussians, camera)
     rgb, alpha = out.rgb[0].numpy(), out.alpha[0].numpy()
     straight = np.where(alpha > 1e-6, rgb / np.maximum(alpha, 1e-6), 0.0)
     rgba = np.concatenate([np.clip(straight, 0, 1), alpha], -1).astype(np.float32)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emotalker.core.audio.waveform import SAMPLE_RATE
+from emotalker.core.audio.waveform import SAMPLE_RATE, duration_frames
 from emotalker.core.base.errors import InputError
 
 FEATURE_KINDS = ("logmel", "speech")
@@ -233,3 +233,19 @@ def frame_windows(seq, sub: int, context: int):
         return win.reshape(*seq.shape[:-2], T, W * seq.shape[-1])
     win = seq.unfold(-2, W, sub)[..., :T, :, :]  # [..., T, D, W]
     return win.transpose(-1, -2).reshape(*seq.shape[:-2], T, W * seq.shape[-1])
+
+
+def frame_audio_windows(samples: np.ndarray, features: FeatureConfig, fps: float, frames: np.ndarray,
+                        hold_ends: bool = False) -> np.ndarray:
+    """Stage 2's audio input: the feature window of each video frame -> [len(frames), (2C+1) * sub * D] float32.
+
+    samples [S] at 16 kHz; frames: frame indices at `fps`, frame 0 starting at audio time 0.
+    A frame's window does not depend on which other frames are asked for. Frames past the end of
+    the audio read the silence it is padded with, or with `hold_ends` (the bake's timeline, which
+    may reach past the sound) the window of the nearest frame the audio covers.
+    """
+    frames = np.asarray(frames, dtype=np.int64)
+    if hold_ends:
+        frames = np.clip(frames, 0, duration_frames(len(samples), fps) - 1)
+    seq = AudioFeaturizer(features)(samples, fps, int(frames.max()) + 1)
+    return np.ascontiguousarray(frame_windows(seq, features.sub, features.context)[frames], np.float32)

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from emotalker.core.audio.features import AudioFeaturizer, FeatureConfig, frame_windows
-from emotalker.core.models.emotion_deformer import EmotionInputs, camera_code
+from emotalker.core.audio.features import FeatureConfig, frame_audio_windows
+from emotalker.core.models.avatar import FrameConditions
+from emotalker.core.models.emotion_deformer import camera_code
 from emotalker.core.rig.flame import FlameParams
 from emotalker.core.datasets.frames import Frame, FrameSet
 
@@ -30,12 +31,6 @@ class ClipConditions:
     intensity: float
 
 
-def audio_windows(samples: np.ndarray, fps: float, n_frames: int, features: FeatureConfig) -> np.ndarray:
-    """16 kHz samples [S] -> one feature window a frame [n_frames, (2C+1) * sub * D] (float32)."""
-    seq = AudioFeaturizer(features)(samples, fps, n_frames)
-    return np.ascontiguousarray(frame_windows(seq, features.sub, features.context), np.float32)
-
-
 def clip_conditions(dataset, clip_id: str, features: FeatureConfig) -> ClipConditions:
     """The conditions of one dataset clip (audio features computed from its audio.wav)."""
     from emotalker.core.audio.waveform import load_audio
@@ -43,7 +38,7 @@ def clip_conditions(dataset, clip_id: str, features: FeatureConfig) -> ClipCondi
 
     info = dataset.clip(clip_id)
     T = dataset.n_frames(clip_id)
-    audio = audio_windows(load_audio(dataset.audio_path(clip_id)), dataset.fps, T, features)
+    audio = frame_audio_windows(load_audio(dataset.audio_path(clip_id)), features, dataset.fps, np.arange(T))
     return ClipConditions(audio, dataset.tracking(clip_id).blink.astype(np.float32), one_hot(info.emotion),
                           float(info.intensity))
 
@@ -71,7 +66,7 @@ def a2e_params(a2e_model, dataset, clip_id: str, device="cpu") -> FlameParams:
 
 
 class EmotionFrames:
-    """Frames of some clips with their Stage 2 conditions. `len`, `get(i) -> (Frame, EmotionInputs)`.
+    """Frames of some clips with their Stage 2 conditions. `len`, `get(i) -> (Frame, FrameConditions of 1 frame)`.
 
     params_override: clip id -> FlameParams [T, ...] replacing the tracking's (A2E-driven evaluation).
     """
@@ -103,7 +98,7 @@ class EmotionFrames:
     def refs(self) -> list[tuple[str, int]]:
         return self.frames.refs
 
-    def get(self, i: int) -> tuple[Frame, EmotionInputs]:
+    def get(self, i: int) -> tuple[Frame, FrameConditions]:
         frame = self.frames.get(i)
         clip_id, t = frame.clip_id, frame.t
         if clip_id in self.params_override:
@@ -111,9 +106,11 @@ class EmotionFrames:
             frame.params = FlameParams(**{k: (None if v is None else v[t: t + 1].to(frame.image.device))
                                           for k, v in vars(p).items()})
         c = self.conditions[clip_id]
-        inputs = EmotionInputs(weights=torch.from_numpy(c.weights), intensity=c.intensity, blink=float(c.blink[t]),
-                               audio=torch.from_numpy(c.audio[t]), camera=camera_code(frame.viewmat[0]))
-        return frame, inputs
+        # float64 intensity: the clip's value exactly, as Stage 2 reads it (a Python float).
+        conditions = FrameConditions(frame.params, torch.from_numpy(c.weights)[None],
+                                     torch.tensor([c.intensity], dtype=torch.float64), torch.from_numpy(c.blink[t: t + 1]),
+                                     torch.from_numpy(c.audio[t: t + 1]), camera_code(frame.viewmat[0])[None])
+        return frame, conditions
 
     def all_audio(self) -> np.ndarray:
         """Every frame's audio window stacked [sum T, Da] (for normalisation)."""
@@ -121,5 +118,5 @@ class EmotionFrames:
 
     def mean_camera(self) -> torch.Tensor:
         """Mean camera code [3] over every frame."""
-        codes = [camera_code(torch.as_tensor(self.dataset.tracking(c).viewmat, dtype=torch.float32)) for c in self.conditions]
+        codes = [camera_code(self.dataset.tracking(c).viewmat) for c in self.conditions]
         return torch.cat(codes).mean(0)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from emotalker.core.render.camera import Camera
 from emotalker.core.rig.flame import FlameParams
 
 
@@ -29,6 +30,11 @@ class Frame:
     params: FlameParams
     K: torch.Tensor
     viewmat: torch.Tensor
+
+    @property
+    def camera(self) -> Camera:
+        """The frame's camera at the image's size (its tensors, on their device)."""
+        return Camera(self.viewmat[0], self.K[0], int(self.image.shape[1]), int(self.image.shape[0]))
 
 
 def working_size(width: int, height: int, resolution: int | None) -> tuple[int, int]:

@@ -4,37 +4,29 @@ from __future__ import annotations
 
 import torch
 
-from emotalker.core.models.emotion_deformer import EmotionDeformer, frame_gaussians
+from emotalker.core.models.avatar import Avatar, render_avatar
 from emotalker.core.datasets.emotion_frames import EmotionFrames
-from emotalker.core.evaluation.neutral import render_gaussians
-from emotalker.core.evaluation.metrics import image_metrics
+from emotalker.core.evaluation.metrics import mean_metrics
 
 
 @torch.no_grad()
-def render_emotion_frame(stage1, emotion: EmotionDeformer | None, frames: EmotionFrames, i: int, backend: str = "auto"):
-    """(frame, rgb [H,W,3], alpha [H,W,1]) of frame i; emotion None renders Stage 1 alone."""
-    frame, inputs = frames.get(i)
-    g = frame_gaussians(stage1, emotion, frame.params, inputs)
-    out = render_gaussians(g, frame, frames.width, frames.height, frames.background, backend)
+def render_emotion_frame(avatar: Avatar, frames: EmotionFrames, i: int, backend: str = "auto"):
+    """(frame, rgb [H,W,3], alpha [H,W,1]) of frame i (Stage 1 alone for an avatar without Stage 2).
+
+    The differentiable path under no_grad: this also runs on models still being trained.
+    """
+    frame, conditions = frames.get(i)
+    g = avatar.evaluate_differentiable(conditions).unbind()[0]
+    out = render_avatar(g, frame.camera, frames.background, backend)
     return frame, out.rgb[0].clamp(0, 1), out.alpha[0]
 
 
 @torch.no_grad()
-def evaluate_emotion(stage1, emotion: EmotionDeformer | None, frames: EmotionFrames, indices=None,
-                     backend: str = "auto") -> dict[str, float]:
+def evaluate_emotion(avatar: Avatar, frames: EmotionFrames, indices=None, backend: str = "auto") -> dict[str, float]:
     """Mean psnr/ssim/l1 over frames on the whole image and (`head_*`) inside the union of the
-    ground-truth mask and the rendered alpha; emotion None: Stage 1 alone (`--no-emotion`)."""
+    ground-truth mask and the rendered alpha; an avatar without Stage 2: Stage 1 alone (`--no-emotion`)."""
     indices = range(len(frames)) if indices is None else indices
-    sums: dict[str, float] = {}
-    n = 0
-    for i in indices:
-        frame, rgb, alpha = render_emotion_frame(stage1, emotion, frames, i, backend)
-        head = (frame.mask[..., 0] > 0.5) | (alpha[..., 0] > 0.5)
-        for prefix, mask in (("", None), ("head_", head)):
-            for k, v in image_metrics(rgb, frame.image, mask).items():
-                sums[prefix + k] = sums.get(prefix + k, 0.0) + v
-        n += 1
-    return {k: v / max(n, 1) for k, v in sums.items()} | {"frames": n}
+    return mean_metrics(render_emotion_frame(avatar, frames, i, backend) for i in indices)
 
 
 def clip_groups(dataset, split: str = "test") -> dict[str, list[str]]:

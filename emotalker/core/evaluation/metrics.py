@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
+
+from emotalker.core.datasets.frames import Frame
 
 
 def _weights(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
@@ -68,3 +71,20 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = N
 def image_metrics(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, float]:
     """{"psnr", "ssim", "l1"} over the pixels of `mask`."""
     return {"psnr": psnr(pred, target, mask), "ssim": ssim(pred, target, mask), "l1": l1(pred, target, mask)}
+
+
+def mean_metrics(rendered: Iterable[tuple[Frame, torch.Tensor, torch.Tensor]],
+                 regions: Callable[[Frame], dict[str, torch.Tensor | None]] | None = None) -> dict[str, float]:
+    """Mean image_metrics over rendered frames, each (frame, rgb [H,W,3], alpha [H,W,1]): on the whole
+    image, `head_*` inside the union of the ground-truth mask and the rendered alpha, and `<prefix>*`
+    inside each mask of `regions(frame)` ({prefix: mask}; None: the whole image). Adds "frames"."""
+    sums: dict[str, float] = {}
+    n = 0
+    for frame, rgb, alpha in rendered:
+        head = (frame.mask[..., 0] > 0.5) | (alpha[..., 0] > 0.5)
+        parts = {"": None, "head_": head, **(regions(frame) if regions else {})}
+        for prefix, mask in parts.items():
+            for k, v in image_metrics(rgb, frame.image, mask).items():
+                sums[prefix + k] = sums.get(prefix + k, 0.0) + v
+        n += 1
+    return {k: v / max(n, 1) for k, v in sums.items()} | {"frames": n}

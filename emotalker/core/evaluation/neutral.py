@@ -5,21 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from emotalker.core.models.avatar import render_avatar
 from emotalker.core.models.blendshapes import GaussianBlendshapes, JAW_JOINT
 from emotalker.core.datasets.frames import Frame, FrameSet
-from emotalker.core.render.gaussians import Gaussians
-from emotalker.core.evaluation.metrics import image_metrics
+from emotalker.core.evaluation.metrics import mean_metrics
 
 MOUTH_REGIONS = ("lips", "mouth_interior", "teeth")
-
-
-def render_gaussians(g: Gaussians, frame: Frame, width: int, height: int, background: torch.Tensor, backend: str = "auto"):
-    """Render one frame's Gaussians from its camera -> RenderOutput (rgb [1,H,W,3], alpha, means2d, radii)."""
-    from emotalker.core.render import rasterize
-
-    quats, scales, opacities, sh = g.activated()
-    return rasterize(g.means, quats, scales, opacities, sh, frame.viewmat, frame.K, width, height,
-                     sh_degree=g.sh_degree, backgrounds=background[None], backend=backend)
 
 
 def mouth_vertices(model: GaussianBlendshapes) -> np.ndarray:
@@ -53,28 +44,23 @@ def mouth_box(model: GaussianBlendshapes, frame: Frame, width: int, height: int,
 
 
 @torch.no_grad()
-def render_frame(model: GaussianBlendshapes, frames: FrameSet, i: int, backend: str = "auto") -> tuple[Frame, torch.Tensor, torch.Tensor]:
-    """(frame, rendered rgb [H,W,3], alpha [H,W,1]) for frame i of `frames`."""
+def render_neutral_frame(model: GaussianBlendshapes, frames: FrameSet, i: int,
+                         backend: str = "auto") -> tuple[Frame, torch.Tensor, torch.Tensor]:
+    """(frame, rendered rgb [H,W,3], alpha [H,W,1]) of Stage 1 alone for frame i of `frames`."""
     frame = frames.get(i)
     g = model(frame.params)[0]
-    out = render_gaussians(g, frame, frames.width, frames.height, frames.background, backend)
+    out = render_avatar(g, frame.camera, frames.background, backend)
     return frame, out.rgb[0].clamp(0, 1), out.alpha[0]
 
 
 @torch.no_grad()
 def evaluate(model: GaussianBlendshapes, frames: FrameSet, indices=None, backend: str = "auto") -> dict[str, float]:
-    """Mean metrics over frames: psnr/ssim/l1 on the whole image, `head_*` inside the union of the
-    ground-truth mask and the rendered alpha, `mouth_*` inside the projected mouth box."""
+    """Mean metrics over frames (metrics.mean_metrics): psnr/ssim/l1 on the whole image, `head_*` and
+    `mouth_*` inside the projected mouth box."""
     indices = range(len(frames)) if indices is None else indices
-    sums: dict[str, float] = {}
-    n = 0
-    for i in indices:
-        frame, rgb, alpha = render_frame(model, frames, i, backend)
-        head = (frame.mask[..., 0] > 0.5) | (alpha[..., 0] > 0.5)
-        mouth = mouth_box(model, frame, frames.width, frames.height)
-        parts = {"": None, "head_": head, "mouth_": mouth if mouth.any() else None}
-        for prefix, mask in parts.items():
-            for k, v in image_metrics(rgb, frame.image, mask).items():
-                sums[prefix + k] = sums.get(prefix + k, 0.0) + v
-        n += 1
-    return {k: v / max(n, 1) for k, v in sums.items()} | {"frames": n}
+
+    def mouth(frame: Frame) -> dict[str, torch.Tensor | None]:
+        box = mouth_box(model, frame, frames.width, frames.height)
+        return {"mouth_": box if box.any() else None}
+
+    return mean_metrics((render_neutral_frame(model, frames, i, backend) for i in indices), mouth)

@@ -243,7 +243,7 @@ def lip_indices(flame_model, path=None) -> np.ndarray:
                      "add the lip vertex indices to flame_model.npz as `region.lips`")
 
 
-def load_from_bundle(avatar, device="cpu") -> tuple[A2EModel, dict]:
+def load_a2e(avatar, device="cpu") -> tuple[A2EModel, dict]:
     """The A2E model of an avatar bundle (folder or AvatarBundle) and its metadata (fps, metrics, ...)."""
     from emotalker.core.models.bundle import AvatarBundle
 

@@ -557,15 +557,12 @@ class FrameBatch:
         for a, b in zip(self.fields(), other.fields()):
             a[:, start: start + b.shape[1]] = b
 
+    @classmethod
+    def stack(cls, frames: list[Gaussians]) -> "FrameBatch":
+        """B frames' Gaussians (same count and SH degree) as one batch."""
+        return cls(*(torch.stack(parts) for parts in zip(*((g.means, g.quats, g.log_scales, g.opacity_logits, g.sh)
+                                                          for g in frames))))
+
     def unbind(self) -> list[Gaussians]:
         return [Gaussians(self.means[b], self.quats[b], self.log_scales[b], self.opacity_logits[b], self.sh[b])
                 for b in range(self.means.shape[0])]
-
-
-def load_neutral(avatar_dir: str | os.PathLike, device="cpu") -> GaussianBlendshapes:
-    """The Stage 1 model of an avatar bundle (its rig from the bundle's flame_model.npz)."""
-    from emotalker.core.models.bundle import AvatarBundle
-
-    bundle = AvatarBundle.open(avatar_dir)
-    path = bundle.require_stage("neutral")
-    return GaussianBlendshapes.load(path, FlameModel.load(bundle.flame_path), device)

@@ -138,8 +138,10 @@ def blink_encoding(blink: torch.Tensor, n_freqs: int) -> torch.Tensor:
     return torch.cat([b, torch.sin(b * freqs), torch.cos(b * freqs)], -1)
 
 
-def camera_code(viewmat: torch.Tensor) -> torch.Tensor:
-    """World-to-camera viewmat [..., 4, 4] -> unit direction [..., 3] from the FLAME origin to the camera."""
+def camera_code(viewmat: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Stage 2's camera code: world-to-camera viewmat [..., 4, 4] (numpy or torch) -> the unit direction
+    [..., 3] (float32 torch, on the viewmat's device) from the FLAME origin to the camera."""
+    viewmat = torch.as_tensor(viewmat, dtype=torch.float32)
     R, t = viewmat[..., :3, :3], viewmat[..., :3, 3]
     centre = -(R.transpose(-1, -2) @ t[..., None])[..., 0]
     return F.normalize(centre, dim=-1)
@@ -403,27 +405,3 @@ def apply_offsets_in_place(batch, b: int, offsets: torch.Tensor) -> None:
     g = apply_offsets(Gaussians(batch.means[b], *frame), offsets)
     for old, new in zip(frame, (g.quats, g.log_scales, g.opacity_logits, g.sh)):
         old.copy_(new)
-
-
-def frame_gaussians(stage1, emotion: EmotionDeformer | None, params: FlameParams, inputs: EmotionInputs | None = None,
-                    sh_degree: int | None = None) -> Gaussians:
-    """The final Gaussians of one frame: Stage 1 posed by `params` (batch of 1) plus Stage 2's offsets.
-
-    emotion None or inputs None (`--no-emotion`): Stage 1 alone. This is the function the bake
-    engine calls per frame.
-    """
-    g = stage1(params, sh_degree)[0]
-    if emotion is None or inputs is None or check_intensity(inputs.intensity) == 0.0:
-        return g
-    dM = mesh_cue(stage1, params)[0]
-    return apply_offsets(g, emotion.offsets(dM, inputs))
-
-
-def load_from_bundle(avatar, device="cpu") -> tuple[EmotionDeformer, dict] | None:
-    """The bundle's Stage 2 model and metadata, or None for a bundle trained only to Stage 1 / A2E."""
-    from emotalker.core.models.bundle import AvatarBundle
-
-    bundle = avatar if isinstance(avatar, AvatarBundle) else AvatarBundle.open(avatar)
-    if not bundle.has_stage("emotion"):
-        return None
-    return EmotionDeformer.load(bundle.stage_path("emotion"), device=device)

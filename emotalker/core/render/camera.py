@@ -16,21 +16,28 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from emotalker.core.base.errors import InputError
 from emotalker.core.base.fileio import read_json
 
+if TYPE_CHECKING:
+    import torch
+
 FORMAT = "emotalker-camera/1"
 
 
 @dataclass(frozen=True)
 class Camera:
-    """A pinhole camera: viewmat [4,4] world-to-camera (OpenCV axes), K [3,3], image width x height."""
+    """A pinhole camera: viewmat [4,4] world-to-camera (OpenCV axes), K [3,3], image width x height.
 
-    viewmat: np.ndarray
-    K: np.ndarray
+    numpy arrays, or torch tensors for a dataset frame's camera (training keeps them on its device).
+    """
+
+    viewmat: np.ndarray | torch.Tensor
+    K: np.ndarray | torch.Tensor
     width: int
     height: int
 

@@ -33,11 +33,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from emotalker.core.models.avatar import Avatar, render_avatar
 from emotalker.core.models.bundle import AvatarBundle
-from emotalker.core.models.emotion_deformer import EmotionConfig, EmotionDeformer, INTENSITY_TEXTS, apply_offsets, mesh_cue
+from emotalker.core.models.emotion_deformer import EmotionConfig, EmotionDeformer, INTENSITY_TEXTS
 from emotalker.core.datasets.emotion_frames import EmotionFrames
 from emotalker.core.base.errors import InputError
-from emotalker.core.evaluation.neutral import render_gaussians
 from emotalker.core.base.fileio import load_tensors, save_tensors
 from emotalker.core.training.losses import dssim, l1
 
@@ -75,13 +75,6 @@ def lr_at(step: int, steps: int, lr: float, lr_final: float) -> float:
     """Exponential decay from lr (step 0) to lr_final (the last step)."""
     t = min(max(step / max(steps, 1), 0.0), 1.0)
     return math.exp((1 - t) * math.log(lr) + t * math.log(lr_final))
-
-
-def load_stage1(bundle: AvatarBundle, device="cpu"):
-    """The bundle's Stage 1 model (GaussianBlendshapes) on its own rig."""
-    from emotalker.core.models.blendshapes import load_neutral
-
-    return load_neutral(bundle.root, device)
 
 
 def feature_config(bundle: AvatarBundle):
@@ -126,6 +119,7 @@ class EmotionTrainer:
     def __init__(self, stage1, deformer: EmotionDeformer, frames: EmotionFrames, cfg: TrainEmotionConfig, device="cpu"):
         self.stage1 = stage1.to(device)
         self.deformer = deformer.to(device)
+        self.avatar = Avatar(self.stage1, self.deformer)
         self.frames = frames
         self.cfg = cfg
         self.device = torch.device(device)
@@ -158,14 +152,9 @@ class EmotionTrainer:
         for g in self.opt.param_groups:
             g["lr"] = g["base_lr"] * decay
         i = int(torch.randint(len(self.frames), (1,), generator=self.generator))
-        frame, inputs = self.frames.get(i)
-        tune = cfg.neutral_lr_scale > 0
-        with torch.set_grad_enabled(tune):
-            g1 = self.stage1(frame.params)[0]
-            dM = mesh_cue(self.stage1, frame.params)[0].detach()
-        offsets = self.deformer.offsets(dM, inputs)
-        g = apply_offsets(g1, offsets)
-        out = render_gaussians(g, frame, self.frames.width, self.frames.height, self.frames.background, cfg.backend)
+        frame, conditions = self.frames.get(i)
+        g = self.avatar.evaluate_differentiable(conditions).unbind()[0]
+        out = render_avatar(g, frame.camera, self.frames.background, cfg.backend)
         rgb, alpha = out.rgb[0], out.alpha[0]
         loss = cfg.lambda_rgb * l1(rgb, frame.image) + cfg.lambda_dssim * dssim(rgb, frame.image)
         loss = loss + cfg.lambda_alpha * ((alpha - frame.mask) ** 2).mean()
@@ -250,7 +239,7 @@ def train_emotion(dataset_root: str | os.PathLike, avatar_root: str | os.PathLik
     started = time.monotonic()
     dataset = Dataset.open(dataset_root)
     bundle = AvatarBundle.open(avatar_root)
-    stage1 = load_stage1(bundle, dev).eval()
+    stage1 = Avatar.open(bundle, dev, use_emotion=False).stage1
     features = feature_config(bundle)
     train_ids = [c.id for c in dataset.split("train")]
     if not train_ids:
@@ -269,8 +258,8 @@ def train_emotion(dataset_root: str | os.PathLike, avatar_root: str | os.PathLik
     metrics: dict = {}
     if test_ids:
         test = EmotionFrames(dataset, test_ids, features, cfg.resolution, cfg.background, dev, stride=cfg.eval_stride)
-        metrics = {"split": "test", "stage2": evaluate_emotion(trainer.stage1, trainer.deformer, test, backend=cfg.backend),
-                   "stage1_only": evaluate_emotion(trainer.stage1, None, test, backend=cfg.backend)}
+        metrics = {"split": "test", "stage2": evaluate_emotion(trainer.avatar, test, backend=cfg.backend),
+                   "stage1_only": evaluate_emotion(Avatar(trainer.stage1), test, backend=cfg.backend)}
     minutes = (time.monotonic() - started) / 60
     extra = {"dataset": str(dataset.root), "steps": cfg.steps, "train": asdict(cfg), "metrics": metrics}
     trainer.deformer.cpu().save(bundle.stage_path("emotion"), extra)

@@ -22,7 +22,7 @@ from emotalker.core.models.blendshapes import GAUSSIAN_PARAMS, BlendshapeConfig,
 
 DELTA_PARAMS = ("d_means", "d_quats", "d_log_scales", "d_opacity", "d_sh")
 from emotalker.core.base.errors import InputError
-from emotalker.core.evaluation.neutral import render_gaussians
+from emotalker.core.models.avatar import render_avatar
 from emotalker.core.datasets.frames import FrameSet
 from emotalker.core.training.losses import dssim, l1
 from emotalker.core.base.quaternion import quat_to_matrix
@@ -162,7 +162,7 @@ class NeutralTrainer:
         i = int(torch.randint(len(self.frames), (1,), generator=self.generator))
         frame = self.frames.get(i)
         g = model(frame.params)[0]
-        out = render_gaussians(g, frame, self.frames.width, self.frames.height, self.frames.background, cfg.backend)
+        out = render_avatar(g, frame.camera, self.frames.background, cfg.backend)
         out.means2d.retain_grad()
         rgb, alpha = out.rgb[0], out.alpha[0]
         loss_rgb = l1(rgb, frame.image)
