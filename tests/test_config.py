@@ -258,7 +258,6 @@ def get_path(cfg, path):
 
 @pytest.mark.parametrize("stage", ["neutral", "a2e", "emotion", "all"])
 def test_every_train_option_sets_its_field_and_nothing_else(stage):
-    from emotalker.cli.options import option_names
     from emotalker.cli.train import stage_options
 
     cls, options = stage_options(stage)

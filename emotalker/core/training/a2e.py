@@ -38,6 +38,7 @@ from emotalker.core.base.config import to_dict
 from emotalker.core.base.errors import InputError
 from emotalker.core.base.fileio import load_tensors, save_tensors
 from emotalker.core.base.progress import Progress
+from emotalker.core.training.resume import checkpoint_to_resume, resumed
 
 @dataclass(frozen=True)
 class TrainA2EConfig:
@@ -223,8 +224,10 @@ def train_a2e(dataset: str | os.PathLike, avatar_dir: str | os.PathLike, config:
     fit_normalisation(model, train_clips)
     model.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
-    found = bundle.checkpoints("a2e") if resume else []
-    start = _load_checkpoint(found[0], model, opt, cfg) if found else 0
+    start, path = 0, checkpoint_to_resume(bundle, "a2e", resume, progress)
+    if path is not None:
+        start = _load_checkpoint(path, model, opt, cfg)
+        resumed(progress, path, start)
     _fit(model, opt, train_clips, lips, cfg, start, bundle.checkpoint_path("a2e"), dev, progress)
 
     model.eval()

@@ -31,7 +31,6 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from emotalker.core.models.bundle import AvatarBundle
@@ -274,7 +273,8 @@ def train_emotion(dataset: str | os.PathLike, avatar_dir: str | os.PathLike,
     """Train Stage 2 on the dataset's train clips into the bundle at `avatar_dir` (which must hold
     Stage 1); `resume` continues from the bundle's checkpoint. Returns the metrics."""
     from emotalker.core.base.device import resolve_device
-    from emotalker.core.base.progress import Progress, note
+    from emotalker.core.base.progress import Progress
+    from emotalker.core.training.resume import checkpoint_to_resume, resumed
     from emotalker.core.datasets.dataset import Dataset
     from emotalker.core.evaluation.emotion import evaluate_emotion
 
@@ -292,10 +292,10 @@ def train_emotion(dataset: str | os.PathLike, avatar_dir: str | os.PathLike,
         raise InputError(ds.root, "dataset has no clips in the `train` split")
     frames = EmotionFrames(ds, train_ids, features, cfg.resolution, cfg.background, dev)
     trainer = EmotionTrainer(stage1, new_deformer(stage1, frames, cfg), frames, cfg, dev)
-    found = bundle.checkpoints("emotion") if resume else []
-    if found:
-        trainer.load_checkpoint(found[0])
-        note(progress, f"resuming from step {trainer.step} ({found[0]})")
+    path = checkpoint_to_resume(bundle, "emotion", resume, progress)
+    if path is not None:
+        trainer.load_checkpoint(path)
+        resumed(progress, path, trainer.step)
     trainer.deformer.train()
     with Progress("train emotion", cfg.steps, mode=progress, initial=trainer.step) as bar:
         trainer.run(bundle.checkpoint_path("emotion"), bar)

@@ -169,7 +169,7 @@ class NeutralTrainer:
     def __init__(self, model: GaussianBlendshapes, frames: FrameSet, cfg: TrainNeutralConfig, device="cpu"):
         self.model = model.to(device)
         self.frames = frames
-        self.cfg = cfg.resolved(device)
+        self.cfg = replace(cfg, model=model.config).resolved(device)  # the model's own, e.g. from a checkpoint
         self.device = torch.device(device)
         self.opt = build_optimizer(self.model, self.cfg)
         self.state = TrainState()
@@ -310,12 +310,12 @@ class NeutralTrainer:
                                        "start a new run (without --resume) to change it")
         model_t = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         model = GaussianBlendshapes.from_tensors(model_t, meta["model"], flame_model, path)
-        # The model's own config comes from its metadata; `model` in "train" is only a record
-        # (and absent from checkpoints written before it existed).
+        # The model's config comes from its own metadata; `model` in "train" is only a record
+        # (absent from checkpoints written before it existed).
         known = {f.name for f in fields(TrainNeutralConfig)} - {"model"}
         train_cfg = from_dict(TrainNeutralConfig, {k: v for k, v in saved.items() if k in known}, path)
-        train_cfg = replace(train_cfg, model=model.config, steps=cfg.steps, max_gaussians=cfg.max_gaussians,
-                            backend=cfg.backend, eval_frames=cfg.eval_frames)
+        train_cfg = replace(train_cfg, steps=cfg.steps, max_gaussians=cfg.max_gaussians, backend=cfg.backend,
+                            eval_frames=cfg.eval_frames)
         trainer = cls(model, frames, train_cfg, device)
         for group in trainer.opt.param_groups:
             name = group["name"]
@@ -411,15 +411,13 @@ def train_neutral(dataset: str | os.PathLike, avatar_dir: str | os.PathLike,
 def _trainer(bundle, flame_model, frames: FrameSet, cfg: TrainNeutralConfig, device, progress: str,
              resume: bool) -> NeutralTrainer:
     """The run continued from the bundle's checkpoint (`resume`, when there is one), else a new one."""
-    from emotalker.core.base.progress import note
+    from emotalker.core.training.resume import checkpoint_to_resume, resumed
 
-    found = bundle.checkpoints("neutral") if resume else []
-    if found:
-        trainer = NeutralTrainer.from_checkpoint(found[0], flame_model, frames, cfg, device)
-        note(progress, f"resuming from step {trainer.state.step} ({found[0]})")
+    path = checkpoint_to_resume(bundle, "neutral", resume, progress)
+    if path is not None:
+        trainer = NeutralTrainer.from_checkpoint(path, flame_model, frames, cfg, device)
+        resumed(progress, path, trainer.state.step)
         return trainer
-    if resume:
-        note(progress, f"no checkpoint at {bundle.checkpoint_path('neutral')}; starting a new run")
     if cfg.model.n_gaussians + 2 * cfg.model.n_teeth > cfg.max_gaussians:
         raise InputError(None, f"{cfg.model.n_gaussians} Gaussians plus the teeth exceed max_gaussians {cfg.max_gaussians}")
     return NeutralTrainer(GaussianBlendshapes.initialize(flame_model, cfg.model), frames, cfg, device)
