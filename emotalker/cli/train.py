@@ -2,7 +2,7 @@
 
 Every option but the dataset, the avatar folder, --device, --progress and --resume is
 generated from the stage's config dataclass (emotalker/cli/options.py), so defaults
-and help are the fields' own. STAGES names where a CLI name differs from its field's.
+and help are the fields' own. OPTIONS names where a CLI name differs from its field's.
 """
 
 from __future__ import annotations
@@ -11,22 +11,19 @@ import json
 
 from emotalker.cli.options import LazyOptionsParser, add_config_options, config_from_args, config_leaves
 
-# Per stage: the config class (module, name), the fields that are not options (set by
-# training from the rig, Stage 1 or the features), and {field path: CLI name}.
-STAGES = {
+# Per stage: the fields that are not options (training sets them from the rig, Stage 1 or
+# the features) and {field path: CLI name} where the name is not the field's.
+OPTIONS = {
     "neutral": {
-        "config": ("emotalker.core.training.neutral", "TrainNeutralConfig"),
         "skip": frozenset(),
         # One --seed seeds the run and the model's initial sampling.
         "names": {"model.n_gaussians": "gaussians", "model.seed": "seed", "seed": "seed"},
     },
     "a2e": {
-        "config": ("emotalker.core.training.a2e", "TrainA2EConfig"),
         "skip": frozenset({"model.n_expr", "model.feat_dim", "model.features", "features.sample_rate"}),
         "names": {"model.n_layers": "layers", "features.kind": "features", "features.model_dir": "speech-model"},
     },
     "emotion": {
-        "config": ("emotalker.core.training.emotion", "TrainEmotionConfig"),
         "skip": frozenset({"model.n_gaussians", "model.audio_dim", "model.features", "model.d_text"}),
         "names": {"model.n_layers": "layers", "model.use_null": "null-token", "neutral_lr_scale": "tune-neutral"},
     },
@@ -47,16 +44,17 @@ HELP = {
 
 
 def config_class(stage: str) -> type:
-    import importlib
+    """TrainAllConfig for `all`, else the class of its field `stage` (imported here: it imports torch)."""
+    from emotalker.core.base.config import field_types
+    from emotalker.core.training.pipeline import TrainAllConfig
 
-    module, name = STAGES[stage]["config"]
-    return getattr(importlib.import_module(module), name)
+    return TrainAllConfig if stage == "all" else field_types(TrainAllConfig)[stage]
 
 
 def all_options() -> dict:
     """`add_config_options` arguments of TrainAllConfig: each stage's fields under `<stage>.`, named as above."""
     skip, names = set(), {}
-    for stage, spec in STAGES.items():
+    for stage, spec in OPTIONS.items():
         skip |= {f"{stage}.{p}" for p in spec["skip"]}
         for leaf in config_leaves(config_class(stage), spec["skip"]):
             own = spec["names"].get(leaf.path, leaf.name.replace("_", "-"))
@@ -67,17 +65,13 @@ def all_options() -> dict:
 
 def stage_options(stage: str) -> tuple[type, dict]:
     """The config class and `add_config_options` arguments of a stage, or of `all`."""
-    if stage == "all":
-        from emotalker.core.training.pipeline import TrainAllConfig
-
-        return TrainAllConfig, all_options()
-    return config_class(stage), {"skip": STAGES[stage]["skip"], "names": STAGES[stage]["names"]}
+    return config_class(stage), all_options() if stage == "all" else dict(OPTIONS[stage])
 
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("train", help="train a stage of an avatar from a dataset")
     stages = p.add_subparsers(dest="stage", metavar="STAGE", required=True, parser_class=LazyOptionsParser)
-    for stage in (*STAGES, "all"):
+    for stage in (*OPTIONS, "all"):
         stages.add_parser(stage, help=HELP[stage], populate=lambda p, stage=stage: add_stage_options(p, stage))
 
 
@@ -98,18 +92,15 @@ def add_stage_options(p, stage: str) -> None:
 
 
 def run_train(args) -> None:
+    from emotalker.core.training.pipeline import STAGES, train_all
+
     cls, options = stage_options(args.stage)
     config = config_from_args(cls, args, **options)
     run = dict(device=args.device, progress=args.progress, resume=args.resume)
     if args.stage == "all":
-        from emotalker.core.training.pipeline import train_all
-
-        train_all(args.dataset, args.out, config, **run, on_stage=lambda stage, m: report(stage, m, args))
-        return
-    import importlib
-
-    train = getattr(importlib.import_module(STAGES[args.stage]["config"][0]), f"train_{args.stage}")
-    report(args.stage, train(args.dataset, args.out, config, **run), args)
+        train_all(args.dataset, args.out, config, **run, on_stage=lambda stage, metrics: report(stage, metrics, args))
+    else:
+        report(args.stage, dict(STAGES)[args.stage](args.dataset, args.out, config, **run), args)
 
 
 def report(stage: str, metrics: dict, args) -> None:
