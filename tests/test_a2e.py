@@ -250,6 +250,15 @@ def test_resume_continues_to_the_same_weights(tmp_path, monkeypatch):
         torch.testing.assert_close(x, y, msg=name)
 
 
+def test_speech_features_without_a_model_folder_are_one_clear_error(tmp_path, capsys):
+    from emotalker.cli.main import main
+
+    assert main(["train", "a2e", str(tmp_path / "ds"), "--avatar", str(tmp_path / "av"), "--features", "speech"]) == 2
+    err = capsys.readouterr().err
+    assert "--speech-model" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "av").exists()  # refused before anything was written
+
+
 def test_train_and_run_with_speech_features_from_a_local_model(tmp_path):
     """The wav2vec2 path end to end: a tiny random model saved locally, trained on for a few steps."""
     transformers = pytest.importorskip("transformers")

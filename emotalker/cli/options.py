@@ -15,6 +15,8 @@ A field is addressed by its dotted path, in `skip`, `names` and `defaults`.
 rest aliases), used as written (no `prefix`). Two fields may share one option
 only when both are listed in `names`: then one value sets both (a run's seed
 and its model's). Any other clash is a programming error (ValueError).
+
+`LazyOptionsParser` adds a subcommand's options only when that subcommand is used.
 """
 
 from __future__ import annotations
