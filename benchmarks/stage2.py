@@ -125,7 +125,7 @@ def quality(dataset_root: Path, avatar: Path, steps: int, stride: int, workdir: 
     for name, use_null in (("full", True), ("no_null", False)):
         copy = workdir / name
         shutil.copytree(avatar, copy, dirs_exist_ok=True)
-        metrics = train_emotion(dataset_root, copy, replace(cfg, use_null=use_null), device="cpu", progress="none")
+        metrics = train_emotion(dataset_root, copy, replace(cfg, model=replace(cfg.model, use_null=use_null)), device="cpu", progress="none")
         out["train_minutes" + ("" if use_null else "_no_null")] = metrics["train_minutes"]
         out["train_seconds_per_step" + ("" if use_null else "_no_null")] = metrics["train_seconds_per_step"]
         models[name] = Avatar.open(copy).stage2

@@ -165,7 +165,7 @@ def test_train_a2e_writes_the_bundle_and_learns(trained):
     ds, avatar = trained
     bundle = AvatarBundle.open(avatar)
     assert bundle.has_stage("a2e") and bundle.flame_path.is_file()
-    assert not (avatar / "a2e.ckpt.safetensors").exists()
+    assert not (avatar / "a2e.ckpt.safetensors").exists() and not bundle.checkpoint_path("a2e").exists()
     stage = bundle.manifest()["stages"]["a2e"]
     assert stage["fps"] == FPS and stage["features"] == "logmel" and stage["config"]["n_expr"] == 6
     m = stage["metrics"]
@@ -221,12 +221,13 @@ def test_a2e_command_errors_are_one_line(trained, tmp_path, capsys):
 
 
 def test_resume_continues_to_the_same_weights(tmp_path, monkeypatch):
-    from emotalker.core.training import a2e as ta
     from emotalker.core.base.progress import Progress
+    from emotalker.core.models.bundle import AvatarBundle
+    from emotalker.core.training.a2e import TrainA2EConfig, train_a2e
 
     ds = make_dataset(tmp_path / "ds", clips_per_emotion=2, T=30, images=True)
-    cfg = ta.TrainA2EConfig(steps=12, batch=2, window=16, checkpoint_every=5, model={**TINY, "d_model": 16})
-    ta.train_a2e(ds, tmp_path / "straight", cfg, device="cpu", progress="none")
+    cfg = TrainA2EConfig(steps=12, batch=2, window=16, checkpoint_every=5, model=A2EConfig(**{**TINY, "d_model": 16}))
+    train_a2e(ds, tmp_path / "straight", cfg, device="cpu", progress="none")
 
     real_update = Progress.update
 
@@ -237,14 +238,29 @@ def test_resume_continues_to_the_same_weights(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Progress, "update", interrupt_at_7)
     with pytest.raises(KeyboardInterrupt):
-        ta.train_a2e(ds, tmp_path / "resumed", cfg, device="cpu", progress="none")
-    assert (tmp_path / "resumed" / ta.CHECKPOINT).exists() and not (tmp_path / "resumed" / "a2e.safetensors").exists()
+        train_a2e(ds, tmp_path / "resumed", cfg, device="cpu", progress="none")
+    bundle = AvatarBundle(tmp_path / "resumed")
+    ckpt = bundle.checkpoint_path("a2e")
+    assert ckpt.exists() and not (tmp_path / "resumed" / "a2e.safetensors").exists()
+    # Bundles from before checkpoints/ hold an interrupted run's checkpoint at their root: resume reads it too.
+    legacy = tmp_path / "resumed" / "a2e.ckpt.safetensors"
+    ckpt.rename(legacy)
     monkeypatch.setattr(Progress, "update", real_update)
-    ta.train_a2e(ds, tmp_path / "resumed", cfg, device="cpu", progress="none", resume=True)
+    train_a2e(ds, tmp_path / "resumed", cfg, device="cpu", progress="none", resume=True)
+    assert not legacy.exists() and not ckpt.exists()
     a, _ = A2EModel.load(tmp_path / "straight" / "a2e.safetensors")
     b, _ = A2EModel.load(tmp_path / "resumed" / "a2e.safetensors")
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(x, y, msg=name)
+
+
+def test_speech_features_without_a_model_folder_are_one_clear_error(tmp_path, capsys):
+    from emotalker.cli.main import main
+
+    assert main(["train", "a2e", str(tmp_path / "ds"), "--avatar", str(tmp_path / "av"), "--features", "speech"]) == 2
+    err = capsys.readouterr().err
+    assert "--speech-model" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "av").exists()  # refused before anything was written
 
 
 def test_train_and_run_with_speech_features_from_a_local_model(tmp_path):

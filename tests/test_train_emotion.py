@@ -14,7 +14,8 @@ from emotalker.core.models.avatar import Avatar
 from emotalker.core.models.emotion_deformer import EmotionDeformer
 from emotalker.core.datasets.emotion_frames import EmotionFrames
 from emotalker.core.evaluation.emotion import clip_groups, evaluate_emotion
-from emotalker.core.training.emotion import EmotionTrainer, TrainEmotionConfig, feature_config, new_deformer
+from emotalker.core.training.emotion import (EmotionTrainer, TrainEmotionConfig, feature_config, new_deformer,
+                                             with_stage1_defaults)
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +26,10 @@ def data(tmp_path_factory):
 def trainer_for(dataset_root, avatar, cfg: TrainEmotionConfig, clips=None) -> EmotionTrainer:
     ds = Dataset.open(dataset_root)
     bundle = AvatarBundle.open(avatar)
+    cfg = with_stage1_defaults(cfg, bundle)
     stage1 = Avatar.open(bundle, use_emotion=False).stage1
     ids = clips or [c.id for c in ds.split("train")]
-    frames = EmotionFrames(ds, ids, feature_config(bundle), background=cfg.background)
+    frames = EmotionFrames(ds, ids, feature_config(bundle), cfg.resolution, cfg.background)
     return EmotionTrainer(stage1, new_deformer(stage1, frames, cfg), frames, cfg)
 
 
@@ -84,7 +86,7 @@ def test_train_emotion_command_writes_a_bundle_that_evaluates(data, tmp_path):
     assert model.cfg.use_null is False and meta["encoder"] == "table"
     groups = clip_groups(Dataset.open(dataset_root))
     assert groups["intensity3"] == ["happy_t"] and groups["heldout_intensity"] == ["happy_h"]
-    assert not (mine / "emotion.ckpt.safetensors").exists()
+    assert not (mine / "emotion.ckpt.safetensors").exists() and not bundle.checkpoint_path("emotion").exists()
 
     # `eval` with Stage 2, Stage 1 alone, and driven by A2E (an untrained one will do here).
     from emotalker.core.models.a2e import A2EConfig, A2EModel

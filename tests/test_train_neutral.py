@@ -10,6 +10,7 @@ from emotalker.core.models.blendshapes import GAUSSIAN_BUFFERS, GAUSSIAN_PARAMS
 from emotalker.core.datasets.dataset import Dataset
 from emotalker.core.evaluation.neutral import evaluate
 from emotalker.core.datasets.frames import FrameSet
+from emotalker.core.models.bundle import AvatarBundle
 from emotalker.core.training.neutral import NeutralTrainer, TrainNeutralConfig, new_model
 from stage1_data import write_teacher_dataset
 
@@ -25,7 +26,8 @@ def train_frames(ds, resolution=None):
 
 def small_trainer(ds, steps, **kw):
     model = new_model(ds.flame_model(), 300, n_teeth=30)
-    cfg = TrainNeutralConfig(steps=steps, max_gaussians=2000, checkpoint_every=kw.pop("checkpoint_every", 500), **kw)
+    kw = {"checkpoint_every": 500, "delta_every": 1, **kw}
+    cfg = TrainNeutralConfig(steps=steps, max_gaussians=2000, **kw)
     return NeutralTrainer(model, train_frames(ds), cfg)
 
 
@@ -111,6 +113,25 @@ def test_resume_after_a_kill_continues_from_the_checkpoint(dataset, tmp_path):
     assert abs(fa - fb) < 0.5
 
 
+def test_a_checkpoint_from_before_the_nested_config_still_resumes(dataset, tmp_path):
+    from emotalker.core.base.fileio import load_tensors, save_tensors
+
+    trainer = small_trainer(dataset, steps=3, delta_every=2)
+    trainer.run()
+    ckpt = tmp_path / "old.ckpt"
+    trainer.save_checkpoint(ckpt)
+    tensors, meta = load_tensors(ckpt)
+    assert meta["train"]["model"]["n_gaussians"] == 300
+    for new_field in ("model", "eval_frames"):  # what checkpoints written before them lack
+        del meta["train"][new_field]
+    save_tensors(ckpt, tensors, meta)
+    resumed = NeutralTrainer.from_checkpoint(ckpt, dataset.flame_model(), train_frames(dataset), TrainNeutralConfig(steps=5))
+    assert resumed.state.step == 3 and resumed.cfg.delta_every == 2 and resumed.cfg.steps == 5
+    assert resumed.cfg.model == trainer.model.config and resumed.model.n_gaussians == trainer.model.n_gaussians
+    resumed.run()
+    assert resumed.state.step == 5
+
+
 def test_cli_train_render_eval(dataset, tmp_path, capsys):
     out = tmp_path / "avatar"
     rc = main(["train", "neutral", str(dataset.root), "--out", str(out), "--steps", "30", "--resolution", "32",
@@ -122,6 +143,7 @@ def test_cli_train_render_eval(dataset, tmp_path, capsys):
     info = manifest["stages"]["neutral"]
     assert info["steps"] == 30 and info["resolution"] == [32, 32] and "test_psnr" in info["metrics"]
     assert (out / "flame_model.npz").is_file() and (out / "neutral.safetensors").is_file()
+    assert AvatarBundle.open(out).checkpoint_path("neutral").is_file()  # kept, to train further
     model = Avatar.open(out, use_emotion=False).stage1
     assert model.n_gaussians + model.n_teeth == info["n_gaussians"]
 

@@ -72,7 +72,7 @@ def train_neutral(dataset_root: Path, avatar: Path, work: Path) -> dict:
     test_ids = [c.id for c in dataset.split("test")]
     frames = FrameSet(dataset, train_ids, resolution=SAMPLE["resolution"])
     cfg = TrainNeutralConfig(steps=STEPS_NEUTRAL, resolution=SAMPLE["resolution"], max_gaussians=MAX_GAUSSIANS,
-                             checkpoint_every=100)
+                             checkpoint_every=100, delta_every=1)
     ckpt = work / "neutral.ckpt.safetensors"
     if ckpt.exists():
         trainer = NeutralTrainer.from_checkpoint(ckpt, flame, frames, cfg)

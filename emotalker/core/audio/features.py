@@ -20,25 +20,35 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
 from emotalker.core.audio.waveform import SAMPLE_RATE, duration_frames
 from emotalker.core.base.errors import InputError
 
-FEATURE_KINDS = ("logmel", "speech")
+FeatureKind = Literal["logmel", "speech"]
+FEATURE_KINDS = get_args(FeatureKind)
 
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    kind: str = "logmel"  # "logmel" | "speech"
+    kind: FeatureKind = "logmel"
+    """Audio features: log-mel, or wav2vec2/HuBERT read from `model_dir`."""
     n_mels: int = 80
+    """Log-mel bands."""
     win_ms: float = 25.0
+    """Log-mel window, milliseconds."""
     hop_ms: float = 10.0
-    sub: int = 4  # feature samples per video frame
-    context: int = 2  # video frames of context on each side
-    model_dir: str | None = None  # local wav2vec2/HuBERT folder, for kind="speech"
+    """Log-mel hop, milliseconds."""
+    sub: int = 4
+    """Feature samples per video frame."""
+    context: int = 2
+    """Video frames of audio context on each side of a frame."""
+    model_dir: str | None = None
+    """Local wav2vec2/HuBERT folder (save_pretrained layout), for kind "speech"."""
     sample_rate: int = SAMPLE_RATE
+    """Rate the audio is read at, Hz."""
 
     def to_dict(self) -> dict:
         return asdict(self)

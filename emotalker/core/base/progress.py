@@ -58,3 +58,9 @@ class Progress:
     def __exit__(self, *exc) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+def note(mode: str, text: str) -> None:
+    """A line for a person (a run resumed, a checkpoint missing), left out of JSON progress."""
+    if mode != "json":
+        print(text, flush=True)

@@ -47,17 +47,28 @@ FORMAT = "emotalker-a2e/1"
 
 @dataclass(frozen=True)
 class A2EConfig:
-    n_expr: int
+    n_expr: int = 0
+    """FLAME expression components predicted (training takes the rig's)."""
     feat_dim: int = 80
+    """Width of one audio feature sample (training takes the featurizer's)."""
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    """The audio features the model reads (training takes TrainA2EConfig.features)."""
     d_model: int = 128
+    """Transformer width."""
     n_heads: int = 4
+    """Attention heads."""
     n_layers: int = 2
+    """Transformer layers."""
     ffn: int = 256
-    past: int = 12  # frames each token attends to before itself
-    future: int = 3  # ... and after itself
+    """Hidden width of each layer's feed-forward block."""
+    past: int = 12
+    """Frames each token attends to before itself."""
+    future: int = 3
+    """Frames each token attends to after itself."""
     dropout: float = 0.1
-    squeeze: int = 24  # >0: first project each feature sample to this many values (shared weights); 0: off
+    """Dropout rate while training."""
+    squeeze: int = 24
+    """Above 0: first project each feature sample to this many values (shared weights); 0: off."""
 
     @property
     def n_out(self) -> int:

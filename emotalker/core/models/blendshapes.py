@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -59,28 +60,33 @@ TEETH_PARAMS = ("teeth_means", "teeth_quats", "teeth_log_scales", "teeth_opacity
 
 @dataclass
 class BlendshapeConfig:
-    """Sizes and initial values of a Gaussian blendshape avatar.
-
-    sh_degree: the highest SH degree (1 on CPU: degree 2 would multiply the
-      SH memory by 2.25 for little gain on a frontal talking head).
-    sh_delta_degree: SH bands that carry per-blendshape deltas. 0 (DC only)
-      keeps expression-dependent shading while saving 9 x K floats a Gaussian
-      (450 at K = 50), about 40% of the delta memory and optimiser time.
-    mask_falloff: a Gaussian's mask for blendshape k is min(1, d / (falloff *
-      max d)), d the displacement of its surface point under expression k.
-    """
+    """Sizes and initial values of a Gaussian blendshape avatar."""
 
     n_gaussians: int = 10000
+    """Face Gaussians sampled on the mesh at the start (densification adds more)."""
     n_blendshapes: int = 50
-    sh_degree: int = 1
+    """Blendshapes K (the rig's first K expression components)."""
+    sh_degree: Literal[0, 1, 2, 3] = 1
+    """Highest SH degree (1 on CPU: degree 2 would multiply the SH memory by 2.25 for little gain on a
+    frontal talking head)."""
     sh_delta_degree: int = 0
+    """SH bands that carry per-blendshape deltas. 0 (DC only) keeps expression-dependent shading while
+    saving 9 x K floats a Gaussian (450 at K = 50), about 40% of the delta memory and optimiser time."""
     n_teeth: int = 300
+    """Gaussians on each of the two teeth rows."""
     teeth_width: float = 0.048
+    """Width of a teeth row, metres."""
     teeth_height: float = 0.009
+    """Height of a teeth row, metres."""
     teeth_arch_radius: float = 0.03
+    """Radius of the dental arch, metres."""
     mask_falloff: float = 0.05
+    """A Gaussian's mask for blendshape k is min(1, d / (falloff * max d)), d the displacement of its
+    surface point under expression k."""
     init_opacity: float = 0.1
+    """Opacity of every Gaussian at the start."""
     seed: int = 0
+    """Seed of the initial sampling on the mesh."""
 
 
 def _inv_sigmoid(p: float) -> float:

@@ -6,6 +6,7 @@
     neutral.safetensors  Stage 1
     a2e.safetensors      audio-to-expression
     emotion.safetensors  Stage 2
+    checkpoints/         <stage>.ckpt.safetensors: a training run's state, to resume it
 
 Each stage writes its own tensors file and its own section of avatar.json
 (`update_manifest`), so a bundle trained only to Stage 1 still loads.
@@ -60,6 +61,16 @@ class AvatarBundle:
 
     def stage_path(self, stage: str) -> Path:
         return self.root / STAGE_FILES[stage]
+
+    def checkpoint_path(self, stage: str) -> Path:
+        """Where training writes `stage`'s checkpoint (every stage alike)."""
+        return self.root / "checkpoints" / f"{stage}.ckpt.safetensors"
+
+    def checkpoints(self, stage: str) -> list[Path]:
+        """`stage`'s checkpoint files, newest place first: `checkpoint_path`, then the bundle root,
+        where A2E and Stage 2 runs interrupted before checkpoints/ existed left theirs."""
+        places = [self.checkpoint_path(stage), self.root / f"{stage}.ckpt.safetensors"]
+        return [p for p in places if p.is_file()]
 
     def has_stage(self, stage: str) -> bool:
         return self.stage_path(stage).is_file() and stage in self.manifest().get("stages", {})

@@ -72,28 +72,38 @@ INTENSITY_TEXTS = tuple(f"level{i}" for i in range(N_LEVELS))
 @dataclass(frozen=True)
 class EmotionConfig:
     """Sizes of the Stage 2 network (GaussianTalker's are d_model 64, 2 heads, FFN 128;
-    these defaults are chosen to evaluate 20k Gaussians at over 100 frames/s on a CPU).
+    these defaults are chosen to evaluate 20k Gaussians at over 100 frames/s on a CPU)."""
 
-    audio_dim: width of one frame's audio window ((2C+1) * sub * feature dim).
-    d_text: width of cached text embeddings (CLIP); 0 means learned tables.
-    mesh_scale: dM is in metres; x100 gives centimetres, values about 0..1.
-    """
-
-    n_gaussians: int
-    audio_dim: int
+    n_gaussians: int = 0
+    """Stage 1's face Gaussians, one query each (training takes Stage 1's)."""
+    audio_dim: int = 0
+    """Width of one frame's audio window, (2C+1) * sub * feature dim (training takes the features')."""
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    """The audio features read (training takes the bundle's A2E ones, so both read the same)."""
     d_model: int = 32
+    """Attention width."""
     n_heads: int = 2
+    """Attention heads."""
     n_layers: int = 2
+    """Attention layers."""
     ffn: int = 32
+    """Hidden width of each layer's feed-forward block."""
     d_mesh: int = 16
+    """Width of a Gaussian's mesh-motion cue."""
     d_null: int = 8
+    """Width of each Gaussian's learned null code."""
     blink_freqs: int = 3
+    """Sine/cosine frequencies encoding the blink value."""
     head_hidden: int = 16
+    """Hidden width of the offset heads."""
     audio_hidden: int = 64
+    """Hidden width of the audio encoder."""
     d_text: int = 0
+    """Width of cached text embeddings (CLIP); 0 means learned tables (training sets it)."""
     mesh_scale: float = 100.0
+    """dM is in metres; x100 gives centimetres, values about 0..1."""
     use_null: bool = True
+    """Attend to the null token (off: the paper's 'w/o null vector' ablation)."""
 
     @property
     def d_query_in(self) -> int:

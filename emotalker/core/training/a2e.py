@@ -1,6 +1,6 @@
 """Training the A2E model per identity on a dataset's tracked FLAME parameters.
 
-    train_a2e(dataset_root, avatar_root, TrainA2EConfig(...))
+    train_a2e(dataset, avatar_dir, TrainA2EConfig(...))
 
 Reads the dataset's `train` clips (audio, emotion, intensity, tracking), fits
 A2EModel with
@@ -12,9 +12,9 @@ A2EModel with
 with random loudness changes and a random hidden mel band (SpecAugment-style)
 per training window against overfitting the few minutes of one identity, and
 writes `a2e.safetensors` and the `a2e` section of avatar.json. Checkpoints
-(weights, Adam moments, step) go atomically to `a2e.ckpt.safetensors` in the
-bundle every `checkpoint_every` steps and on Ctrl-C; `resume=True` continues
-from there. Batches are drawn from a generator seeded by the step, so a resumed
+(weights, Adam moments, step) go atomically to `bundle.checkpoint_path("a2e")`
+every `checkpoint_every` steps and on Ctrl-C; `resume=True` continues from
+there; a finished run removes its checkpoint. Batches are drawn from a generator seeded by the step, so a resumed
 run follows the same sequence as an uninterrupted one.
 """
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,28 +34,42 @@ from emotalker.core.evaluation.a2e_metrics import LipRig, jaw_opening, lip_verte
 from emotalker.core.audio.waveform import load_audio
 from emotalker.core.audio.features import AudioFeaturizer, FeatureConfig
 from emotalker.core.models.bundle import AvatarBundle
+from emotalker.core.base.config import to_dict
 from emotalker.core.base.errors import InputError
 from emotalker.core.base.fileio import load_tensors, save_tensors
 from emotalker.core.base.progress import Progress
-
-CHECKPOINT = "a2e.ckpt.safetensors"
-
+from emotalker.core.training.resume import checkpoint_to_resume, resumed
 
 @dataclass(frozen=True)
 class TrainA2EConfig:
+    """The A2E training run."""
+
     steps: int = 2000
+    """Training steps."""
     batch: int = 16
-    window: int = 64  # frames per training window
+    """Windows a step."""
+    window: int = 64
+    """Frames a training window."""
     lr: float = 2e-3
+    """Peak learning rate (short warm-up, then cosine decay to 5% of it)."""
     weight_decay: float = 0.01
+    """AdamW weight decay."""
     lip_weight: float = 1.0
+    """Weight of the lip-vertex loss."""
     smooth_weight: float = 0.5
-    gain_db: float = 6.0  # random loudness change, +-, so the model does not key on recording level
-    freq_mask: int = 16  # log-mel only: hide a random band of up to this many mel bins a window
+    """Weight of the frame-to-frame velocity loss."""
+    gain_db: float = 6.0
+    """Random loudness change, +- dB, so the model does not key on recording level (log-mel only)."""
+    freq_mask: int = 16
+    """Hide a random band of up to this many mel bins a window (log-mel only)."""
     seed: int = 0
+    """Seed of the initial weights and the batches."""
     checkpoint_every: int = 200
-    model: dict = field(default_factory=dict)  # A2EConfig overrides (d_model, n_layers, ...)
-    features: dict = field(default_factory=dict)  # FeatureConfig overrides (kind, model_dir, ...)
+    """Steps between checkpoints."""
+    model: A2EConfig = field(default_factory=A2EConfig)
+    """The network's sizes (its rig and feature sizes come from the dataset and `features`)."""
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    """The audio features the model reads."""
 
 
 @dataclass
@@ -153,7 +167,7 @@ def _save_checkpoint(path: Path, model: A2EModel, opt: torch.optim.Optimizer, st
     for i, state in opt.state_dict()["state"].items():
         for k, v in state.items():
             tensors[f"opt.{i}.{k}"] = torch.as_tensor(v)
-    save_tensors(path, tensors, {"step": step, "train": asdict(cfg), "model": model.cfg.to_dict()})
+    save_tensors(path, tensors, {"step": step, "train": to_dict(cfg), "model": model.cfg.to_dict()})
 
 
 def _load_checkpoint(path: Path, model: A2EModel, opt: torch.optim.Optimizer, cfg: TrainA2EConfig) -> int:
@@ -179,40 +193,62 @@ def _lr_at(step: int, cfg: TrainA2EConfig) -> float:
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(t, 1.0))))
 
 
-def train_a2e(dataset_root: str | os.PathLike, avatar_root: str | os.PathLike, cfg: TrainA2EConfig = TrainA2EConfig(),
+def train_a2e(dataset: str | os.PathLike, avatar_dir: str | os.PathLike, config: TrainA2EConfig = TrainA2EConfig(),
               device: str = "auto", progress: str = "bar", resume: bool = False) -> dict:
-    """Train the A2E model on `dataset_root`'s train split into the bundle at `avatar_root`; returns its metrics."""
-    from emotalker.core.datasets.dataset import Dataset
+    """Train the A2E model on the dataset's train split into the bundle at `avatar_dir` (created when
+    missing); `resume` continues from the bundle's checkpoint. Returns the metrics."""
     from emotalker.core.base.device import resolve_device
+    from emotalker.core.datasets.dataset import Dataset
 
+    cfg = config
+    if cfg.features.kind == "speech" and not cfg.features.model_dir:
+        raise InputError(None, "speech features need a local model folder (features.model_dir, --speech-model)")
     dev = resolve_device(device)
     started = time.monotonic()
-    dataset = Dataset.open(dataset_root)
-    bundle = AvatarBundle.create(avatar_root)
+    ds = Dataset.open(dataset)
+    bundle = AvatarBundle.create(avatar_dir)
     if not bundle.flame_path.exists():
-        shutil.copyfile(Path(dataset.root) / "flame_model.npz", bundle.flame_path)
-    flame = dataset.flame_model()
-    lips = LipRig(flame, lip_indices(flame, Path(dataset.root) / "flame_model.npz"), dev)
-
-    train_info, test_info = dataset.split("train"), dataset.split("test")
+        shutil.copyfile(Path(ds.root) / "flame_model.npz", bundle.flame_path)
+    flame = ds.flame_model()
+    lips = LipRig(flame, lip_indices(flame, Path(ds.root) / "flame_model.npz"), dev)
+    train_info, test_info = ds.split("train"), ds.split("test")
     if not train_info:
-        raise InputError(dataset.root, "dataset has no clips in the `train` split")
-    feat_cfg = FeatureConfig.from_dict({**FeatureConfig().to_dict(), **cfg.features})
-    featurizer = AudioFeaturizer(feat_cfg)
-    train_clips = prepare_clips(dataset, train_info, featurizer)
-    test_clips = prepare_clips(dataset, test_info, featurizer)
-    window = min(cfg.window, min(len(c.params) for c in train_clips))
+        raise InputError(ds.root, "dataset has no clips in the `train` split")
+    featurizer = AudioFeaturizer(cfg.features)
+    train_clips = prepare_clips(ds, train_info, featurizer)
+    test_clips = prepare_clips(ds, test_info, featurizer)
 
-    model_cfg = A2EConfig(n_expr=flame.n_expr, feat_dim=featurizer.dim, features=feat_cfg, **cfg.model)
+    model_cfg = replace(cfg.model, n_expr=flame.n_expr, feat_dim=featurizer.dim, features=cfg.features)
     torch.manual_seed(cfg.seed)
     model = A2EModel(model_cfg)
     fit_normalisation(model, train_clips)
     model.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    start, path = 0, checkpoint_to_resume(bundle, "a2e", resume, progress)
+    if path is not None:
+        start = _load_checkpoint(path, model, opt, cfg)
+        resumed(progress, path, start)
+    _fit(model, opt, train_clips, lips, cfg, start, bundle.checkpoint_path("a2e"), dev, progress)
 
-    ckpt = bundle.root / CHECKPOINT
-    start = _load_checkpoint(ckpt, model, opt, cfg) if resume and ckpt.exists() else 0
+    model.eval()
+    metrics = evaluate(model, test_clips or train_clips, lips, model.out_mean.cpu()) if (test_clips or train_clips) else {}
+    metrics["split"] = "test" if test_clips else "train"
+    minutes = (time.monotonic() - started) / 60
+    extra = {"fps": ds.fps, "dataset": str(ds.root), "steps": cfg.steps, "train": to_dict(cfg), "metrics": metrics}
+    model.cpu().save(bundle.stage_path("a2e"), extra)
+    bundle.update_manifest("a2e", file=bundle.stage_path("a2e").name, config=model_cfg.to_dict(), fps=ds.fps,
+                           features=cfg.features.kind, steps=cfg.steps, dataset=str(ds.root), metrics=metrics,
+                           train_minutes=round(minutes, 3))
+    bundle.update_manifest(None, fps=ds.fps)
+    for done in bundle.checkpoints("a2e"):
+        done.unlink()
+    return {**metrics, "train_minutes": minutes}
 
+
+def _fit(model: A2EModel, opt: torch.optim.Optimizer, train_clips: list[ClipData], lips: LipRig,
+         cfg: TrainA2EConfig, start: int, ckpt: Path, dev, progress: str) -> None:
+    """The training loop from step `start` to cfg.steps; checkpoints to `ckpt` on the way and on Ctrl-C."""
+    window = min(cfg.window, min(len(c.params) for c in train_clips))
     # Lip loss in units of the training set's lip motion, so it weighs like the normalised parameter loss.
     all_params = torch.from_numpy(np.concatenate([c.params for c in train_clips]))
     with torch.no_grad():
@@ -220,7 +256,7 @@ def train_a2e(dataset_root: str | os.PathLike, avatar_root: str | os.PathLike, c
         lv = lips(e, j)
         lip_scale2 = float(((lv - lv.mean(0)) ** 2).sum(-1).mean()) + 1e-12
 
-    fc = model_cfg.features
+    fc, n_out = model.cfg.features, model.cfg.n_out
     gain_db = cfg.gain_db if fc.kind == "logmel" else 0.0
     fill = model.feat_mean.cpu().numpy() if fc.kind == "logmel" else None
     model.train()
@@ -236,8 +272,8 @@ def train_a2e(dataset_root: str | os.PathLike, avatar_root: str | os.PathLike, c
                 y = model(seq, w, s)
                 y_true = model.normalize(target)
                 loss_param = ((y - y_true) ** 2).mean()
-                pe, pj, _ = split_params(model.denormalize(y).reshape(-1, model_cfg.n_out))
-                te, tj, _ = split_params(target.reshape(-1, model_cfg.n_out))
+                pe, pj, _ = split_params(model.denormalize(y).reshape(-1, n_out))
+                te, tj, _ = split_params(target.reshape(-1, n_out))
                 loss_lip = ((lips(pe, pj) - lips(te, tj)) ** 2).sum(-1).mean() / lip_scale2
                 loss_smooth = ((y.diff(dim=1) - y_true.diff(dim=1)) ** 2).mean()
                 loss = loss_param + cfg.lip_weight * loss_lip + cfg.smooth_weight * loss_smooth
@@ -252,17 +288,3 @@ def train_a2e(dataset_root: str | os.PathLike, avatar_root: str | os.PathLike, c
         except KeyboardInterrupt:
             _save_checkpoint(ckpt, model, opt, step, cfg)
             raise
-
-    model.eval()
-    metrics = evaluate(model, test_clips or train_clips, lips, model.out_mean.cpu()) if (test_clips or train_clips) else {}
-    metrics["split"] = "test" if test_clips else "train"
-    minutes = (time.monotonic() - started) / 60
-    extra = {"fps": dataset.fps, "dataset": str(dataset.root), "steps": cfg.steps, "train": asdict(cfg), "metrics": metrics}
-    model.cpu().save(bundle.stage_path("a2e"), extra)
-    bundle.update_manifest("a2e", file=bundle.stage_path("a2e").name, config=model_cfg.to_dict(), fps=dataset.fps,
-                           features=feat_cfg.kind, steps=cfg.steps, dataset=str(dataset.root), metrics=metrics,
-                           train_minutes=round(minutes, 3))
-    bundle.update_manifest(None, fps=dataset.fps)
-    if ckpt.exists():
-        ckpt.unlink()
-    return {**metrics, "train_minutes": minutes}

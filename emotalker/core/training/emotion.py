@@ -1,6 +1,6 @@
 """Stage 2 training: fit the emotion attention on top of a trained Stage 1.
 
-    train_emotion(dataset_root, avatar_root, TrainEmotionConfig(...))
+    train_emotion(dataset, avatar_dir, TrainEmotionConfig(...))
 
 One training frame a step (train split, self-driven: the tracked FLAME
 parameters): Stage 1 posed by the frame (frozen by default, or lightly tuned
@@ -18,8 +18,9 @@ identically zero, so it is not computed.
 
 Writes `emotion.safetensors` and the `emotion` section of avatar.json.
 Checkpoints (network, Adam moments, step, RNG, history) go atomically to
-`emotion.ckpt.safetensors` in the bundle every `checkpoint_every` steps and on
-Ctrl-C; `resume=True` continues from there.
+`bundle.checkpoint_path("emotion")` every `checkpoint_every` steps and on
+Ctrl-C; `resume=True` continues from there; a finished run removes its checkpoint.
+An unset resolution and background are Stage 1's (`with_stage1_defaults`).
 """
 
 from __future__ import annotations
@@ -27,48 +28,67 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from emotalker.core.models.avatar import Avatar, render_avatar
 from emotalker.core.models.bundle import AvatarBundle
 from emotalker.core.models.emotion_deformer import EmotionConfig, EmotionDeformer, INTENSITY_TEXTS
 from emotalker.core.datasets.emotion_frames import EmotionFrames
+from emotalker.core.base.config import to_dict
 from emotalker.core.base.errors import InputError
 from emotalker.core.base.fileio import load_tensors, save_tensors
 from emotalker.core.training.losses import dssim, l1
 
-CHECKPOINT = "emotion.ckpt.safetensors"
 CHECKPOINT_FORMAT = "emotalker-emotion-checkpoint/1"
 
 
 @dataclass(frozen=True)
 class TrainEmotionConfig:
+    """Stage 2's training run."""
+
     steps: int = 2000
+    """Training steps, one frame each."""
     # 10x the paper's 1e-4 -> 1e-5: the zero-initialised heads must travel far in the few thousand
     # single-frame steps a CPU affords (600 steps at 1e-4 added 0.05 dB, at 1e-3 1.1 dB; docs/stage2.md).
     lr: float = 1e-3
+    """Learning rate at the start (decays exponentially to lr_final)."""
     lr_final: float = 1e-4
-    lr_null: float = 1e-2  # the per-Gaussian null codes see one frame's gradient at a time
+    """Learning rate at the last step."""
+    lr_null: float = 1e-2
+    """Learning rate of the per-Gaussian null codes (each sees one frame's gradient at a time)."""
     resolution: int | None = None
-    background: tuple = (1.0, 1.0, 1.0)
+    """Longer image side to train at (None: Stage 1's)."""
+    background: tuple[float, float, float] | None = None
+    """Background colour, linear RGB (None: Stage 1's)."""
     lambda_rgb: float = 1.0
+    """Weight of the L1 colour loss."""
     lambda_dssim: float = 0.25
+    """Weight of the D-SSIM loss."""
     lambda_alpha: float = 1.0
+    """Weight of the squared error between the rendered alpha and the mask."""
     lambda_vgg: float = 0.1
-    vgg_weights: str | None = None  # a local VGG16 weights file; no VGG loss without one
-    neutral_lr_scale: float = 0.0  # 0: Stage 1 frozen; > 0: tuned at this fraction of its own learning rates
-    use_null: bool = True
-    text_checkpoint: str | None = None  # a local open_clip checkpoint: CLIP text embeddings for the tokens
+    """Weight of the VGG feature loss (only with vgg_weights)."""
+    vgg_weights: str | None = None
+    """Local VGG16 weights file: adds the VGG feature loss (none without one)."""
+    neutral_lr_scale: float = 0.0
+    """Also tune Stage 1 at this fraction of its own learning rates (0: Stage 1 frozen)."""
+    text_checkpoint: str | None = None
+    """Local open_clip checkpoint: CLIP text embeddings for the emotion and intensity tokens."""
     text_model: str = "ViT-B-32"
+    """open_clip model name of text_checkpoint."""
     checkpoint_every: int = 200
+    """Steps between checkpoints."""
     eval_stride: int = 5
+    """Evaluate every n-th test frame at the end."""
     seed: int = 0
+    """Seed of the initial weights and the frame order."""
     backend: str = "auto"
-    model: dict = field(default_factory=dict)  # EmotionConfig overrides (d_model, n_layers, ...)
+    """Rasterizer backend (auto, cpu, gsplat)."""
+    model: EmotionConfig = field(default_factory=EmotionConfig)
+    """The network's sizes (its Gaussian count, audio width and features come from the bundle)."""
 
 
 def lr_at(step: int, steps: int, lr: float, lr_final: float) -> float:
@@ -99,8 +119,8 @@ def new_deformer(stage1, frames: EmotionFrames, cfg: TrainEmotionConfig) -> Emot
 
         text = (clip_text_embeddings(list(EMOTIONS), cfg.text_checkpoint, cfg.text_model),
                 clip_text_embeddings(list(INTENSITY_TEXTS), cfg.text_checkpoint, cfg.text_model))
-    ecfg = EmotionConfig(n_gaussians=stage1.n_gaussians, audio_dim=audio.shape[1], features=frames.features,
-                         use_null=cfg.use_null, d_text=0 if text is None else int(text[0].shape[1]), **cfg.model)
+    ecfg = replace(cfg.model, n_gaussians=stage1.n_gaussians, audio_dim=audio.shape[1], features=frames.features,
+                   d_text=0 if text is None else int(text[0].shape[1]))
     torch.manual_seed(cfg.seed)
     model = EmotionDeformer(ecfg)
     with torch.no_grad():
@@ -183,7 +203,7 @@ class EmotionTrainer:
                         tensors[f"opt.{gi}.{pi}.{key}"] = st[key]
                     tensors[f"opt.{gi}.{pi}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
         tensors["train.rng"] = self.generator.get_state()
-        meta = {"format": CHECKPOINT_FORMAT, "model": self.deformer.cfg.to_dict(), "train": asdict(self.cfg),
+        meta = {"format": CHECKPOINT_FORMAT, "model": self.deformer.cfg.to_dict(), "train": to_dict(self.cfg),
                 "step": self.step, "seconds": self.seconds, "history": self.history}
         save_tensors(path, tensors, meta)
 
@@ -226,48 +246,64 @@ class EmotionTrainer:
             raise
 
 
-def train_emotion(dataset_root: str | os.PathLike, avatar_root: str | os.PathLike,
-                  cfg: TrainEmotionConfig = TrainEmotionConfig(), device: str = "auto", progress: str = "bar",
-                  resume: bool = False) -> dict:
-    """Train Stage 2 on the dataset's train clips into the bundle (which must hold Stage 1); returns metrics."""
-    from emotalker.core.datasets.dataset import Dataset
-    from emotalker.core.base.device import resolve_device
-    from emotalker.core.evaluation.emotion import evaluate_emotion
-    from emotalker.core.base.progress import Progress
+def with_stage1_defaults(cfg: TrainEmotionConfig, bundle: AvatarBundle) -> TrainEmotionConfig:
+    """`cfg` with an unset resolution and background taken from the bundle's Stage 1 (white when unrecorded)."""
+    neutral = bundle.manifest().get("stages", {}).get("neutral", {})
+    resolution = cfg.resolution
+    if resolution is None and neutral.get("resolution"):
+        resolution = max(neutral["resolution"])
+    background = cfg.background or tuple(neutral.get("background", (1.0, 1.0, 1.0)))
+    return replace(cfg, resolution=resolution, background=tuple(background))
 
+
+def train_emotion(dataset: str | os.PathLike, avatar_dir: str | os.PathLike,
+                  config: TrainEmotionConfig = TrainEmotionConfig(), device: str = "auto", progress: str = "bar",
+                  resume: bool = False) -> dict:
+    """Train Stage 2 on the dataset's train clips into the bundle at `avatar_dir` (which must hold
+    Stage 1); `resume` continues from the bundle's checkpoint. Returns the metrics."""
+    from emotalker.core.base.device import resolve_device
+    from emotalker.core.base.progress import Progress
+    from emotalker.core.training.resume import checkpoint_to_resume, resumed
+    from emotalker.core.datasets.dataset import Dataset
+    from emotalker.core.evaluation.emotion import evaluate_emotion
+
+    if config.steps < 1:
+        raise InputError(None, "steps must be at least 1")
     dev = resolve_device(device)
     started = time.monotonic()
-    dataset = Dataset.open(dataset_root)
-    bundle = AvatarBundle.open(avatar_root)
+    ds = Dataset.open(dataset)
+    bundle = AvatarBundle.open(avatar_dir)
+    cfg = with_stage1_defaults(config, bundle)
     stage1 = Avatar.open(bundle, dev, use_emotion=False).stage1
     features = feature_config(bundle)
-    train_ids = [c.id for c in dataset.split("train")]
+    train_ids = [c.id for c in ds.split("train")]
     if not train_ids:
-        raise InputError(dataset.root, "dataset has no clips in the `train` split")
-    frames = EmotionFrames(dataset, train_ids, features, cfg.resolution, cfg.background, dev)
+        raise InputError(ds.root, "dataset has no clips in the `train` split")
+    frames = EmotionFrames(ds, train_ids, features, cfg.resolution, cfg.background, dev)
     trainer = EmotionTrainer(stage1, new_deformer(stage1, frames, cfg), frames, cfg, dev)
-    ckpt = bundle.root / CHECKPOINT
-    if resume and ckpt.exists():
-        trainer.load_checkpoint(ckpt)
+    path = checkpoint_to_resume(bundle, "emotion", resume, progress)
+    if path is not None:
+        trainer.load_checkpoint(path)
+        resumed(progress, path, trainer.step)
     trainer.deformer.train()
     with Progress("train emotion", cfg.steps, mode=progress, initial=trainer.step) as bar:
-        trainer.run(ckpt, bar)
+        trainer.run(bundle.checkpoint_path("emotion"), bar)
     trainer.deformer.eval()
 
-    test_ids = [c.id for c in dataset.split("test")]
+    test_ids = [c.id for c in ds.split("test")]
     metrics: dict = {}
     if test_ids:
-        test = EmotionFrames(dataset, test_ids, features, cfg.resolution, cfg.background, dev, stride=cfg.eval_stride)
+        test = EmotionFrames(ds, test_ids, features, cfg.resolution, cfg.background, dev, stride=max(1, cfg.eval_stride))
         metrics = {"split": "test", "stage2": evaluate_emotion(trainer.avatar, test, backend=cfg.backend),
                    "stage1_only": evaluate_emotion(Avatar(trainer.stage1), test, backend=cfg.backend)}
     minutes = (time.monotonic() - started) / 60
-    extra = {"dataset": str(dataset.root), "steps": cfg.steps, "train": asdict(cfg), "metrics": metrics}
+    extra = {"dataset": str(ds.root), "steps": cfg.steps, "train": to_dict(cfg), "metrics": metrics}
     trainer.deformer.cpu().save(bundle.stage_path("emotion"), extra)
     if cfg.neutral_lr_scale > 0:  # the offsets were fitted to the tuned Stage 1: keep them together
         trainer.stage1.cpu().save(bundle.stage_path("neutral"))
     bundle.update_manifest("emotion", file=bundle.stage_path("emotion").name, config=trainer.deformer.cfg.to_dict(),
-                           steps=cfg.steps, dataset=str(dataset.root), metrics=metrics,
+                           steps=cfg.steps, dataset=str(ds.root), metrics=metrics,
                            neutral_tuned=cfg.neutral_lr_scale > 0, train_minutes=round(minutes, 3))
-    if ckpt.exists():
-        ckpt.unlink()
+    for done in bundle.checkpoints("emotion"):
+        done.unlink()
     return {**metrics, "train_minutes": minutes, "train_seconds_per_step": trainer.seconds / max(trainer.step, 1)}

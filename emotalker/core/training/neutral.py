@@ -7,20 +7,26 @@ densify (clone small, split large) and prune on the accumulated screen-space
 gradient; the SH degree raised on a schedule. Checkpoints are written
 atomically and carry everything needed to continue exactly: model, optimiser
 moments, densification statistics, RNG state and the metric history.
+
+    train_neutral(dataset, avatar_dir, TrainNeutralConfig(...))
+
+is the whole stage: the model into the bundle, its checkpoint at
+`bundle.checkpoint_path("neutral")` (kept, so a finished run can train further).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from emotalker.core.models.blendshapes import GAUSSIAN_PARAMS, BlendshapeConfig, GaussianBlendshapes
-
-DELTA_PARAMS = ("d_means", "d_quats", "d_log_scales", "d_opacity", "d_sh")
+from emotalker.core.base.config import from_dict, to_dict
 from emotalker.core.base.errors import InputError
 from emotalker.core.models.avatar import render_avatar
 from emotalker.core.datasets.frames import FrameSet
@@ -28,52 +34,88 @@ from emotalker.core.training.losses import dssim, l1
 from emotalker.core.base.quaternion import quat_to_matrix
 
 CHECKPOINT_FORMAT = "emotalker-neutral-checkpoint/1"
+DELTA_PARAMS = ("d_means", "d_quats", "d_log_scales", "d_opacity", "d_sh")
 
 
 @dataclass
 class TrainNeutralConfig:
-    """Training schedule. Step-valued densification settings scale with `steps` when
+    """Stage 1's training run. Step-valued densification settings scale with `steps` when
     left at None: densify from 5% to 50% of the run (the paper: 500 and 15k of 40k)."""
 
     steps: int = 30000
+    """Training steps, one frame each."""
     resolution: int | None = None
+    """Train at this size of the longer image side (None: the dataset's)."""
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    max_gaussians: int = 30000  # face + teeth
+    """Background colour the renders are composited on, linear RGB."""
+    model: BlendshapeConfig = field(default_factory=BlendshapeConfig)
+    """The model to initialise (a resumed run keeps its checkpoint's)."""
+    max_gaussians: int = 30000
+    """Cap on densification, teeth included."""
     lambda_rgb: float = 1.0
+    """Weight of the L1 colour loss."""
     lambda_dssim: float = 0.25
+    """Weight of the D-SSIM loss."""
     lambda_alpha: float = 10.0
+    """Weight of the squared error between the rendered alpha and the mask."""
     lambda_teeth: float = 0.01
+    """Weight of the term keeping the teeth inside the mouth."""
     lr_means: float = 1.6e-4
+    """Learning rate of the positions at the start (decays exponentially to lr_means_final)."""
     lr_means_final: float = 1.6e-6
+    """Learning rate of the positions at the last step."""
     lr_sh_dc: float = 2.5e-3
+    """Learning rate of the base colour (SH DC)."""
     lr_sh_rest: float = 1.25e-4
+    """Learning rate of the higher SH bands."""
     lr_opacity: float = 0.05
+    """Learning rate of the opacity logits."""
     lr_scale: float = 5e-3
+    """Learning rate of the log-scales."""
     lr_rotation: float = 1e-3
+    """Learning rate of the rotations."""
     lr_d_means: float = 3.2e-7
+    """Learning rate of the blendshape position deltas."""
     lr_d_sh: float = 1.25e-3
+    """Learning rate of the blendshape colour deltas."""
     lr_d_opacity: float = 5e-5
+    """Learning rate of the blendshape opacity deltas."""
     lr_d_scale: float = 5e-4
+    """Learning rate of the blendshape log-scale deltas."""
     lr_d_rotation: float = 1e-4
+    """Learning rate of the blendshape rotation deltas."""
     densify_from: int | None = None
+    """First step of densification (None: 5% of the run, at most 500)."""
     densify_until: int | None = None
+    """Last step of densification (None: half the run, at most 15000)."""
     densify_every: int = 100
-    grad_threshold: float = 2e-4  # mean |d loss / d means2d| in NDC units (pixels x size / 2)
-    percent_dense: float = 0.01  # clone below, split above this fraction of the head's extent
+    """Steps between densifications."""
+    grad_threshold: float = 2e-4
+    """Densify Gaussians whose mean |d loss / d means2d| (NDC units: pixels x size / 2) reaches this."""
+    percent_dense: float = 0.01
+    """Clone Gaussians below, split those above this fraction of the head's extent."""
     prune_opacity: float = 0.005
+    """Prune Gaussians less opaque than this."""
     sh_increase_every: int | None = None
-    delta_every: int = 1  # train the K blendshape deltas every n-th step (CPU: 4 saves most of their cost)
+    """Steps between raising the active SH degree (None: an eighth of the run, at most 1000)."""
+    delta_every: int = 0
+    """Train the blendshape deltas every n-th step (0: 4 on CPU, which saves most of their cost; 1 on CUDA)."""
     checkpoint_every: int = 500
+    """Steps between checkpoints."""
+    eval_frames: int = 40
+    """Test frames evaluated at the end (0 skips)."""
     seed: int = 0
+    """Seed of the frame order and of the splits' noise."""
     backend: str = "auto"
+    """Rasterizer backend (auto, cpu, gsplat)."""
 
-    def resolved(self) -> "TrainNeutralConfig":
-        """A copy with the step-valued defaults filled in for this run's length."""
-        c = TrainNeutralConfig(**asdict(self))
+    def resolved(self, device="cpu") -> "TrainNeutralConfig":
+        """A copy with the step-valued and device-valued defaults filled in for this run."""
+        c = replace(self, background=tuple(self.background))
         c.densify_from = c.densify_from if c.densify_from is not None else min(500, max(1, c.steps // 20))
         c.densify_until = c.densify_until if c.densify_until is not None else min(15000, c.steps // 2)
         c.sh_increase_every = c.sh_increase_every or min(1000, max(1, c.steps // 8))
-        c.background = tuple(c.background)
+        c.delta_every = c.delta_every or (1 if torch.device(device).type == "cuda" else 4)
         return c
 
 
@@ -127,7 +169,7 @@ class NeutralTrainer:
     def __init__(self, model: GaussianBlendshapes, frames: FrameSet, cfg: TrainNeutralConfig, device="cpu"):
         self.model = model.to(device)
         self.frames = frames
-        self.cfg = cfg.resolved()
+        self.cfg = replace(cfg, model=model.config).resolved(device)  # the model's own, e.g. from a checkpoint
         self.device = torch.device(device)
         self.opt = build_optimizer(self.model, self.cfg)
         self.state = TrainState()
@@ -139,7 +181,7 @@ class NeutralTrainer:
             v = torch.as_tensor(model.flame_model.v_template)
             self.extent = float((v.max(0).values - v.min(0).values).norm())
         if self.cfg.max_gaussians < model.n_gaussians + model.n_teeth:
-            raise ValueError(f"--max-gaussians {self.cfg.max_gaussians} is below the initial "
+            raise ValueError(f"max_gaussians {self.cfg.max_gaussians} is below the initial "
                              f"{model.n_gaussians + model.n_teeth} Gaussians")
 
     # ------------------------------------------------------------------ one step
@@ -245,8 +287,8 @@ class NeutralTrainer:
         tensors["train.grad_count"] = self.grad_count
         tensors["train.rng"] = self.generator.get_state()
         tensors["train.torch_rng"] = torch.get_rng_state()
-        meta = {"format": CHECKPOINT_FORMAT, "model": self.model.metadata(), "train": asdict(self.cfg),
-                "state": asdict(self.state)}
+        meta = {"format": CHECKPOINT_FORMAT, "model": self.model.metadata(), "train": to_dict(self.cfg),
+                "state": to_dict(self.state)}
         save_tensors(path, tensors, meta)
 
     @classmethod
@@ -268,11 +310,13 @@ class NeutralTrainer:
                                        "start a new run (without --resume) to change it")
         model_t = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         model = GaussianBlendshapes.from_tensors(model_t, meta["model"], flame_model, path)
-        train_cfg = TrainNeutralConfig(**{f.name: saved[f.name] for f in fields(TrainNeutralConfig) if f.name in saved})
-        train_cfg.steps, train_cfg.max_gaussians, train_cfg.backend = cfg.steps, cfg.max_gaussians, cfg.backend
-        train_cfg.background = tuple(train_cfg.background)
+        # The model's config comes from its own metadata; `model` in "train" is only a record
+        # (absent from checkpoints written before it existed).
+        known = {f.name for f in fields(TrainNeutralConfig)} - {"model"}
+        train_cfg = from_dict(TrainNeutralConfig, {k: v for k, v in saved.items() if k in known}, path)
+        train_cfg = replace(train_cfg, steps=cfg.steps, max_gaussians=cfg.max_gaussians, backend=cfg.backend,
+                            eval_frames=cfg.eval_frames)
         trainer = cls(model, frames, train_cfg, device)
-        trainer.cfg = train_cfg.resolved()
         for group in trainer.opt.param_groups:
             name = group["name"]
             if f"opt.{name}.exp_avg" in tensors:
@@ -319,3 +363,73 @@ def new_model(flame_model, n_gaussians: int, sh_degree: int = 1, seed: int = 0, 
     """A freshly initialised model with `n_gaussians` face Gaussians."""
     return GaussianBlendshapes.initialize(flame_model, BlendshapeConfig(n_gaussians=n_gaussians, sh_degree=sh_degree,
                                                                         seed=seed, **overrides))
+
+
+def train_neutral(dataset: str | os.PathLike, avatar_dir: str | os.PathLike,
+                  config: TrainNeutralConfig = TrainNeutralConfig(), device: str = "auto", progress: str = "bar",
+                  resume: bool = False) -> dict:
+    """Stage 1 on the dataset's train split into the bundle at `avatar_dir` (created when missing):
+    writes flame_model.npz, neutral.safetensors and the `neutral` section of avatar.json; `resume`
+    continues from the bundle's checkpoint. Returns the metrics."""
+    from emotalker.core.base.device import resolve_device
+    from emotalker.core.base.progress import Progress
+    from emotalker.core.datasets.dataset import Dataset
+    from emotalker.core.models.bundle import AvatarBundle
+
+    cfg = config
+    if cfg.steps < 1:
+        raise InputError(None, "steps must be at least 1")
+    dev = resolve_device(device)
+    ds = Dataset.open(dataset)
+    train_ids = [c.id for c in ds.split("train")]
+    if not train_ids:
+        raise InputError(Path(dataset) / "dataset.json", "no clips in the train split")
+    frames = FrameSet(ds, train_ids, cfg.resolution, device=dev)
+    flame = ds.flame_model()
+    bundle = AvatarBundle.create(avatar_dir)
+    trainer = _trainer(bundle, flame, frames, cfg, dev, progress, resume)
+    with Progress("train neutral", cfg.steps, mode=progress, initial=trainer.state.step) as bar:
+        state = trainer.run(checkpoint=bundle.checkpoint_path("neutral"), progress=bar)
+
+    model = trainer.model
+    flame.save(bundle.flame_path)
+    model.save(bundle.stage_path("neutral"), dataset=str(Path(dataset).resolve().name), steps=state.step)
+    recent = state.history[-10:]
+    metrics = {"train_loss": float(np.mean([h["loss"] for h in recent])) if recent else None,
+               "train_psnr": float(np.mean([h["psnr"] for h in recent])) if recent else None}
+    metrics.update(_test_metrics(ds, model, cfg, dev))
+    bundle.update_manifest(fps=ds.fps)
+    bundle.update_manifest("neutral", dataset=str(Path(dataset).resolve()), steps=state.step,
+                           train_minutes=round(state.seconds / 60, 2), resolution=[frames.width, frames.height],
+                           n_gaussians=model.n_gaussians + model.n_teeth, n_face_gaussians=model.n_gaussians,
+                           n_teeth=model.n_teeth, n_blendshapes=model.config.n_blendshapes,
+                           sh_degree=model.config.sh_degree, background=list(trainer.cfg.background), metrics=metrics)
+    return {**metrics, "steps": state.step, "n_gaussians": model.n_gaussians + model.n_teeth,
+            "train_minutes": state.seconds / 60}
+
+
+def _trainer(bundle, flame_model, frames: FrameSet, cfg: TrainNeutralConfig, device, progress: str,
+             resume: bool) -> NeutralTrainer:
+    """The run continued from the bundle's checkpoint (`resume`, when there is one), else a new one."""
+    from emotalker.core.training.resume import checkpoint_to_resume, resumed
+
+    path = checkpoint_to_resume(bundle, "neutral", resume, progress)
+    if path is not None:
+        trainer = NeutralTrainer.from_checkpoint(path, flame_model, frames, cfg, device)
+        resumed(progress, path, trainer.state.step)
+        return trainer
+    if cfg.model.n_gaussians + 2 * cfg.model.n_teeth > cfg.max_gaussians:
+        raise InputError(None, f"{cfg.model.n_gaussians} Gaussians plus the teeth exceed max_gaussians {cfg.max_gaussians}")
+    return NeutralTrainer(GaussianBlendshapes.initialize(flame_model, cfg.model), frames, cfg, device)
+
+
+def _test_metrics(ds, model: GaussianBlendshapes, cfg: TrainNeutralConfig, device) -> dict:
+    """test_* metrics on `eval_frames` frames spread over the test split ({} when skipped)."""
+    from emotalker.core.evaluation.neutral import evaluate
+
+    test_ids = [c.id for c in ds.split("test")]
+    if cfg.eval_frames <= 0 or not test_ids:
+        return {}
+    test = FrameSet(ds, test_ids, cfg.resolution, device=device)
+    idx = np.unique(np.linspace(0, len(test) - 1, min(cfg.eval_frames, len(test))).round().astype(int))
+    return {f"test_{k}": v for k, v in evaluate(model, test, idx.tolist()).items()}
