@@ -54,12 +54,9 @@ def main() -> None:
     print("baking ...", flush=True)
     assert bpy.ops.emotalker.bake() == {"FINISHED"}
 
-    cam = bpy.data.objects.new("Camera", bpy.data.cameras.new("Camera"))
-    scene.collection.objects.link(cam)
-    scene.camera = cam
-    cam.data.lens = 85
-    cam.location = (0.12, -0.62, 0.03)
-    cam.rotation_euler = (math.radians(90), 0.0, math.radians(11))
+    bpy.ops.object.camera_add(location=(0.12, -0.62, 0.03), rotation=(math.radians(90), 0.0, math.radians(11)))
+    scene.camera = bpy.context.object
+    scene.camera.data.lens = 85
     scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = 384, 384, 100
     scene.render.film_transparent = True
     scene.view_settings.view_transform = "Standard"  # show the avatar's trained colours as they are

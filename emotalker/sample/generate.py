@@ -35,17 +35,26 @@ CONFIG_FILE = ".make-sample.json"
 
 @dataclass(frozen=True)
 class SampleConfig:
-    """How big a sample dataset to make. duration: seconds a clip (speech plus a pause either side)."""
+    """How big a sample dataset to make, and how it is rendered."""
 
     clips: int = 44
+    """Clips to make (from 40 on, the test split holds every emotion)."""
     resolution: int = 256
+    """Width and height of the square frames, in pixels."""
     seed: int = 0
+    """Seed of every random choice (emotions, sentences, voices, motion); the same seed makes the same dataset."""
     fps: float = 25.0
+    """Frames a second."""
     duration: float = 3.0
-    samples: int = 3  # Cycles samples a pixel
-    short: bool = False  # short sentences (the ci preset)
-    distance: float = 0.55  # metres from the camera to the head's centre plane
-    pause: float = 0.2  # silence before and after the speech
+    """Seconds a clip: the speech plus a pause either side."""
+    samples: int = 3
+    """Cycles samples a pixel."""
+    short: bool = False
+    """Speak short sentences (the ci preset)."""
+    distance: float = 0.55
+    """Metres from the camera to the head's centre plane."""
+    pause: float = 0.2
+    """Seconds of silence before and after the speech."""
 
 
 PRESETS = {

@@ -52,29 +52,49 @@ class _Fields:
         return mask[:, None] * np.asarray(vec, dtype=np.float64)
 
 
-def _expression(F: _Fields, name: str) -> np.ndarray:
-    p, my, mz, lam, up = F.p, F.my, F.mz, F.lam, F.up
-    d = F.zero()
-    side = "both"
-    base = name
+def _split_side(name: str) -> tuple[str, str]:
+    """(base, side) of a component name: `brow_lower_left` -> (`brow_lower`, `left`), `smile` -> (`smile`, `both`).
+
+    mouth_left / mouth_right move the whole mouth, so they are components of their own.
+    """
     for suffix in ("_left", "_right"):
         if name.endswith(suffix) and not name.startswith("mouth_"):
-            base, side = name[: -len(suffix)], suffix[1:]
-    sides = SIDES[side]
-    lips = bump(p, (0, my, mz - 0.006), (0.036, 0.022, 0.032))
+            return name[: -len(suffix)], suffix[1:]
+    return name, "both"
+
+
+def _expression(F: _Fields, name: str) -> np.ndarray:
+    """One expression component [V,3]: lid rotations, a per-side field, or a field on the midline."""
+    base, side = _split_side(name)
     if base == "squint":
         base = "eyes_squint"
     if base in ("eyes_squint", "eyes_widen"):
-        up_b, lo_b = (0.06, -0.17) if base == "eyes_squint" else (-0.17, 0.05)
-        for s in sides:
-            cols, _, _ = lid_angles(F.m, s)
-            beta = lid_field(F.m, s, np.full(len(cols), up_b), np.full(len(cols), lo_b))
-            d += rotate_about_eye(p, F.m.anatomy.eye_centre(s), beta)
-        if base == "eyes_squint":
-            for s in sides:
-                d += F.field(bump(p, (s * 0.036, 0.0, 0.07), (0.022, 0.02, 0.03)), (0, 0.0025, 0.001))
+        return _lid_expression(F, base, SIDES[side])
+    d = _per_side_expression(F, base, side)
+    if side != "both" or d.any():
         return d
+    return _midline_expression(F, base, name)
+
+
+def _lid_expression(F: _Fields, base: str, sides) -> np.ndarray:
+    """eyes_squint / eyes_widen: both lids turn about the eye; a squint also lifts the cheek under it."""
+    p, d = F.p, F.zero()
+    up_b, lo_b = (0.06, -0.17) if base == "eyes_squint" else (-0.17, 0.05)
     for s in sides:
+        cols, _, _ = lid_angles(F.m, s)
+        beta = lid_field(F.m, s, np.full(len(cols), up_b), np.full(len(cols), lo_b))
+        d += rotate_about_eye(p, F.m.anatomy.eye_centre(s), beta)
+    if base == "eyes_squint":
+        for s in sides:
+            d += F.field(bump(p, (s * 0.036, 0.0, 0.07), (0.022, 0.02, 0.03)), (0, 0.0025, 0.001))
+    return d
+
+
+def _per_side_expression(F: _Fields, base: str, side: str) -> np.ndarray:
+    """A component defined on each side of the face (mirrored); zero where `base` has no such definition."""
+    p, my, mz, lam, up = F.p, F.my, F.mz, F.lam, F.up
+    d = F.zero()
+    for s in SIDES[side]:
         c = F.corner[s]
         if base == "smile":
             d += F.field(bump(p, c, (0.022, 0.018, 0.03)), (s * 0.0035, 0.0055, -0.0025))
@@ -107,8 +127,14 @@ def _expression(F: _Fields, name: str) -> np.ndarray:
                 d += F.field(bump(p, (s * 0.012, my - 0.008, mz), (0.02, 0.016, 0.03)) * lam, (0, -0.005, 0.0015))
         elif base == "sneer":
             d += F.field(bump(p, (s * 0.012, -0.008, 0.09), (0.015, 0.024, 0.03)) * up, (0, 0.0045, 0.0))
-    if side != "both" or d.any():
-        return d
+    return d
+
+
+def _midline_expression(F: _Fields, base: str, name: str) -> np.ndarray:
+    """A component defined once across the midline (both sides together)."""
+    p, my, mz, lam, up = F.p, F.my, F.mz, F.lam, F.up
+    d = F.zero()
+    lips = bump(p, (0, my, mz - 0.006), (0.036, 0.022, 0.032))
     if base == "lips_pucker":
         d[:, 0] = -0.25 * p[:, 0] * lips
         d[:, 2] = 0.007 * lips

@@ -15,18 +15,28 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Anatomy:
-    """Landmarks of the neutral head (metres). The left eye is at +eye_x."""
+    """Landmarks of the neutral head (metres, FLAME axes)."""
 
-    eye_x: float = 0.0315
-    eye_y: float = 0.029
-    eye_z: float = 0.0625
-    eye_r: float = 0.0120
-    lid_gap: float = 0.0018  # lid skin thickness over the eyeball
-    mouth_y: float = -0.0405
-    mouth_z: float = 0.0905  # front of the lips at the lip line
-    mouth_half_width: float = 0.0245
-    neck_bottom: float = -0.150
     ray_centre: tuple = (0.0, -0.004, -0.004)
+    """The point inside the head that the skin-sampling rays start from."""
+    eye_x: float = 0.0315
+    """Distance of each eye's centre from the midline; the left eye is at +eye_x."""
+    eye_y: float = 0.029
+    """Height of the eyes' centres."""
+    eye_z: float = 0.0625
+    """Depth of the eyes' centres (towards the front)."""
+    eye_r: float = 0.0120
+    """Eyeball radius."""
+    lid_gap: float = 0.0018
+    """Lid skin thickness over the eyeball."""
+    mouth_y: float = -0.0405
+    """Height of the lip line."""
+    mouth_z: float = 0.0905
+    """Front of the lips at the lip line."""
+    mouth_half_width: float = 0.0245
+    """Half the mouth slit's width, centre to corner."""
+    neck_bottom: float = -0.150
+    """Height of the neck's cut base."""
 
     def eye_centre(self, side: int) -> np.ndarray:
         """side +1: subject's left (+X), -1: right."""

@@ -173,176 +173,230 @@ def _eyeball(centre, r, cfg: GridConfig):
     return verts, np.concatenate(faces)
 
 
-def build_head_mesh(cfg: GridConfig = GridConfig(), a: Anatomy = Anatomy()) -> HeadMesh:
-    """Sample the SDF into the closed skin with mouth and eye pockets, plus two eyeballs."""
-    theta_rows = _sample_rows(cfg, a)
-    R, C = cfg.rows, cfg.cols
-    ctr_y = a.ray_centre[1]
-    # Column sampling at the eyes' height on the midline profile.
+class _Parts:
+    """The mesh's vertex blocks and face blocks, appended in order; vertex ids count across blocks."""
+
+    def __init__(self):
+        self.verts: list[np.ndarray] = []
+        self.faces: list[np.ndarray] = []
+        self.n_verts = 0
+
+    def add_verts(self, points) -> np.ndarray:
+        """Append points [N,3]; -> their vertex ids [N]."""
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        ids = np.arange(self.n_verts, self.n_verts + len(points))
+        self.verts.append(points)
+        self.n_verts += len(points)
+        return ids
+
+    @property
+    def n_faces(self) -> int:
+        return sum(len(f) for f in self.faces)
+
+
+# The mouth pocket's rings behind its slit, outside in: two rings of inner lip that follow the
+# lips' shape, then the cavity's elliptic rings. (kind, x scale (lip) or half width (cavity),
+# vertical reach, depth behind the lip line, backward arch towards the corners).
+_MOUTH_RINGS = (
+    ("lip", 0.97, 0.0024, 0.0040, 0.0),
+    ("lip", 0.93, 0.0058, 0.0090, 0.002),
+    ("cav", 0.0225, 0.0105, 0.0150, 0.010),
+    ("cav", 0.0255, 0.0132, 0.0230, 0.012),
+    ("cav", 0.0260, 0.0140, 0.0320, 0.013),
+    ("cav", 0.0240, 0.0130, 0.0410, 0.012),
+    ("cav", 0.0195, 0.0105, 0.0480, 0.010),
+    ("cav", 0.0120, 0.0070, 0.0530, 0.006),
+)
+_EYE_HALF_WIDTH = 0.0138  # half the eye slit's width along x
+
+
+def _grid_angles(cfg: GridConfig, a: Anatomy) -> tuple[np.ndarray, np.ndarray]:
+    """Polar angles of the rows [R] and azimuths of the columns [C], the columns sampled at the eyes' height."""
     th_fine = np.linspace(0.3, 2.0, 400)
     y_fine = project_rays(direction(th_fine, np.zeros_like(th_fine)), a)[:, 1]
     theta_eye = float(np.interp(-a.eye_y, -y_fine, th_fine))
-    phi = _sample_cols(cfg, a, theta_eye)
-    del ctr_y
+    return _sample_rows(cfg, a), _sample_cols(cfg, a, theta_eye)
 
-    theta = np.repeat(theta_rows[:, None], C, 1)
-    pos = project_rays(direction(theta, phi[None, :]).reshape(-1, 3), a).reshape(R, C, 3)
 
-    # Mouth slit: the two rows around the lip line on the midline.
-    mouth_row = int(np.flatnonzero(pos[:, 0, 1] > a.mouth_y)[-1])
-    mcols = _core_columns(pos[mouth_row], phi, lambda x: np.abs(x) <= a.mouth_half_width)
-    am = np.abs(pos[mouth_row, mcols, 0]).max()
+def _row_above(pos, y: float) -> int:
+    """The lowest row whose midline point lies above height y."""
+    return int(np.flatnonzero(pos[:, 0, 1] > y)[-1])
 
-    def mouth_up(x):
-        u = np.clip(x / am, -1, 1)
+
+def _lip_lines(a: Anatomy, half_width: float):
+    """Heights of the upper and lower lip edge along x: a thin slit whose corners curve up."""
+
+    def upper(x):
+        u = np.clip(x / half_width, -1, 1)
         return a.mouth_y + 0.00015 + 0.0003 * (1 - u * u) + 0.0006 * u * u
 
-    def mouth_lo(x):
-        u = np.clip(x / am, -1, 1)
+    def lower(x):
+        u = np.clip(x / half_width, -1, 1)
         return a.mouth_y - 0.00015 - 0.0003 * (1 - u * u) + 0.0006 * u * u
 
-    _open_slit(theta, phi, pos, mouth_row, mcols, mouth_up, mouth_lo, a)
+    return upper, lower
 
-    # Eye slits (almond openings) on the rows around the eyes' height.
-    eye_row = int(np.flatnonzero(pos[:, 0, 1] > a.eye_y)[-1])
-    half_w = 0.0138
+
+def _lid_margins(a: Anatomy, x0: float, x1: float):
+    """Heights of the upper and lower lid margin along x, from the inner corner |x| = x0 to the outer x1: an almond."""
+
+    def along(x):
+        return np.clip((np.abs(x) - x0) / (x1 - x0), 0, 1)
+
+    def upper(x):
+        t = along(x)
+        return a.eye_y - 0.0008 + 0.0016 * t + 0.00025 + 0.0052 * np.sin(np.pi * t**0.88) ** 0.75
+
+    def lower(x):
+        t = along(x)
+        return a.eye_y - 0.0008 + 0.0016 * t - 0.00025 - 0.0039 * np.sin(np.pi * t**1.1) ** 0.9
+
+    return upper, lower
+
+
+def _open_mouth(theta, phi, pos, a: Anatomy):
+    """Open the mouth slit on the two rows around the lip line (theta edited in place).
+
+    -> (upper row, core columns ordered by x, the slit's half width).
+    """
+    row = _row_above(pos, a.mouth_y)
+    cols = _core_columns(pos[row], phi, lambda x: np.abs(x) <= a.mouth_half_width)
+    half_width = np.abs(pos[row, cols, 0]).max()
+    _open_slit(theta, phi, pos, row, cols, *_lip_lines(a, half_width), a)
+    return row, cols, half_width
+
+
+def _open_eyes(theta, phi, pos, a: Anatomy):
+    """Open the two almond eye slits on the rows around the eyes' height (theta edited in place).
+
+    -> (upper row, {side: core columns ordered by x}).
+    """
+    row = _row_above(pos, a.eye_y)
     eye_cols = {}
     for side in (1, -1):
-        cols = _core_columns(pos[eye_row], phi, lambda x: np.abs(side * x - a.eye_x) <= half_w)
-        ax = np.abs(pos[eye_row, cols, 0])
-        x0, x1 = ax.min(), ax.max()
-
-        def tpar(x, x0=x0, x1=x1):
-            return np.clip((np.abs(x) - x0) / (x1 - x0), 0, 1)
-
-        def lid_up(x):
-            t = tpar(x)
-            return a.eye_y - 0.0008 + 0.0016 * t + 0.00025 + 0.0052 * np.sin(np.pi * t**0.88) ** 0.75
-
-        def lid_lo(x):
-            t = tpar(x)
-            return a.eye_y - 0.0008 + 0.0016 * t - 0.00025 - 0.0039 * np.sin(np.pi * t**1.1) ** 0.9
-
-        _open_slit(theta, phi, pos, eye_row, cols, lid_up, lid_lo, a)
+        cols = _core_columns(pos[row], phi, lambda x: np.abs(side * x - a.eye_x) <= _EYE_HALF_WIDTH)
+        ax = np.abs(pos[row, cols, 0])
+        _open_slit(theta, phi, pos, row, cols, *_lid_margins(a, ax.min(), ax.max()), a)
         eye_cols[side] = cols
+    return row, eye_cols
 
-    # Re-project only the rays the slits moved.
+
+def _reproject_moved(theta, theta_rows, phi, pos, a: Anatomy) -> np.ndarray:
+    """The grid's points [R*C,3], re-projecting only the rays the slits moved."""
     grid = pos.reshape(-1, 3).copy()
     moved = np.flatnonzero((theta != theta_rows[:, None]).reshape(-1))
     grid[moved] = project_rays(direction(theta.reshape(-1)[moved], np.broadcast_to(phi, theta.shape).reshape(-1)[moved]), a)
-    verts = [grid]
-    n = len(grid)
-    top, bottom = n, n + 1
-    verts.append(project_rays(np.array([[0, 1.0, 0], [0, -1.0, 0]]), a))
-    n += 2
+    return grid
 
-    # Grid faces (outward winding), minus the quads inside the slits.
+
+def _grid_faces(R: int, C: int, top, bottom, slits) -> list[np.ndarray]:
+    """The grid's faces (outward winding) and the fans to the two poles, minus the quads inside each slit.
+
+    slits: (upper row, core columns) of each slit.
+    """
     i, j = np.meshgrid(np.arange(R - 1), np.arange(C), indexing="ij")
     keep = np.ones((R - 1, C), bool)
-    keep[mouth_row, mcols[:-1]] = False
-    for cols in eye_cols.values():
-        keep[eye_row, cols[:-1]] = False
+    for row, cols in slits:
+        keep[row, cols[:-1]] = False
     i, j = i[keep], j[keep]
     v00, v01 = i * C + j, i * C + (j + 1) % C
     v10, v11 = (i + 1) * C + j, (i + 1) * C + (j + 1) % C
-    faces = [np.stack([v00, v10, v11], 1), np.stack([v00, v11, v01], 1)]
     jj = np.arange(C)
-    faces.append(np.stack([np.full(C, top), jj, (jj + 1) % C], 1))
     last = (R - 1) * C
-    faces.append(np.stack([np.full(C, bottom), last + (jj + 1) % C, last + jj], 1))
-
-    def loop(row, cols):
-        ids = np.concatenate([row * C + cols, (row + 1) * C + cols[::-1]])
-        side = np.concatenate([np.ones(len(cols)), -np.ones(len(cols))])
-        return ids, side
-
-    all_v = np.concatenate(verts)
-
-    # Mouth pocket: inner lip, behind the lips, then the cavity, closed at the back.
-    ids, side = loop(mouth_row, mcols)
-    p0 = all_v[ids]
-    u = np.clip(p0[:, 0] / am, -1, 1)
-    bulge = np.sqrt(np.clip(1 - u * u, 0, 1))
-    zc = a.mouth_z
-    yc = a.mouth_y - 0.0015
-    spec = [  # (x scale or half width, vertical reach, depth behind the lip line, arch)
-        ("lip", 0.97, 0.0024, 0.0040, 0.0),
-        ("lip", 0.93, 0.0058, 0.0090, 0.002),
-        ("cav", 0.0225, 0.0105, 0.0150, 0.010),
-        ("cav", 0.0255, 0.0132, 0.0230, 0.012),
-        ("cav", 0.0260, 0.0140, 0.0320, 0.013),
-        ("cav", 0.0240, 0.0130, 0.0410, 0.012),
-        ("cav", 0.0195, 0.0105, 0.0480, 0.010),
-        ("cav", 0.0120, 0.0070, 0.0530, 0.006),
+    return [
+        np.stack([v00, v10, v11], 1),
+        np.stack([v00, v11, v01], 1),
+        np.stack([np.full(C, top), jj, (jj + 1) % C], 1),
+        np.stack([np.full(C, bottom), last + (jj + 1) % C, last + jj], 1),
     ]
+
+
+def _slit_loop(row: int, cols, C: int):
+    """A slit's closed loop of grid ids (upper edge along x, lower edge back) and its side (+1 upper, -1 lower)."""
+    ids = np.concatenate([row * C + cols, (row + 1) * C + cols[::-1]])
+    side = np.concatenate([np.ones(len(cols)), -np.ones(len(cols))])
+    return ids, side
+
+
+def _mouth_pocket(parts: _Parts, grid, ids, side, half_width: float, a: Anatomy) -> Tube:
+    """The mouth's tube from its slit: inner lip, behind the lips, then the cavity, closed at the back."""
+    p0 = grid[ids]
+    u = np.clip(p0[:, 0] / half_width, -1, 1)
+    bulge = np.sqrt(np.clip(1 - u * u, 0, 1))
+    yc = a.mouth_y - 0.0015
     rings = [ids]
-    new = []
-    for kind, sx, reach, depth, arch in spec:
+    for kind, sx, reach, depth, arch in _MOUTH_RINGS:
         if kind == "lip":
             q = np.stack([p0[:, 0] * sx, p0[:, 1] + side * reach * bulge, p0[:, 2] - depth - arch * u * u], 1)
         else:
             vy = reach * (0.08 + 0.92 * bulge)
-            q = np.stack([u * sx, yc + side * vy, np.full_like(u, zc - depth) - arch * u * u], 1)
-        rings.append(np.arange(n, n + len(q)))
-        new.append(q)
-        n += len(q)
-    cap = n
-    new.append([[0.0, yc, zc - 0.057]])
-    n += 1
-    verts += new
-    mouth = Tube(np.stack(rings), cap, side, u)
-    faces.append(_bridge(mouth.rings, cap))
+            q = np.stack([u * sx, yc + side * vy, np.full_like(u, a.mouth_z - depth) - arch * u * u], 1)
+        rings.append(parts.add_verts(q))
+    cap = int(parts.add_verts([0.0, yc, a.mouth_z - 0.057])[0])
+    tube = Tube(np.stack(rings), cap, side, u)
+    parts.faces.append(_bridge(tube.rings, cap))
+    return tube
 
-    # Eye pockets: from the lid margin just under the eyeball surface, shrinking behind it.
-    eyes = {}
-    for s, cols in eye_cols.items():
-        ids, side = loop(eye_row, cols)
-        c = a.eye_centre(s)
-        p0 = np.concatenate(verts)[ids]
-        dvec = (p0 - c) / np.linalg.norm(p0 - c, axis=1, keepdims=True)
-        rings = [ids]
-        for scale in ((a.eye_r - 0.0004), 0.8 * a.eye_r, 0.55 * a.eye_r, 0.3 * a.eye_r):
-            q = c + dvec * scale
-            q[:, 2] -= 0.25 * (a.eye_r - scale)
-            rings.append(np.arange(n, n + len(q)))
-            verts.append(q)
-            n += len(q)
-        verts.append([c - [0, 0, 0.004]])
-        cap = n
-        n += 1
-        ax = np.abs(all_v[ids, 0])
-        tube = Tube(np.stack(rings), cap, side, 2 * (ax - ax.min()) / (ax.max() - ax.min()) - 1)
-        faces.append(_bridge(tube.rings, cap))
-        eyes[s] = tube
 
-    n_skin_faces = sum(len(f) for f in faces)
+def _eye_pocket(parts: _Parts, grid, ids, side, centre, a: Anatomy) -> Tube:
+    """An eye's tube from its lid margin: just under the eyeball's surface, shrinking behind it."""
+    p0 = grid[ids]
+    dvec = (p0 - centre) / np.linalg.norm(p0 - centre, axis=1, keepdims=True)
+    rings = [ids]
+    for scale in ((a.eye_r - 0.0004), 0.8 * a.eye_r, 0.55 * a.eye_r, 0.3 * a.eye_r):
+        q = centre + dvec * scale
+        q[:, 2] -= 0.25 * (a.eye_r - scale)
+        rings.append(parts.add_verts(q))
+    cap = int(parts.add_verts(centre - [0, 0, 0.004])[0])
+    ax = np.abs(p0[:, 0])
+    tube = Tube(np.stack(rings), cap, side, 2 * (ax - ax.min()) / (ax.max() - ax.min()) - 1)
+    parts.faces.append(_bridge(tube.rings, cap))
+    return tube
+
+
+def _add_eyeballs(parts: _Parts, cfg: GridConfig, a: Anatomy) -> dict:
+    """Both eyeballs as separate closed spheres; -> side -> vertex ids."""
     eyeballs = {}
     for s in (1, -1):
         ev, ef = _eyeball(a.eye_centre(s), a.eye_r, cfg)
-        eyeballs[s] = np.arange(n, n + len(ev))
-        verts.append(ev)
-        faces.append(ef + n)
-        n += len(ev)
+        eyeballs[s] = parts.add_verts(ev)
+        parts.faces.append(ef + eyeballs[s][0])
+    return eyeballs
 
-    V = n
+
+def _grid_index(R: int, C: int, V: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column [V] of each grid vertex (the first R*C), -1 for every other vertex."""
     grid_row = np.full(V, -1)
     grid_col = np.full(V, -1)
     grid_row[: R * C] = np.repeat(np.arange(R), C)
     grid_col[: R * C] = np.tile(np.arange(C), R)
+    return grid_row, grid_col
+
+
+def build_head_mesh(cfg: GridConfig = GridConfig(), a: Anatomy = Anatomy()) -> HeadMesh:
+    """Sample the SDF into the closed skin with mouth and eye pockets, plus two eyeballs."""
+    R, C = cfg.rows, cfg.cols
+    theta_rows, phi = _grid_angles(cfg, a)
+    theta = np.repeat(theta_rows[:, None], C, 1)
+    pos = project_rays(direction(theta, phi[None, :]).reshape(-1, 3), a).reshape(R, C, 3)
+    mouth_row, mouth_cols, mouth_half_width = _open_mouth(theta, phi, pos, a)
+    eye_row, eye_cols = _open_eyes(theta, phi, pos, a)
+
+    parts = _Parts()
+    grid = _reproject_moved(theta, theta_rows, phi, pos, a)
+    parts.add_verts(grid)
+    top, bottom = parts.add_verts(project_rays(np.array([[0, 1.0, 0], [0, -1.0, 0]]), a))
+    slits = [(mouth_row, mouth_cols)] + [(eye_row, cols) for cols in eye_cols.values()]
+    parts.faces += _grid_faces(R, C, top, bottom, slits)
+    mouth = _mouth_pocket(parts, grid, *_slit_loop(mouth_row, mouth_cols, C), mouth_half_width, a)
+    eyes = {s: _eye_pocket(parts, grid, *_slit_loop(eye_row, cols, C), a.eye_centre(s), a) for s, cols in eye_cols.items()}
+    n_skin_faces = parts.n_faces
+    eyeballs = _add_eyeballs(parts, cfg, a)
+    grid_row, grid_col = _grid_index(R, C, parts.n_verts)
     return HeadMesh(
-        verts=np.concatenate([np.asarray(v, dtype=np.float64).reshape(-1, 3) for v in verts]),
-        faces=np.concatenate(faces).astype(np.int64),
-        n_skin_faces=n_skin_faces,
-        n_rows=R,
-        n_cols=C,
-        mouth_row=mouth_row,
-        eye_row=eye_row,
-        mouth_cols=mcols,
-        eye_cols=eye_cols,
-        mouth=mouth,
-        eyes=eyes,
-        eyeballs=eyeballs,
-        grid_row=grid_row,
-        grid_col=grid_col,
+        verts=np.concatenate(parts.verts), faces=np.concatenate(parts.faces).astype(np.int64),
+        n_skin_faces=n_skin_faces, n_rows=R, n_cols=C, grid_row=grid_row, grid_col=grid_col,
+        mouth_row=mouth_row, mouth_cols=mouth_cols, mouth=mouth,
+        eye_row=eye_row, eye_cols=eye_cols, eyes=eyes, eyeballs=eyeballs,
         anatomy=a,
     )

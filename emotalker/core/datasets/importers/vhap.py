@@ -136,17 +136,40 @@ def import_vhap(src: str | os.PathLike, out: str | os.PathLike, opts: ImportOpti
 
     Adding to an existing dataset needs the same identity, frame size and fps.
     """
-    from PIL import Image
-
     src, out = Path(src), Path(out)
+    _check_labels(opts)
+    frames, shared, root, cam = _camera_frames(src, opts.camera)
+    params = [_load_params(root / f["flame_param_path"]) for f in frames]
+    model = _rig_with_identity(opts.flame, params[0], root / frames[0]["flame_param_path"])
+    tracking, (width, height) = _tracking(frames, params, shared, root, model, opts.flame)
+    clip_id = _clip_id(src, opts.clip_id)
+    info = ClipInfo(clip_id, opts.emotion, float(opts.intensity), opts.split)
+    existing = _open_target(out, model, width, height, opts.fps, clip_id)
+    _write_clip(src, out, clip_id, frames, root, (width, height), tracking, opts.audio)
+    if not (out / "flame_model.npz").exists():
+        model.save(out / "flame_model.npz")
+    _swap_in_clip(out, clip_id)
+    clips = [c for c in existing if c.id != clip_id] + [info]
+    write_dataset_json(out, opts.fps, width, height, clips)
+    log(f"imported {len(frames)} frames of camera {cam} from {src} as clip {clip_id!r} into {out}")
+    return info
+
+
+def _check_labels(opts: ImportOptions) -> None:
+    """The clip's emotion, intensity and split, checked before any file is read."""
     emotion_index(opts.emotion)
     check_intensity(opts.intensity)
     if opts.split not in SPLITS:
         raise InputError(None, f"split must be train or test, got {opts.split!r}")
+
+
+def _camera_frames(src: Path, camera: int | None) -> tuple[list[dict], dict, Path, int]:
+    """The frames of one camera (default: the first frame's) in timestep order, the shared fields,
+    the export's root and the camera index."""
     frames, shared, root = _frames(src)
     if not frames:
         raise InputError(src, "the export has no frames")
-    cam = opts.camera if opts.camera is not None else frames[0].get("camera_index", 0)
+    cam = camera if camera is not None else frames[0].get("camera_index", 0)
     frames = [f for f in frames if f.get("camera_index", 0) == cam]
     if not frames:
         raise InputError(src, f"no frames from camera_index {cam}")
@@ -154,79 +177,106 @@ def import_vhap(src: str | os.PathLike, out: str | os.PathLike, opts: ImportOpti
     steps = [f.get("timestep_index", i) for i, f in enumerate(frames)]
     if len(set(steps)) != len(steps):
         raise InputError(frames[0]["_file"], f"camera {cam} has more than one frame for a timestep")
+    return frames, shared, root, cam
 
-    params = [_load_params(root / f["flame_param_path"]) for f in frames]
-    first = params[0]
-    model = FlameModel.load(opts.flame)
+
+def _rig_with_identity(flame: Path, first: dict[str, np.ndarray], where: Path) -> FlameModel:
+    """The tracker's FLAME rig with the first frame's identity (shape, static offset) baked in."""
+    model = FlameModel.load(flame)
     shape = first.get("shape", np.zeros(0, np.float32))
     if shape.size > model.n_shape:
-        raise InputError(root / frames[0]["flame_param_path"], f"shape has {shape.size} coefficients but {opts.flame} has {model.n_shape}")
-    model = apply_identity(model, shape, first.get("static_offset"))
-    root_joint = (model.J_regressor @ model.v_template)[0].astype(np.float64)
+        raise InputError(where, f"shape has {shape.size} coefficients but {flame} has {model.n_shape}")
+    return apply_identity(model, shape, first.get("static_offset"))
 
+
+def _tracking(frames: list[dict], params: list[dict], shared: dict, root: Path, model: FlameModel,
+              flame: Path) -> tuple[Tracking, tuple[int, int]]:
+    """The clip's per-frame FLAME curves and cameras, and its frame size (width, height).
+
+    The head's rigid motion is folded into each frame's world-to-camera matrix.
+    """
+    root_joint = (model.J_regressor @ model.v_template)[0].astype(np.float64)
     T = len(frames)
-    E = int(first["expr"].size)
+    E = int(params[0]["expr"].size)
     if E > model.n_expr:
-        raise InputError(root / frames[0]["flame_param_path"], f"expr has {E} coefficients but {opts.flame} has {model.n_expr}")
+        raise InputError(root / frames[0]["flame_param_path"], f"expr has {E} coefficients but {flame} has {model.n_expr}")
     tr = {k: np.zeros(s, np.float32) for k, s in (("expr", (T, E)), ("jaw", (T, 3)), ("neck", (T, 3)), ("eyes", (T, 6)),
                                                    ("eyelids", (T, 2)), ("blink", (T,)), ("K", (T, 3, 3)), ("viewmat", (T, 4, 4)))}
     size = None
     for t, (fr, p) in enumerate(zip(frames, params)):
-        where = root / fr["flame_param_path"]
-        if p["expr"].size != E:
-            raise InputError(where, f"expr has {p['expr'].size} values, the first frame {E}")
-        tr["expr"][t] = p["expr"].reshape(-1)
-        tr["jaw"][t] = p["jaw_pose"].reshape(-1)
-        tr["neck"][t] = p["neck_pose"].reshape(-1) if "neck_pose" in p else 0
-        tr["eyes"][t] = p["eyes_pose"].reshape(-1) if "eyes_pose" in p else 0
-        if "eyelids" in p:
-            tr["eyelids"][t] = p["eyelids"].reshape(-1)[:2]
-            tr["blink"][t] = float(np.clip(tr["eyelids"][t].mean(), 0, 1))
+        _put_pose(tr, t, p, E, root / fr["flame_param_path"])
         K, w, h = _intrinsics(fr, shared, fr["_file"])
         if size is None:
             size = (w, h)
         elif size != (w, h):
             raise InputError(fr["_file"], f"frame {t} is {w}x{h}, earlier frames {size[0]}x{size[1]}")
         tr["K"][t] = K
-        c2w = np.asarray(fr["transform_matrix"], np.float64)
-        if c2w.shape != (4, 4):
-            raise InputError(fr["_file"], f"transform_matrix of frame {t} must be 4x4, got {list(c2w.shape)}")
-        view = np.linalg.inv(c2w @ GL_TO_CV)
-        tr["viewmat"][t] = view @ global_transform(p["rotation"], p["translation"], root_joint)
-    tracking = Tracking(**tr)
+        tr["viewmat"][t] = _world_to_camera(fr, t) @ global_transform(p["rotation"], p["translation"], root_joint)
+    return Tracking(**tr), size
 
-    clip_id = opts.clip_id or (src if src.is_dir() else src.parent).resolve().name
+
+def _put_pose(tr: dict[str, np.ndarray], t: int, p: dict[str, np.ndarray], E: int, where: Path) -> None:
+    """Write frame t's expression, jaw, neck, eyes, eyelids and blink into the tracking arrays."""
+    if p["expr"].size != E:
+        raise InputError(where, f"expr has {p['expr'].size} values, the first frame {E}")
+    tr["expr"][t] = p["expr"].reshape(-1)
+    tr["jaw"][t] = p["jaw_pose"].reshape(-1)
+    tr["neck"][t] = p["neck_pose"].reshape(-1) if "neck_pose" in p else 0
+    tr["eyes"][t] = p["eyes_pose"].reshape(-1) if "eyes_pose" in p else 0
+    if "eyelids" in p:
+        tr["eyelids"][t] = p["eyelids"].reshape(-1)[:2]
+        tr["blink"][t] = float(np.clip(tr["eyelids"][t].mean(), 0, 1))
+
+
+def _world_to_camera(fr: dict, t: int) -> np.ndarray:
+    """Frame t's world-to-camera matrix in OpenCV axes, from its camera-to-world transform_matrix in OpenGL axes."""
+    c2w = np.asarray(fr["transform_matrix"], np.float64)
+    if c2w.shape != (4, 4):
+        raise InputError(fr["_file"], f"transform_matrix of frame {t} must be 4x4, got {list(c2w.shape)}")
+    return np.linalg.inv(c2w @ GL_TO_CV)
+
+
+def _clip_id(src: Path, clip_id: str | None) -> str:
+    """The clip's id: as given, or the export folder's name."""
+    clip_id = clip_id or (src if src.is_dir() else src.parent).resolve().name
     if not _CLIP_ID_RE.match(clip_id):
         raise InputError(None, f"clip id {clip_id!r} may hold only letters, digits, _ . - (pass --clip-id)")
-    info = ClipInfo(clip_id, opts.emotion, float(opts.intensity), opts.split)
-    width, height = size
-    existing = _open_target(out, model, width, height, opts.fps, clip_id)
+    return clip_id
 
-    clip_dir = out / "clips" / clip_id
-    tmp = out / "clips" / f".{clip_id}.partial"
+
+def _partial_dir(out: Path, clip_id: str) -> Path:
+    """Where a clip is built before it is moved into place, so an interrupted import never leaves half a clip."""
+    return out / "clips" / f".{clip_id}.partial"
+
+
+def _write_clip(src: Path, out: Path, clip_id: str, frames: list[dict], root: Path, size: tuple[int, int],
+                tracking: Tracking, audio: Path | None) -> None:
+    """Write the clip's images (RGBA, the mask as alpha), audio and tracking into its partial folder."""
+    from PIL import Image
+
+    clip_dir, tmp = out / "clips" / clip_id, _partial_dir(out, clip_id)
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "images").mkdir(parents=True)
     for t, fr in enumerate(frames):
         img_path = root / fr["file_path"]
         if not img_path.suffix:
             img_path = img_path.with_suffix(".png")
-        rgba = _read_rgba(img_path, root / fr["fg_mask_path"] if fr.get("fg_mask_path") else None, (width, height))
+        rgba = _read_rgba(img_path, root / fr["fg_mask_path"] if fr.get("fg_mask_path") else None, size)
         Image.fromarray(rgba, "RGBA").save(tmp / "images" / FRAME_NAME.format(t))
-    if opts.audio is not None:
-        _write_audio(Path(opts.audio), tmp / "audio.wav")
-    elif (clip_dir / "audio.wav").is_file():
+    if audio is not None:
+        _write_audio(Path(audio), tmp / "audio.wav")
+    elif (clip_dir / "audio.wav").is_file():  # re-importing a clip keeps its sound
         shutil.copy2(clip_dir / "audio.wav", tmp / "audio.wav")
     else:
         raise InputError(src, "VHAP exports carry no sound: pass the clip's audio with --audio")
     tracking.save(tmp / "tracking.npz")
-    if not (out / "flame_model.npz").exists():
-        model.save(out / "flame_model.npz")
+
+
+def _swap_in_clip(out: Path, clip_id: str) -> None:
+    """Replace the clip's folder with its finished partial folder."""
+    clip_dir = out / "clips" / clip_id
     shutil.rmtree(clip_dir, ignore_errors=True)
-    os.replace(tmp, clip_dir)
-    clips = [c for c in existing if c.id != clip_id] + [info]
-    write_dataset_json(out, opts.fps, width, height, clips)
-    log(f"imported {T} frames of camera {cam} from {src} as clip {clip_id!r} into {out}")
-    return info
+    os.replace(_partial_dir(out, clip_id), clip_dir)
 
 
 def _open_target(out: Path, model: FlameModel, width: int, height: int, fps: float, clip_id: str) -> list[ClipInfo]:
