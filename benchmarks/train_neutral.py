@@ -59,7 +59,7 @@ def frames_per_second(model, batch: int, repeats: int = 5) -> float:
         return batch * repeats / (time.perf_counter() - t)
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default=str(Path(tempfile.gettempdir()) / "emotalker-sample-default"))
     ap.add_argument("--json", default=None)
@@ -76,114 +76,145 @@ def main() -> int:
     ap.add_argument("--plot", default=None, help="PNG of test PSNR over training time")
     ap.add_argument("--compare", default=None, help="PNG of ground truth beside renders, held-out frames")
     ap.add_argument("--out", default=None, help="keep the trained avatar's neutral.safetensors here")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    return ap.parse_args()
 
-    ds = Dataset.open(args.dataset)
-    flame = ds.flame_model()
-    train = FrameSet(ds, [c.id for c in ds.split("train")], args.resolution)
-    test = FrameSet(ds, [c.id for c in ds.split("test")], args.resolution)
-    curve_idx = evenly(len(test), args.curve_frames)
-    test_idx = evenly(len(test), args.test_frames)
-    print(f"dataset {args.dataset}: {len(train)} train / {len(test)} test frames at {train.width}x{train.height}", flush=True)
 
-    model = new_model(flame, args.gaussians)
-    baseline = evaluate(model, test, test_idx)
-    print(f"baseline (untrained init): test PSNR {baseline['psnr']:.2f} dB, mouth {baseline['mouth_psnr']:.2f} dB", flush=True)
+class BudgetedRun:
+    """The trainer's per-step hook: fits the schedule to the time budget after a probe, records
+    the held-out curve, and stops at the budget. Evaluation pauses are not training time."""
 
-    budget = args.minutes * 60
-    probe_steps = 50
-    probe: dict = {}
-    cfg = TrainNeutralConfig(steps=args.steps or 10**6, resolution=args.resolution, max_gaussians=args.max_gaussians,
-                             checkpoint_every=10**9, delta_every=args.delta_every)
-    trainer = NeutralTrainer(model, train, cfg)
-    curve: list[dict] = []
-    paused = {"s": 0.0}
-    next_eval = {"t": 0.0}
+    PROBE_STEPS = 50
 
-    def on_step(tr: NeutralTrainer, stats) -> None:
+    def __init__(self, args: argparse.Namespace, test: FrameSet, curve_idx: list[int]):
+        self.args, self.test, self.curve_idx = args, test, curve_idx
+        self.budget = args.minutes * 60
+        self.t10 = 0.0
+        self.curve: list[dict] = []
+        self.paused = 0.0
+        self.next_eval = 0.0
+
+    def __call__(self, tr: NeutralTrainer, stats) -> None:
         step, t = tr.state.step, tr.state.seconds
         if step == 10:
-            probe["t10"] = t
-        if not args.steps and step == probe_steps:
-            # Fit the schedule (lr decay, densification window) to the time left; the
-            # first steps (JIT compilation) are left out of the rate.
-            per_step = (t - probe["t10"]) / (probe_steps - 10)
-            total = int(probe_steps + (budget - t) / per_step * 0.97)
-            tr.cfg = TrainNeutralConfig(**{**tr.cfg.__dict__, "steps": total, "densify_from": None,
-                                           "densify_until": None, "sh_increase_every": None}).resolved()
-            print(f"probe: {per_step * 1000:.0f} ms/step -> {total} steps", flush=True)
-        if t >= next_eval["t"] or step == tr.cfg.steps:
-            t0 = time.monotonic()
-            m = evaluate(tr.model, test, curve_idx)
-            curve.append({"minutes": round((t - paused["s"]) / 60, 3), "step": step, "test_psnr": m["psnr"],
-                          "n_gaussians": stats["n"], "train_psnr_recent": float(np.mean([h["psnr"] for h in tr.state.history[-10:]] or [stats["psnr"]]))})
-            print(f"  {(t - paused['s']) / 60:6.2f} min  step {step:6d}  test PSNR {m['psnr']:.2f} dB  n={stats['n']}", flush=True)
-            next_eval["t"] = t + args.eval_every * 60
-            # Evaluation time is not training time: shift the trainer's clock back.
-            paused["s"] += time.monotonic() - t0
-        if tr.state.seconds - paused["s"] > budget * 1.02 and not args.steps:
+            self.t10 = t
+        if not self.args.steps and step == self.PROBE_STEPS:
+            self.fit_schedule(tr, t)
+        if t >= self.next_eval or step == tr.cfg.steps:
+            self.curve_point(tr, stats, t)
+        if tr.state.seconds - self.paused > self.budget * 1.02 and not self.args.steps:
             raise _Stop
 
-    # The trainer measures wall time itself; subtract evaluation pauses afterwards.
-    try:
-        trainer.run(on_step=lambda tr, s: on_step(tr, s))
-    except _Stop:
-        print("stopped at the time budget", flush=True)
-    train_seconds = trainer.state.seconds - paused["s"]
-    model = trainer.model
-    model.active_sh_degree = trainer.sh_degree_at(trainer.state.step)
+    def fit_schedule(self, tr: NeutralTrainer, t: float) -> None:
+        """Fit the schedule (lr decay, densification window) to the time left; the first steps
+        (JIT compilation) are left out of the rate."""
+        per_step = (t - self.t10) / (self.PROBE_STEPS - 10)
+        total = int(self.PROBE_STEPS + (self.budget - t) / per_step * 0.97)
+        tr.cfg = TrainNeutralConfig(**{**tr.cfg.__dict__, "steps": total, "densify_from": None,
+                                       "densify_until": None, "sh_increase_every": None}).resolved()
+        print(f"probe: {per_step * 1000:.0f} ms/step -> {total} steps", flush=True)
 
+    def curve_point(self, tr: NeutralTrainer, stats, t: float) -> None:
+        t0 = time.monotonic()
+        m = evaluate(tr.model, self.test, self.curve_idx)
+        recent = float(np.mean([h["psnr"] for h in tr.state.history[-10:]] or [stats["psnr"]]))
+        minutes = (t - self.paused) / 60
+        self.curve.append({"minutes": round(minutes, 3), "step": tr.state.step, "test_psnr": m["psnr"],
+                           "n_gaussians": stats["n"], "train_psnr_recent": recent})
+        print(f"  {minutes:6.2f} min  step {tr.state.step:6d}  test PSNR {m['psnr']:.2f} dB  n={stats['n']}", flush=True)
+        self.next_eval = t + self.args.eval_every * 60
+        self.paused += time.monotonic() - t0  # evaluation time is not training time
+
+
+def report(args, trainer: NeutralTrainer, run: BudgetedRun, train: FrameSet, test_idx: list[int],
+           baseline: dict, train_seconds: float) -> dict:
+    """The benchmark's figures for the trained model."""
+    model, test = trainer.model, run.test
     final = evaluate(model, test, test_idx)
     train_eval = evaluate(model, train, evenly(len(train), 40))
     fps1 = frames_per_second(model, 1)
     fps25 = frames_per_second(model, 25)
-    n_total = model.n_gaussians + model.n_teeth
-    result = {
+    return {
         "dataset": str(args.dataset), "resolution": [train.width, train.height],
         "test_psnr": final["psnr"], "test_ssim": final["ssim"], "test_l1": final["l1"],
         "head_psnr": final["head_psnr"], "mouth_psnr": final["mouth_psnr"], "mouth_ssim": final["mouth_ssim"],
         "mouth_l1": final["mouth_l1"], "train_psnr": train_eval["psnr"], "test_frames": final["frames"],
-        "n_gaussians": n_total, "n_face_gaussians": model.n_gaussians, "n_teeth": model.n_teeth,
+        "n_gaussians": model.n_gaussians + model.n_teeth, "n_face_gaussians": model.n_gaussians,
+        "n_teeth": model.n_teeth,
         "train_minutes": round(train_seconds / 60, 2), "steps": trainer.state.step, "planned_steps": trainer.cfg.steps,
         "ms_per_step": round(train_seconds / max(trainer.state.step, 1) * 1000, 1),
         "baseline_untrained": {"test_psnr": baseline["psnr"], "mouth_psnr": baseline["mouth_psnr"], "test_ssim": baseline["ssim"]},
         "eval_frames_per_second": {"batch_1": round(fps1, 1), "batch_25": round(fps25, 1)},
-        "curve": curve, "load_average": os.getloadavg(), "torch_threads": torch.get_num_threads(),
+        "curve": run.curve, "load_average": os.getloadavg(), "torch_threads": torch.get_num_threads(),
         "goal": {"test_psnr_db": 30, "minutes": 20, "max_gaussians": 30000},
     }
+
+
+def plot_curve(path: str, curve: list[dict], n_curve_frames: int, train: FrameSet, n_total: int) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    ax.plot([c["minutes"] for c in curve], [c["test_psnr"] for c in curve], "o-", label=f"held-out ({n_curve_frames} frames)")
+    ax.plot([c["minutes"] for c in curve], [c["train_psnr_recent"] for c in curve], ".--", alpha=0.6, label="training frames (recent steps)")
+    ax.axhline(30, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("training time (minutes, this CPU)")
+    ax.set_ylabel("PSNR (dB)")
+    ax.set_title(f"Stage 1, {train.width}x{train.height}, {n_total} Gaussians", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+
+
+def compare_image(path: str, model, test: FrameSet) -> None:
+    """Ground truth beside the render for four held-out frames, in a 2x2 grid."""
+    from PIL import Image
+
+    rows = []
+    for i in evenly(len(test), 4):
+        frame, rgb, _ = render_neutral_frame(model, test, i)
+        rows.append(torch.cat([frame.image, rgb], 1))
+    grid = torch.cat([torch.cat(rows[:2], 1), torch.cat(rows[2:4], 1)], 0) if len(rows) == 4 else torch.cat(rows, 0)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((grid.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)).save(path)
+
+
+def main() -> int:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ds = Dataset.open(args.dataset)
+    train = FrameSet(ds, [c.id for c in ds.split("train")], args.resolution)
+    test = FrameSet(ds, [c.id for c in ds.split("test")], args.resolution)
+    test_idx = evenly(len(test), args.test_frames)
+    print(f"dataset {args.dataset}: {len(train)} train / {len(test)} test frames at {train.width}x{train.height}", flush=True)
+
+    model = new_model(ds.flame_model(), args.gaussians)
+    baseline = evaluate(model, test, test_idx)
+    print(f"baseline (untrained init): test PSNR {baseline['psnr']:.2f} dB, mouth {baseline['mouth_psnr']:.2f} dB", flush=True)
+    cfg = TrainNeutralConfig(steps=args.steps or 10**6, resolution=args.resolution, max_gaussians=args.max_gaussians,
+                             checkpoint_every=10**9, delta_every=args.delta_every)
+    trainer = NeutralTrainer(model, train, cfg)
+    run = BudgetedRun(args, test, evenly(len(test), args.curve_frames))
+    try:
+        trainer.run(on_step=run)
+    except _Stop:
+        print("stopped at the time budget", flush=True)
+    train_seconds = trainer.state.seconds - run.paused
+    model = trainer.model
+    model.active_sh_degree = trainer.sh_degree_at(trainer.state.step)
+
+    result = report(args, trainer, run, train, test_idx, baseline, train_seconds)
     print(json.dumps({k: v for k, v in result.items() if k != "curve"}, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     if args.out:
         model.save(Path(args.out) / "neutral.safetensors", steps=trainer.state.step)
     if args.plot:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
-        ax.plot([c["minutes"] for c in curve], [c["test_psnr"] for c in curve], "o-", label=f"held-out ({len(curve_idx)} frames)")
-        ax.plot([c["minutes"] for c in curve], [c["train_psnr_recent"] for c in curve], ".--", alpha=0.6, label="training frames (recent steps)")
-        ax.axhline(30, color="grey", lw=0.8, ls=":")
-        ax.set_xlabel("training time (minutes, this CPU)")
-        ax.set_ylabel("PSNR (dB)")
-        ax.set_title(f"Stage 1, {train.width}x{train.height}, {n_total} Gaussians", fontsize=9)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(args.plot)
+        plot_curve(args.plot, run.curve, len(run.curve_idx), train, result["n_gaussians"])
     if args.compare:
-        from PIL import Image
-
-        rows = []
-        for i in evenly(len(test), 4):
-            frame, rgb, _ = render_neutral_frame(model, test, i)
-            rows.append(torch.cat([frame.image, rgb], 1))
-        grid = torch.cat([torch.cat(rows[:2], 1), torch.cat(rows[2:4], 1)], 0) if len(rows) == 4 else torch.cat(rows, 0)
-        Path(args.compare).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray((grid.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)).save(args.compare)
+        compare_image(args.compare, model, test)
     return 0
 
 

@@ -9,7 +9,7 @@ the string literal on the line after the field, as in
         \"\"\"Training steps.\"\"\"
 
 `field_docs` reads those strings from the source, so the command line's help
-(emotalker/cli/options.py) and docs/architecture.md quote the code itself;
+(emotalker/cli/options.py) quotes the code itself;
 `from_dict` builds a config from JSON-like data (a worker request, a file),
 rejecting unknown fields and wrong types with one error naming the field.
 """
