@@ -10,7 +10,7 @@ small enough to ship in the repository (<= 25 MB):
    espeak-ng) into WORK/dataset (a re-run resumes);
 2. Stage 1 (Gaussian blendshapes) on the train split: N_GAUSSIANS face
    Gaussians to start, MAX_GAUSSIANS at most, N_BLENDSHAPES Gaussian blendshapes,
-   SH degree 1, 128 px, STEPS_NEUTRAL steps (checkpointed to WORK, resumable);
+   SH degree 1, 128 px, STEPS_NEUTRAL steps;
    the step counts are small because the demo must be made on a shared 2-core
    CPU: it is a demonstration of the pipeline, not a quality avatar;
 3. A2E on the same dataset (log-mel features, STEPS_A2E steps);
@@ -20,7 +20,8 @@ small enough to ship in the repository (<= 25 MB):
    a2e.safetensors, emotion.safetensors) to OUT/demo_avatar and speaks DEMO_TEXT
    with espeak-ng into OUT/demo_speech.wav (16 kHz, 16-bit).
 
-A stage already in WORK/avatar is kept, so a re-run resumes where it stopped.
+Training runs `core.training`'s stages with `train_config()`; a re-run keeps
+the stages already in WORK/avatar and resumes the others from their checkpoints.
 """
 
 from __future__ import annotations
@@ -54,56 +55,21 @@ def make_dataset(work: Path) -> Path:
     return make_sample(work / "dataset", replace(PRESETS["default"], **SAMPLE), progress="bar")
 
 
-def train_neutral(dataset_root: Path, avatar: Path, work: Path) -> dict:
-    """Stage 1 into avatar/neutral.safetensors; resumes from WORK/neutral.ckpt.safetensors."""
-    import torch
+def train_config():
+    """The three stages' settings for the demo (the rest are the library's defaults)."""
+    from emotalker.core.models.blendshapes import BlendshapeConfig
+    from emotalker.core.training.a2e import TrainA2EConfig
+    from emotalker.core.training.emotion import TrainEmotionConfig
+    from emotalker.core.training.neutral import TrainNeutralConfig
+    from emotalker.core.training.pipeline import TrainAllConfig
 
-    from emotalker.core.models.bundle import AvatarBundle
-    from emotalker.core.datasets.dataset import Dataset
-    from emotalker.core.evaluation.neutral import evaluate
-    from emotalker.core.datasets.frames import FrameSet
-    from emotalker.core.base.progress import Progress
-    from emotalker.core.training.neutral import NeutralTrainer, TrainNeutralConfig, new_model
-
-    torch.manual_seed(0)
-    dataset = Dataset.open(dataset_root)
-    flame = dataset.flame_model()
-    train_ids = [c.id for c in dataset.split("train")]
-    test_ids = [c.id for c in dataset.split("test")]
-    frames = FrameSet(dataset, train_ids, resolution=SAMPLE["resolution"])
-    cfg = TrainNeutralConfig(steps=STEPS_NEUTRAL, resolution=SAMPLE["resolution"], max_gaussians=MAX_GAUSSIANS,
-                             checkpoint_every=100, delta_every=1)
-    ckpt = work / "neutral.ckpt.safetensors"
-    if ckpt.exists():
-        trainer = NeutralTrainer.from_checkpoint(ckpt, flame, frames, cfg)
-    else:
-        trainer = NeutralTrainer(new_model(flame, N_GAUSSIANS, sh_degree=1, n_blendshapes=N_BLENDSHAPES), frames, cfg)
-    with Progress("train neutral", total=cfg.steps, initial=trainer.state.step) as bar:
-        state = trainer.run(checkpoint=ckpt, progress=bar)
-    model = trainer.model.eval()
-    test = FrameSet(dataset, test_ids, resolution=SAMPLE["resolution"], stride=5)
-    metrics = evaluate(model, test)
-    bundle = AvatarBundle.create(avatar)
-    shutil.copyfile(dataset_root / "flame_model.npz", bundle.flame_path)
-    model.save(bundle.stage_path("neutral"), steps=state.step)
-    bundle.update_manifest("neutral", file=bundle.stage_path("neutral").name, steps=state.step,
-                           n_gaussians=model.n_gaussians + model.n_teeth, minutes=round(state.seconds / 60, 2),
-                           test_metrics=metrics, dataset="tools/make_demo_avatar.py " + str(SAMPLE))
-    bundle.update_manifest(None, fps=dataset.fps)
-    return metrics
-
-
-def train_a2e(dataset_root: Path, avatar: Path) -> dict:
-    from emotalker.core.training.a2e import TrainA2EConfig, train_a2e as train
-
-    return train(dataset_root, avatar, TrainA2EConfig(steps=STEPS_A2E), device="cpu", progress="bar")
-
-
-def train_emotion(dataset_root: Path, avatar: Path) -> dict:
-    from emotalker.core.training.emotion import TrainEmotionConfig, train_emotion as train
-
-    return train(dataset_root, avatar, TrainEmotionConfig(steps=STEPS_EMOTION, resolution=SAMPLE["resolution"]),
-                 device="cpu", progress="bar")
+    res = SAMPLE["resolution"]
+    stage1 = BlendshapeConfig(n_gaussians=N_GAUSSIANS, n_blendshapes=N_BLENDSHAPES, sh_degree=1)
+    return TrainAllConfig(
+        neutral=TrainNeutralConfig(steps=STEPS_NEUTRAL, resolution=res, model=stage1, max_gaussians=MAX_GAUSSIANS,
+                                   checkpoint_every=100, delta_every=1),
+        a2e=TrainA2EConfig(steps=STEPS_A2E),
+        emotion=TrainEmotionConfig(steps=STEPS_EMOTION, resolution=res))
 
 
 def speak(path: Path) -> float:
@@ -154,15 +120,14 @@ def main() -> int:
     dataset = make_dataset(work)
     print(f"dataset ready in {time.monotonic() - t0:.0f} s")
     from emotalker.core.models.bundle import AvatarBundle
+    from emotalker.core.training.pipeline import STAGES
 
-    avatar = work / "avatar"
-    done = lambda stage: (avatar / "avatar.json").is_file() and AvatarBundle.open(avatar).has_stage(stage)  # noqa: E731
-    for stage, train in (("neutral", lambda: train_neutral(dataset, avatar, work)), ("a2e", lambda: train_a2e(dataset, avatar)),
-                         ("emotion", lambda: train_emotion(dataset, avatar))):
-        if done(stage):
+    avatar, config = work / "avatar", train_config()
+    for stage, train in STAGES:  # train_all's stages in its order, skipping those already trained
+        if (avatar / "avatar.json").is_file() and AvatarBundle.open(avatar).has_stage(stage):
             print(f"{stage}: already in {avatar}")
             continue
-        metrics = train()
+        metrics = train(dataset, avatar, getattr(config, stage), "cpu", "bar", True)
         print(f"{stage}: {metrics}  ({time.monotonic() - t0:.0f} s)")
 
     target = out / "demo_avatar"
