@@ -60,18 +60,17 @@ def draw_dataflow(path: Path) -> None:
     fig, ax = canvas(120, 74, "EmoTalker: the way data flows")
     # Training: dataset -> three stages -> one bundle.
     ax.text(2, 66, "train", fontsize=10, weight="bold")
-    clips = box(ax, 10, 58, 15, 7, "tracked clips\n(make-sample,\nimport-tracking)", "file")
-    data = box(ax, 29, 58, 14, 7, "dataset/\nemotalker-dataset/1", "file")
-    s1 = box(ax, 48, 58, 15, 7, "train_neutral\nStage 1: Gaussian\nblendshapes", "core")
-    a2e = box(ax, 66, 58, 14, 7, "train_a2e\naudio + emotion\n-> FLAME", "core")
-    s2 = box(ax, 84, 58, 15, 7, "train_emotion\nStage 2: Gaussian\noffsets", "core")
-    bundle = box(ax, 106, 58, 17, 7, "avatar/ bundle\nemotalker-avatar/1\n+ flame_model.npz", "file")
+    train_row = [(10, 15, "tracked clips\n(make-sample,\nimport-tracking)", "file"),
+                 (29, 14, "dataset/\nemotalker-dataset/1", "file"),
+                 (48, 15, "train_neutral\nStage 1: Gaussian\nblendshapes", "core"),
+                 (66, 14, "train_a2e\naudio + emotion\n-> FLAME", "core"),
+                 (84, 15, "train_emotion\nStage 2: Gaussian\noffsets", "core"),
+                 (106, 17, "avatar/ bundle\nemotalker-avatar/1\n+ flame_model.npz", "file")]
+    steps = [box(ax, x, 58, w, 7, text, role) for x, w, text, role in train_row]
+    bundle = steps[-1]
     ax.text(66, 65, "train_all: the three in turn (emotalker.core.training)", ha="center", fontsize=8)
-    arrow(ax, (clips[1], 58), (data[0], 58))
-    arrow(ax, (data[1], 58), (s1[0], 58))
-    arrow(ax, (s1[1], 58), (a2e[0], 58))
-    arrow(ax, (a2e[1], 58), (s2[0], 58))
-    arrow(ax, (s2[1], 58), (bundle[0], 58))
+    for left, right in zip(steps, steps[1:]):
+        arrow(ax, (left[1], 58), (right[0], 58))
     # Baking: audio + tracks -> curves -> Avatar.evaluate -> exporters.
     ax.text(2, 46, "bake", fontsize=10, weight="bold")
     audio = box(ax, 10, 40, 15, 4.5, "dialogue audio\n(16 kHz mono)", "file")
