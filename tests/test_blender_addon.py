@@ -76,6 +76,16 @@ def test_import_of_a_folder_that_is_no_avatar_reports_an_error(addon, tmp_path):
         bpy.ops.emotalker.import_avatar(directory=str(tmp_path), name="X")
 
 
+def test_legacy_bl_info_agrees_with_the_extension_manifest():
+    import tomllib
+
+    manifest = tomllib.loads((ROOT / "blender_addon" / "blender_manifest.toml").read_text(encoding="utf-8"))
+    info = blender_addon.bl_info
+    assert info["name"] == manifest["name"]
+    assert ".".join(map(str, info["version"])) == manifest["version"]
+    assert info["blender"] == (3, 4, 0)  # legacy add-on for Blenders older than the manifest's 4.2
+
+
 def test_compat_fcurves_are_found_and_created_once_per_path_and_index():
     from blender_addon import compat
 
