@@ -86,7 +86,7 @@ def test_legacy_bl_info_agrees_with_the_extension_manifest():
     assert info["blender"] == (3, 4, 0)  # legacy add-on for Blenders older than the manifest's 4.2
 
 
-def test_compat_fcurves_are_found_and_created_once_per_path_and_index():
+def test_compat_fcurves_are_made_once_and_found_and_strips_listed_inside_metas():
     from blender_addon import compat
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
@@ -103,7 +103,16 @@ def test_compat_fcurves_are_found_and_created_once_per_path_and_index():
     assert compat.fcurve_find(action, "location", 0) is None
     bpy.context.scene.frame_set(1)
     assert abs(obj.location[1] - 2.5) < 1e-6  # the F-curve animates the object it was made for
-    assert compat.sequencer_strips(bpy.context.scene) == ()
+    scene = bpy.context.scene
+    assert compat.sequencer_strips(scene) == ()
+    editor = scene.sequence_editor_create()
+    strips = editor.strips if compat.SEQUENCER_STRIPS else editor.sequences
+    meta = strips.new_meta("group", channel=2, frame_start=1)
+    strips.new_image("plain", str(ROOT / "missing.png"), channel=1, frame_start=1)  # the same call in 4.2-5.x
+    inner = meta.strips if compat.SEQUENCER_STRIPS else meta.sequences
+    inner.new_image("inner", str(ROOT / "missing.png"), channel=1, frame_start=1)
+    # strips inside meta strips count too
+    assert {strip.name for strip in compat.sequencer_strips(scene)} == {"group", "plain", "inner"}
 
 
 def test_camera_conversion_matches_blenders_projection():
@@ -321,7 +330,12 @@ def test_audio_comes_from_a_sound_strip_when_no_file_is_set(baked_scene):
     assert audio_source(bpy.context, avatar.emotalker) == ""
     editor = scene.sequence_editor_create()
     strips = editor.strips if compat.SEQUENCER_STRIPS else editor.sequences  # renamed in Blender 4.4
-    strips.new_sound("line", audio, channel=1, frame_start=1)
+    try:
+        strips.new_sound("line", audio, channel=1, frame_start=1)
+    except RuntimeError as exc:  # the bpy 4.2 wheel is built without audio; Blender 4.2 itself has it
+        if "Audaspace" not in str(exc):
+            raise
+        pytest.skip(f"this bpy cannot make sound strips: {exc}")
     assert audio_source(bpy.context, avatar.emotalker) == audio
     assert bpy.ops.emotalker.bake() == {"FINISHED"}
     assert (tmp_path / "cache" / "Ava" / "bake" / "bake_000010.ply").exists()
