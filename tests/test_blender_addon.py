@@ -208,6 +208,27 @@ def test_bake_operator_creates_fcurves_and_cache_driven_by_the_keys(baked_scene)
     assert np.allclose(R_bone, _rodrigues(jaw[6:7].astype(np.float64))[0], atol=1e-5)
 
 
+def test_rebake_follows_an_edited_fcurve(baked_scene):
+    from blender_addon import compat
+
+    avatar, tmp_path = baked_scene
+    assert bpy.ops.emotalker.bake() == {"FINISHED"}
+    cache = tmp_path / "cache" / "Ava" / "bake"
+    key_action = bpy.data.objects["Ava_proxy"].data.shape_keys.animation_data.action
+    fc = compat.fcurve_find(key_action, 'key_blocks["expr_000"].value')
+    fc.keyframe_points[3].co.y += 0.5  # frame 4
+    fc.update()
+    assert bpy.ops.emotalker.rebake() == {"FINISHED"}
+    with np.load(cache / "bake_flame.npz") as baked, np.load(tmp_path / "cache" / "Ava" / "edited_flame.npz") as edited:
+        expected = baked["expr"][:, 0].copy()
+        expected[3] += 0.5
+        assert np.allclose(edited["expr"][:, 0], expected, atol=1e-5)
+        assert np.allclose(edited["jaw"], baked["jaw"], atol=1e-5)  # unedited bones read back as baked
+    rebaked = cache / "rebake"
+    assert sorted(p.name for p in rebaked.glob("bake_*.ply")) == [f"bake_{f:06d}.ply" for f in range(1, 11)]
+    assert (rebaked / "bake_000004.ply").read_bytes() != (cache / "bake_000004.ply").read_bytes()
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a - b) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
