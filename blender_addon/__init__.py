@@ -9,6 +9,18 @@ from __future__ import annotations
 
 from . import engine, operators, ops_bake, preferences, properties, session, ui
 
+# Legacy add-on metadata: Blender 4.2+ reads blender_manifest.toml (an extension) and ignores this;
+# older Blenders (3.4 and later) install the folder as a legacy add-on from it.
+bl_info = {
+    "name": "EmoTalker",
+    "description": "Emotional, audio-driven 3D Gaussian head avatars on the timeline",
+    "author": "EmoTalker developers",
+    "version": (0, 1, 0),
+    "blender": (3, 4, 0),
+    "location": "3D View > Sidebar > EmoTalker",
+    "category": "Animation",
+}
+
 MODULES = (preferences, properties, operators, ops_bake, engine, ui)
 
 

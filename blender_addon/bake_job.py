@@ -22,6 +22,7 @@ import numpy as np
 
 from . import session
 from .avatar_objects import proxy_mesh
+from .compat import sequencer_strips
 from .curves import apply_curves, sample_property
 from .properties import EMOTIONS
 from .worker_client import WorkerError
@@ -43,8 +44,7 @@ def audio_source(context, props) -> str:
 
     if props.audio_path:
         return bpy.path.abspath(props.audio_path)
-    editor = context.scene.sequence_editor
-    for strip in (editor.strips_all if editor else ()):
+    for strip in sequencer_strips(context.scene):
         if strip.type == "SOUND" and strip.sound is not None:
             return bpy.path.abspath(strip.sound.filepath, library=strip.sound.library)
     return ""

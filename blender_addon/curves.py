@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .compat import fcurve_ensure, fcurve_find
+
 POSE_BONES = (("jaw", "jaw", slice(0, 3)), ("neck", "neck", slice(0, 3)),
               ("eye_left", "eyes", slice(0, 3)), ("eye_right", "eyes", slice(3, 6)))
 LINEAR = 1  # KeyframePoint.interpolation enum value of 'LINEAR'
@@ -81,7 +83,7 @@ def apply_curves(avatar, proxy, curves: dict, expr_names: list[str]) -> int:
     action = _action(key, f"{avatar.name}_expressions")
     count = 0
     for k, name in enumerate(expr_names[: curves["expr"].shape[1]]):
-        _write_keys(action.fcurve_ensure_for_datablock(key, shape_key_path(name)), frames, curves["expr"][:, k])
+        _write_keys(fcurve_ensure(action, key, shape_key_path(name)), frames, curves["expr"][:, k])
         count += 1
     action = _action(avatar, f"{avatar.name}_action")
     for bone, field, cols in POSE_BONES:
@@ -89,21 +91,16 @@ def apply_curves(avatar, proxy, curves: dict, expr_names: list[str]) -> int:
             continue
         euler = axis_angle_to_euler_xyz(np.asarray(curves[field])[:, cols].astype(np.float64))
         for i in range(3):
-            fc = action.fcurve_ensure_for_datablock(avatar, f'pose.bones["{bone}"].rotation_euler', index=i)
+            fc = fcurve_ensure(action, avatar, f'pose.bones["{bone}"].rotation_euler', index=i)
             _write_keys(fc, frames, euler[:, i])
             count += 1
     return count
 
 
 def _sample(action, data_path: str, index: int, frames: np.ndarray, default: float) -> np.ndarray:
-    from bpy_extras import anim_utils
-
-    if action is not None:
-        for slot in action.slots:
-            bag = anim_utils.action_get_channelbag_for_slot(action, slot)
-            fc = bag.fcurves.find(data_path, index=index) if bag else None
-            if fc is not None:
-                return np.array([fc.evaluate(float(f)) for f in frames], dtype=np.float32)
+    fc = fcurve_find(action, data_path, index) if action is not None else None
+    if fc is not None:
+        return np.array([fc.evaluate(float(f)) for f in frames], dtype=np.float32)
     return np.full(len(frames), default, dtype=np.float32)
 
 

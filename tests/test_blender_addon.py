@@ -76,6 +76,45 @@ def test_import_of_a_folder_that_is_no_avatar_reports_an_error(addon, tmp_path):
         bpy.ops.emotalker.import_avatar(directory=str(tmp_path), name="X")
 
 
+def test_legacy_bl_info_agrees_with_the_extension_manifest():
+    import tomllib
+
+    manifest = tomllib.loads((ROOT / "blender_addon" / "blender_manifest.toml").read_text(encoding="utf-8"))
+    info = blender_addon.bl_info
+    assert info["name"] == manifest["name"]
+    assert ".".join(map(str, info["version"])) == manifest["version"]
+    assert info["blender"] == (3, 4, 0)  # legacy add-on for Blenders older than the manifest's 4.2
+
+
+def test_compat_fcurves_are_made_once_and_found_and_strips_listed_inside_metas():
+    from blender_addon import compat
+
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    obj = bpy.data.objects.new("Animated", None)
+    bpy.context.scene.collection.objects.link(obj)
+    obj.animation_data_create()
+    action = obj.animation_data.action = bpy.data.actions.new("Animated_action")
+    assert compat.fcurve_find(action, "location", 1) is None
+    fc = compat.fcurve_ensure(action, obj, "location", index=1)
+    fc.keyframe_points.insert(1.0, 2.5)
+    assert (fc.data_path, fc.array_index) == ("location", 1)
+    assert compat.fcurve_ensure(action, obj, "location", index=1) == fc
+    assert compat.fcurve_find(action, "location", 1) == fc
+    assert compat.fcurve_find(action, "location", 0) is None
+    bpy.context.scene.frame_set(1)
+    assert abs(obj.location[1] - 2.5) < 1e-6  # the F-curve animates the object it was made for
+    scene = bpy.context.scene
+    assert compat.sequencer_strips(scene) == ()
+    editor = scene.sequence_editor_create()
+    strips = editor.strips if compat.SEQUENCER_STRIPS else editor.sequences
+    meta = strips.new_meta("group", channel=2, frame_start=1)
+    strips.new_image("plain", str(ROOT / "missing.png"), channel=1, frame_start=1)  # the same call in 4.2-5.x
+    inner = meta.strips if compat.SEQUENCER_STRIPS else meta.sequences
+    inner.new_image("inner", str(ROOT / "missing.png"), channel=1, frame_start=1)
+    # strips inside meta strips count too
+    assert {strip.name for strip in compat.sequencer_strips(scene)} == {"group", "plain", "inner"}
+
+
 def test_camera_conversion_matches_blenders_projection():
     from bpy_extras.object_utils import world_to_camera_view
     from mathutils import Matrix, Vector
@@ -154,9 +193,10 @@ def test_bake_operator_creates_fcurves_and_cache_driven_by_the_keys(baked_scene)
     assert np.allclose(intensity, sample_property(avatar, "intensity", frames), atol=1e-5)
     proxy = bpy.data.objects["Ava_proxy"]
     key_action = proxy.data.shape_keys.animation_data.action
-    from bpy_extras import anim_utils
-    bag = anim_utils.action_get_channelbag_for_slot(key_action, key_action.slots[0])
-    fc = bag.fcurves.find('key_blocks["expr_000"].value')  # the tiny rig names no components
+    from blender_addon import compat
+    if compat.SLOTTED_ACTIONS:
+        assert len(key_action.slots) == 1
+    fc = compat.fcurve_find(key_action, 'key_blocks["expr_000"].value')  # the tiny rig names no components
     with np.load(cache / "bake_flame.npz") as curves:
         assert fc is not None and len(fc.keyframe_points) == len(curves["expr"])
         assert abs(fc.evaluate(4.0) - curves["expr"][3, 0]) < 1e-5
@@ -166,6 +206,27 @@ def test_bake_operator_creates_fcurves_and_cache_driven_by_the_keys(baked_scene)
     R_bone = np.array(avatar.pose.bones["jaw"].matrix_basis)[:3, :3]
     from blender_addon.curves import _rodrigues
     assert np.allclose(R_bone, _rodrigues(jaw[6:7].astype(np.float64))[0], atol=1e-5)
+
+
+def test_rebake_follows_an_edited_fcurve(baked_scene):
+    from blender_addon import compat
+
+    avatar, tmp_path = baked_scene
+    assert bpy.ops.emotalker.bake() == {"FINISHED"}
+    cache = tmp_path / "cache" / "Ava" / "bake"
+    key_action = bpy.data.objects["Ava_proxy"].data.shape_keys.animation_data.action
+    fc = compat.fcurve_find(key_action, 'key_blocks["expr_000"].value')
+    fc.keyframe_points[3].co.y += 0.5  # frame 4
+    fc.update()
+    assert bpy.ops.emotalker.rebake() == {"FINISHED"}
+    with np.load(cache / "bake_flame.npz") as baked, np.load(tmp_path / "cache" / "Ava" / "edited_flame.npz") as edited:
+        expected = baked["expr"][:, 0].copy()
+        expected[3] += 0.5
+        assert np.allclose(edited["expr"][:, 0], expected, atol=1e-5)
+        assert np.allclose(edited["jaw"], baked["jaw"], atol=1e-5)  # unedited bones read back as baked
+    rebaked = cache / "rebake"
+    assert sorted(p.name for p in rebaked.glob("bake_*.ply")) == [f"bake_{f:06d}.ply" for f in range(1, 11)]
+    assert (rebaked / "bake_000004.ply").read_bytes() != (cache / "bake_000004.ply").read_bytes()
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -280,6 +341,7 @@ def test_cancelling_a_bake_leaves_only_whole_frames(baked_scene):
 
 
 def test_audio_comes_from_a_sound_strip_when_no_file_is_set(baked_scene):
+    from blender_addon import compat
     from blender_addon.bake_job import audio_source
 
     avatar, tmp_path = baked_scene
@@ -288,7 +350,13 @@ def test_audio_comes_from_a_sound_strip_when_no_file_is_set(baked_scene):
     scene = bpy.context.scene
     assert audio_source(bpy.context, avatar.emotalker) == ""
     editor = scene.sequence_editor_create()
-    editor.strips.new_sound("line", audio, channel=1, frame_start=1)
+    strips = editor.strips if compat.SEQUENCER_STRIPS else editor.sequences  # renamed in Blender 4.4
+    try:
+        strips.new_sound("line", audio, channel=1, frame_start=1)
+    except RuntimeError as exc:  # the bpy 4.2 wheel is built without audio; Blender 4.2 itself has it
+        if "Audaspace" not in str(exc):
+            raise
+        pytest.skip(f"this bpy cannot make sound strips: {exc}")
     assert audio_source(bpy.context, avatar.emotalker) == audio
     assert bpy.ops.emotalker.bake() == {"FINISHED"}
     assert (tmp_path / "cache" / "Ava" / "bake" / "bake_000010.ply").exists()
