@@ -1,0 +1,170 @@
+"""Hostile and careless input (issue 18): each case ends in one clear line and exit status 2, under a
+memory limit where the case is about memory, and leaves the files that were there before as they were.
+
+The commands run as subprocesses (`python -m emotalker ...`) with RLIMIT_AS set, so that a regression
+fails here with a MemoryError instead of growing until the machine's OOM killer steps in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bake_fixture import FPS, make_speech, make_tiny_avatar
+
+REPO = Path(__file__).resolve().parent.parent
+# A tiny bake peaks under 2 GiB of address space; a frame count or audio length that escapes its limit
+# asks for far more.
+MEMORY_LIMIT = 3 << 30
+
+
+def run_cli(*args: str, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`python -m emotalker ARGS` under MEMORY_LIMIT."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))  # noqa: E731
+    return subprocess.run([sys.executable, "-m", "emotalker", *args], input=stdin, capture_output=True, text=True,
+                          env=env, preexec_fn=limit, timeout=timeout)
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def assert_refused(proc: subprocess.CompletedProcess, *expected: str) -> None:
+    """Exit status 2 and one line on stderr holding every `expected` piece, no traceback."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert len(lines) == 1 and "Traceback" not in lines[0], lines
+    for piece in expected:
+        assert piece in lines[0], (piece, lines[0])
+
+
+def write_wav_header_rate(path: Path, rate: int, n_samples: int) -> Path:
+    """A 16-bit mono PCM WAV of `n_samples` of noise whose header claims `rate` Hz."""
+    import numpy as np
+
+    data = (np.random.default_rng(0).integers(-8000, 8000, n_samples)).astype("<i2").tobytes()
+    header = (b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 1, rate,
+              rate * 2, 2, 16) + b"data" + struct.pack("<I", len(data)))
+    path.write_bytes(header + data)
+    return path
+
+
+@pytest.fixture(scope="module")
+def baked(tmp_path_factory):
+    """An avatar, a 1.2 s clip (30 frames) and an out folder already holding a bake and a user's file."""
+    root = tmp_path_factory.mktemp("hostile")
+    make_tiny_avatar(root / "avatar")
+    make_speech(root / "speech.wav", seconds=1.2)
+    out = root / "out"
+    proc = run_cli("bake", str(root / "avatar"), "--audio", str(root / "speech.wav"), "--out", str(out),
+                   "--emotion", "happy", "--frames", "1:3", "--progress", "none", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    (out / "notes.txt").write_text("the user's own file")
+    return root
+
+
+def bake_args(root: Path, *extra: str) -> list[str]:
+    return ["bake", str(root / "avatar"), "--audio", str(root / "speech.wav"), "--out", str(root / "out"),
+            "--progress", "none", "--device", "cpu", *extra]
+
+
+# --- 1. memory exhaustion: limits checked before anything is allocated ---------------------------
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--emotion", "happy", "--fps", "1e9"], ["--fps: fps must be a positive number in 1..240, got 1000000000.0"]),
+    (["--emotion", "happy", "--fps", "1e-9"], ["--fps: fps must be a positive number in 1..240"]),
+    (["--emotion", "happy", "--fps", "nan"], ["--fps: fps must be a positive number in 1..240"]),
+    (["--emotion", "happy", "--png", "--resolution", "0"], ["--resolution: the resolution must be an integer in 1..16384"]),
+    (["--emotion", "happy", "--png", "--resolution", "100000"], ["--resolution", "1..16384, got 100000"]),
+    (["--emotion", "happy", "--frames", "1:1000000000"], ["--frames: 1:1000000000 reaches outside"]),
+    (["--emotion", "happy", "--chunk", "1000000000"], ["--chunk: the chunk must be an integer in 1..256"]),
+    (["--emotion", "happy", "--threads", "1000000"], ["--threads: the thread count must be an integer in 1..1024"]),
+    (["--emotion", "happy", "--max-frames", "10"], ["speech.wav: 1.2 s of audio at 25 fps is 30 frames, more than "
+                                                    "the limit of 10 (--max-frames raises it)"]),
+    (["--emotion", "happy", "--max-seconds", "0.5"], ["speech.wav: audio lasts 1 s by its header, more than the "
+                                                      "limit of 0.5 s (--max-seconds raises it)"]),
+])
+def test_bake_options_beyond_the_limits_are_refused(baked, extra, expected):
+    before = digests(baked / "out")
+    assert_refused(run_cli(*bake_args(baked, *extra)), *expected)
+    assert digests(baked / "out") == before
+
+
+@pytest.mark.parametrize("fps", [1e9, 1e-9, 0.5, 241])
+def test_a_tracks_file_asking_for_absurd_fps_is_refused(baked, tmp_path, fps):
+    tracks = tmp_path / "tracks.json"
+    tracks.write_text(json.dumps({"format": "emotalker-tracks/1", "fps": fps, "tracks": {}}))  # 60 bytes
+    before = digests(baked / "out")
+    assert_refused(run_cli(*bake_args(baked, "--tracks", str(tracks))),
+                   f"{tracks}: fps must be a positive number in 1..240, got {fps!r}")
+    assert digests(baked / "out") == before
+
+
+def test_a_wav_whose_header_claims_1_hz_is_refused_before_decoding(baked, tmp_path):
+    wav = write_wav_header_rate(tmp_path / "slow.wav", rate=1, n_samples=16000)  # 32 KB: 4.4 hours at 1 Hz
+    before = digests(baked / "out")
+    proc = run_cli("bake", str(baked / "avatar"), "--audio", str(wav), "--out", str(baked / "out"), "--emotion", "sad",
+                   "--progress", "none", "--device", "cpu")
+    assert_refused(proc, f"{wav}: audio lasts 16000 s by its header, more than the limit of 3600 s")
+    assert digests(baked / "out") == before
+
+
+def test_a_batch_manifest_beyond_the_limits_is_refused_before_any_clip_runs(baked, tmp_path):
+    manifest = tmp_path / "batch.json"
+    for field, value, expected in [("fps", 1e9, "clips[1].fps (b): fps must be a positive number in 1..240"),
+                                   ("resolution", 100000, "clips[1].resolution (b): the resolution must be an integer "
+                                                          "in 1..16384, got 100000")]:
+        manifest.write_text(json.dumps({"format": "emotalker-batch/1",
+                                        "defaults": {"avatar": str(baked / "avatar"), "audio": str(baked / "speech.wav"),
+                                                     "emotion": "happy", "frames": "1:2"},
+                                        "clips": [{"id": "a"}, {"id": "b", field: value}]}))
+        assert_refused(run_cli("bake-batch", str(manifest), "--progress", "none"), str(manifest), expected)
+        assert not (tmp_path / "bake").exists()
+
+
+def ask_worker(requests: list[dict], timeout: float = 120) -> dict:
+    """Send each request to a `python -m emotalker worker` (under MEMORY_LIMIT) and wait for its answer
+    before the next; -> {id: reply}. Ends with a shutdown and checks the worker exits cleanly."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))  # noqa: E731
+    proc = subprocess.Popen([sys.executable, "-m", "emotalker", "worker"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, preexec_fn=limit)
+    replies = {}
+    try:
+        for request in requests:
+            proc.stdin.write(json.dumps(request) + "\n")
+            proc.stdin.flush()
+            for line in proc.stdout:
+                reply = json.loads(line)
+                if reply.get("id") == request["id"] and ("result" in reply or "error" in reply):
+                    replies[request["id"]] = reply
+                    break
+        proc.stdin.write(json.dumps({"method": "shutdown"}) + "\n")
+        proc.stdin.close()
+        assert proc.wait(timeout=timeout) == 0
+    finally:
+        proc.kill()
+    return replies
+
+
+def test_the_worker_answers_a_bake_beyond_the_limits_with_an_input_error(baked, tmp_path):
+    clip = {"avatar": str(baked / "avatar"), "audio": str(baked / "speech.wav"), "out": str(tmp_path / "out"),
+            "emotion": "happy"}
+    replies = ask_worker([{"id": 1, "method": "bake", "params": {"clip": {**clip, "fps": 1e9}}},
+                          {"id": 2, "method": "bake", "params": {"clip": {**clip, "resolution": 0, "png": True}}},
+                          {"id": 3, "method": "environment"}])
+    assert replies[1]["error"] == {"kind": "input", "message": "--fps: fps must be a positive number in 1..240, "
+                                                               "got 1000000000.0"}
+    assert replies[2]["error"]["kind"] == "input" and "1..16384, got 0" in replies[2]["error"]["message"]
+    assert "result" in replies[3]
+    assert not (tmp_path / "out").exists()
