@@ -168,3 +168,43 @@ def test_the_worker_answers_a_bake_beyond_the_limits_with_an_input_error(baked, 
     assert replies[2]["error"]["kind"] == "input" and "1..16384, got 0" in replies[2]["error"]["message"]
     assert "result" in replies[3]
     assert not (tmp_path / "out").exists()
+
+
+# --- 2. --overwrite deletes only the bake's own frames ---------------------------------------------
+
+
+def test_overwrite_keeps_a_users_files_that_share_the_name(baked, tmp_path):
+    from emotalker.cli.main import main
+
+    out = tmp_path / "out"
+    base = ["bake", str(baked / "avatar"), "--audio", str(baked / "speech.wav"), "--out", str(out), "--name", "take",
+            "--frames", "1:3", "--ply", "--png", "--resolution", "16", "--progress", "none", "--device", "cpu"]
+    out.mkdir()
+    (out / "take_final.ply").write_bytes(b"the user's final take")
+    (out / "take_reference.png").write_bytes(b"the user's reference")
+    (out / "take_0001.ply").write_bytes(b"not six digits: not a frame")
+    users = digests(out)
+    assert main([*base, "--emotion", "happy"]) == 0  # the user's files are not frames: nothing to refuse
+    happy = digests(out)
+    assert main([*base, "--emotion", "sad", "--overwrite"]) == 0
+    after = digests(out)
+    assert {n: after[n] for n in users} == users
+    assert after["take_000001.ply"] != happy["take_000001.ply"] and after["take_000003.png"] != happy["take_000003.png"]
+
+
+def test_a_bake_never_touches_the_frames_of_a_longer_name(baked, tmp_path):
+    from emotalker.cli.main import main
+
+    out = tmp_path / "out"
+    base = ["bake", str(baked / "avatar"), "--audio", str(baked / "speech.wav"), "--out", str(out), "--frames", "1:3",
+            "--progress", "none", "--device", "cpu"]
+    assert main([*base, "--name", "a_b", "--emotion", "happy"]) == 0
+    stale = out / ".a_b_000004.k2j4h5g6.ply.part"
+    stale.write_bytes(b"")  # not a's temporary either
+    a_b = digests(out)
+    assert main([*base, "--name", "a", "--emotion", "sad", "--overwrite"]) == 0
+    assert main([*base, "--name", "a", "--emotion", "angry", "--overwrite"]) == 0
+    after = digests(out)
+    kept = {n: d for n, d in a_b.items() if n.startswith(("a_b", ".a_b"))}
+    assert kept and {n: after[n] for n in kept} == kept
+    assert sorted(n for n in after if n.startswith("a_0")) == [f"a_{f:06d}.ply" for f in (1, 2, 3)]
