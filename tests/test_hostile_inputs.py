@@ -208,3 +208,57 @@ def test_a_bake_never_touches_the_frames_of_a_longer_name(baked, tmp_path):
     kept = {n: d for n, d in a_b.items() if n.startswith(("a_b", ".a_b"))}
     assert kept and {n: after[n] for n in kept} == kept
     assert sorted(n for n in after if n.startswith("a_0")) == [f"a_{f:06d}.ply" for f in (1, 2, 3)]
+
+
+# --- 3. corrupted weights and non-finite frames ---------------------------------------------------
+
+
+def poison_tensor(path: Path, name: str, value: float = float("nan")) -> None:
+    """Overwrite the first value of float32 tensor `name` in a safetensors file in place (flipped bytes)."""
+    raw = bytearray(path.read_bytes())
+    n = struct.unpack("<Q", raw[:8])[0]
+    start = 8 + n + json.loads(raw[8:8 + n])[name]["data_offsets"][0]
+    raw[start:start + 4] = struct.pack("<f", value)
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("tensor, value", [("means", float("nan")), ("d_log_scales", float("inf"))])
+def test_a_corrupted_weights_file_is_refused_naming_the_tensor(baked, tmp_path, tensor, value):
+    import shutil
+
+    avatar = tmp_path / "avatar"
+    shutil.copytree(baked / "avatar", avatar)
+    poison_tensor(avatar / "neutral.safetensors", tensor, value)
+    before = digests(baked / "out")
+    proc = run_cli("bake", str(avatar), "--audio", str(baked / "speech.wav"), "--out", str(baked / "out"),
+                   "--emotion", "happy", "--progress", "none", "--device", "cpu")
+    assert_refused(proc, f"{avatar / 'neutral.safetensors'}: tensor {tensor!r} holds 1 NaN or infinite values of",
+                   "the file is corrupt")
+    assert digests(baked / "out") == before
+
+
+def test_frames_that_come_out_non_finite_are_refused_before_they_are_written(baked, tmp_path, monkeypatch):
+    from emotalker.bake.clip import ClipSpec, RunOptions, bake_clip
+    from emotalker.core.base.errors import InputError
+    from emotalker.core.models.avatar import Avatar
+
+    evaluate = Avatar.evaluate
+
+    def overflowing(self, conditions):  # what finite but absurd weights or curves can make of a frame
+        import torch
+
+        batch = evaluate(self, conditions)
+        with torch.inference_mode():
+            batch.sh[-1, 0, 0, 0] = float("inf")
+        return batch
+
+    monkeypatch.setattr(Avatar, "evaluate", overflowing)
+    out = tmp_path / "out"
+    clip = ClipSpec(avatar=str(baked / "avatar"), audio=str(baked / "speech.wav"), out=str(out), emotion="happy",
+                    ply=True, png=True, resolution=16, frames="1:3")
+    with pytest.raises(InputError) as error:
+        bake_clip(clip, RunOptions(progress="none", chunk=4))
+    assert str(error.value) == (f"{baked / 'avatar'}: frames 1..4: Gaussian 'sh' holds 1 NaN or infinite values of "
+                                f"{4 * 170 * 4 * 3}; the avatar or the FLAME curves are corrupt; nothing of these "
+                                f"frames was written")
+    assert not list(out.glob("speech_*")) and not list(out.glob(".*.part"))

@@ -364,7 +364,7 @@ def _frame_producer(inputs: ClipInputs, curves: FlameCurves, chunk: int):
                                            hold_ends=True),
                   "camera": camera_code(inputs.camera.viewmat).to(inputs.device)}
     return FrameProducer(avatar, curves, per_row.emotion, per_row.intensity, per_row.blink,
-                         chunk=chunk, device=inputs.device, **stage2)
+                         chunk=chunk, device=inputs.device, source=inputs.bundle.root, **stage2)
 
 
 def _frame_sinks(inputs: ClipInputs, threads: int | None) -> list:
