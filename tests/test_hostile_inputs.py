@@ -119,6 +119,18 @@ def test_a_wav_whose_header_claims_1_hz_is_refused_before_decoding(baked, tmp_pa
     assert digests(baked / "out") == before
 
 
+@pytest.mark.parametrize("extra, expected", [
+    (["--fps", "1e9"], "--fps: fps must be a positive number in 1..240, got 1000000000.0"),
+    (["--audio", "SLOW"], "audio lasts 16000 s by its header, more than the limit of 3600 s"),
+])
+def test_a2e_refuses_absurd_fps_and_audio(baked, tmp_path, extra, expected):
+    slow = write_wav_header_rate(tmp_path / "slow.wav", rate=1, n_samples=16000)
+    args = ["a2e", str(baked / "avatar"), "--audio", str(baked / "speech.wav"), "--out", str(tmp_path / "c.npz"),
+            "--device", "cpu", *[str(slow) if a == "SLOW" else a for a in extra]]
+    assert_refused(run_cli(*args), expected)
+    assert not (tmp_path / "c.npz").exists()
+
+
 def test_a_batch_manifest_beyond_the_limits_is_refused_before_any_clip_runs(baked, tmp_path):
     manifest = tmp_path / "batch.json"
     for field, value, expected in [("fps", 1e9, "clips[1].fps (b): fps must be a positive number in 1..240"),

@@ -214,7 +214,7 @@ def open_clip(clip: ClipSpec, run: RunOptions) -> ClipInputs:
     import torch
 
     from emotalker.core.models.avatar import Avatar
-    from emotalker.core.audio.waveform import duration_frames, load_audio
+    from emotalker.core.audio.waveform import check_audio_length, duration_frames, load_audio
     from emotalker.core.base.device import resolve_device
     from emotalker.core.models.bundle import AvatarBundle
     from emotalker.core.render.camera import Camera, front_camera
@@ -229,7 +229,7 @@ def open_clip(clip: ClipSpec, run: RunOptions) -> ClipInputs:
     bundle.require_stage("neutral")
     flame = FlameModel.load(bundle.flame_path)
     tracks, fps = _tracks_at_fps(clip, bundle)
-    _check_clip_length(clip.audio, fps, run)
+    check_audio_length(clip.audio, fps, run.max_seconds, run.max_frames)
     samples = load_audio(clip.audio, max_seconds=run.max_seconds)
     n_audio = duration_frames(len(samples), fps)
     audio_range = f"the audio ({clip.audio}: frames 1..{n_audio} at {fps:g} fps)"
@@ -273,16 +273,6 @@ def _check_run(run: RunOptions) -> None:
     check_range(run.max_frames, 1, 2**31 - 1, "--max-frames", "the frame limit")
     if not run.max_seconds > 0:
         raise InputError("--max-seconds", f"must be positive, got {run.max_seconds!r}")
-
-
-def _check_clip_length(audio: str, fps: float, run: RunOptions) -> None:
-    """Refuse audio too long, or too many frames at `fps`, by its header: before decoding a sample."""
-    from emotalker.core.audio.waveform import audio_seconds
-    from emotalker.core.base.limits import check_audio_seconds, check_frame_count
-
-    seconds = audio_seconds(audio)
-    check_audio_seconds(seconds, run.max_seconds, audio)
-    check_frame_count(int(round(seconds * fps)), run.max_frames, audio, f"{seconds:.1f} s of audio at {fps:g} fps")
 
 
 def _tracks_at_fps(clip: ClipSpec, bundle) -> tuple[Tracks, float]:

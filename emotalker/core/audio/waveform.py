@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from emotalker.core.base.errors import InputError
-from emotalker.core.base.limits import MAX_AUDIO_SECONDS, check_audio_seconds
+from emotalker.core.base.limits import MAX_AUDIO_SECONDS, MAX_FRAMES, check_audio_seconds, check_frame_count
 
 SAMPLE_RATE = 16000
 # Peak below -80 dBFS counts as silence: quieter than any usable recording's noise floor.
@@ -79,6 +79,15 @@ def audio_seconds(path: str | os.PathLike) -> float:
     if info.samplerate <= 0:
         raise InputError(path, f"audio header gives a sample rate of {info.samplerate} Hz")
     return info.frames / info.samplerate
+
+
+def check_audio_length(path: str | os.PathLike, fps: float, max_seconds: float = MAX_AUDIO_SECONDS,
+                       max_frames: int = MAX_FRAMES) -> None:
+    """Refuse audio longer than `max_seconds`, or more than `max_frames` frames at `fps`, by its header:
+    before a sample is decoded."""
+    seconds = audio_seconds(path)
+    check_audio_seconds(seconds, max_seconds, path)
+    check_frame_count(int(round(seconds * fps)), max_frames, path, f"{seconds:.1f} s of audio at {fps:g} fps")
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE,
