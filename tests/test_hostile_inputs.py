@@ -274,3 +274,34 @@ def test_frames_that_come_out_non_finite_are_refused_before_they_are_written(bak
                                 f"{4 * 170 * 4 * 3}; the avatar or the FLAME curves are corrupt; nothing of these "
                                 f"frames was written")
     assert not list(out.glob("speech_*")) and not list(out.glob(".*.part"))
+
+
+# --- the worker answers every malformed request and stays alive --------------------------------------
+
+
+def test_one_bad_request_line_never_ends_the_worker():
+    bad = ['{"id": [1, 2], "method": "environment"}', '{"id": {"a": 1}, "method": "environment"}',
+           '{"method": "cancel", "params": [1]}', '{"id": 5, "method": "cancel", "params": {"target": [1]}}',
+           '{"id": 6, "method": "bake", "params": {}}', '{"id": 7, "method": "bake", "params": {"clip": {"avatar": 1}}}',
+           'not json at all', '[]']
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "emotalker", "worker"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        proc.stdin.write("\n".join(bad) + '\n{"id": "alive", "method": "environment"}\n')
+        proc.stdin.flush()
+        replies = []
+        for line in proc.stdout:
+            replies.append(json.loads(line))
+            if replies[-1].get("id") == "alive":
+                break
+        proc.stdin.write('{"method": "shutdown"}\n')
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+    errors = [r["error"] for r in replies if "error" in r]
+    assert len(errors) == len(bad), replies
+    assert [e["kind"] for e in errors] == ["protocol"] * 4 + ["input"] * 2 + ["protocol"] * 2
+    assert errors[4]["message"] == "bake params: missing field clip"
+    assert "result" in replies[-1] and replies[-1]["result"]["protocol"] == "emotalker-worker/1"
