@@ -120,7 +120,7 @@ def test_interrupt_during_a_write_leaves_no_partial_file(tmp_path):
 
     from emotalker.bake.sequence import FrameSink
 
-    sink = FrameSink("bad", lambda f: tmp_path / f"head_{f:06d}.bin", interrupted, "head_*.bin")
+    sink = FrameSink("bad", tmp_path, "head_{frame:06d}.bin", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_sequence(FRAMES, Producer(), [sink], out_dir=tmp_path, fingerprint={}, progress="none")
     assert not list(tmp_path.glob("head_*")) and not list(tmp_path.glob(".*.part"))

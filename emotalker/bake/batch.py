@@ -42,7 +42,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from emotalker.bake.clip import ClipSpec
+from emotalker.bake.clip import ClipSpec, check_clip_fields
 from emotalker.core.base.config import from_dict
 from emotalker.core.base.errors import InputError
 from emotalker.core.base.fileio import read_json, write_json
@@ -137,6 +137,11 @@ def _clip_job(path: Path, i: int, clip: Any, defaults: dict) -> ClipJob:
             fields[key] = str(base / os.path.expanduser(fields[key]))
     absolute = {key: fields[key] for key in PATH_FIELDS if fields.get(key) is not None}
     spec = replace(spec, name=spec.name or clip_id, **absolute).with_default_export()
+    try:  # the limits too, before any clip runs: a manifest's numbers are untrusted
+        check_clip_fields(spec)
+    except InputError as exc:
+        field_name = (exc.path or "").removeprefix("--").replace("-", "_")
+        raise InputError(path, f"clips[{i}].{field_name} ({clip_id}): {exc.problem}") from None
     return ClipJob(clip_id, spec, fields)
 
 

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 import numpy as np
 
 from emotalker.core.base.errors import InputError
+from emotalker.core.base.limits import (MAX_AUDIO_SECONDS, MAX_CHUNK, MAX_FRAMES, MAX_IMAGE_SIDE, MAX_THREADS,
+                                        check_fps, check_range)
 
 if TYPE_CHECKING:
     from emotalker.bake.engine import FlameCurves
@@ -116,6 +118,10 @@ class RunOptions:
     """Delete frames baked from other inputs and start over."""
     progress: Literal["bar", "json", "none"] = "bar"
     """How progress shows: a bar, JSON lines on stdout, or nothing."""
+    max_frames: int = MAX_FRAMES
+    """Refuse a clip whose audio is more frames than this at the bake's fps (memory grows with the frames)."""
+    max_seconds: float = MAX_AUDIO_SECONDS
+    """Refuse audio longer than this many seconds (read from the file's header before decoding)."""
 
 
 @dataclass(frozen=True)
@@ -208,13 +214,14 @@ def open_clip(clip: ClipSpec, run: RunOptions) -> ClipInputs:
     import torch
 
     from emotalker.core.models.avatar import Avatar
-    from emotalker.core.audio.waveform import duration_frames, load_audio
+    from emotalker.core.audio.waveform import check_audio_length, duration_frames, load_audio
     from emotalker.core.base.device import resolve_device
     from emotalker.core.models.bundle import AvatarBundle
     from emotalker.core.render.camera import Camera, front_camera
     from emotalker.core.rig.flame import FlameModel
 
-    name = _check_clip(clip, run)
+    name = check_clip_fields(clip)
+    _check_run(run)
     device = resolve_device(run.device)
     if run.threads is not None:
         torch.set_num_threads(run.threads)
@@ -222,7 +229,8 @@ def open_clip(clip: ClipSpec, run: RunOptions) -> ClipInputs:
     bundle.require_stage("neutral")
     flame = FlameModel.load(bundle.flame_path)
     tracks, fps = _tracks_at_fps(clip, bundle)
-    samples = load_audio(clip.audio)
+    check_audio_length(clip.audio, fps, run.max_seconds, run.max_frames)
+    samples = load_audio(clip.audio, max_seconds=run.max_seconds)
     n_audio = duration_frames(len(samples), fps)
     audio_range = f"the audio ({clip.audio}: frames 1..{n_audio} at {fps:g} fps)"
     tracks.require_keys_within(1, n_audio, audio_range)
@@ -238,8 +246,9 @@ def open_clip(clip: ClipSpec, run: RunOptions) -> ClipInputs:
                       camera, avatar, sh_degree)
 
 
-def _check_clip(clip: ClipSpec, run: RunOptions) -> str:
-    """The values no type says are wrong (outputs, axis, degree, name, threads); returns the file name stem."""
+def check_clip_fields(clip: ClipSpec) -> str:
+    """The values of `clip` no type says are wrong (outputs, axis, degree, name, limits), checked before any
+    file is read; returns the file name stem. A batch manifest's clips are checked with it as it is read."""
     if not (clip.ply or clip.png or clip.mp4):
         raise InputError(None, "nothing to export: give --ply, --png and/or --mp4")
     if clip.up_axis not in ("y", "z"):
@@ -249,9 +258,21 @@ def _check_clip(clip: ClipSpec, run: RunOptions) -> str:
     name = clip.name or default_name(clip.audio)
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
         raise InputError("--name", f"{name!r} must be letters, digits, '.', '_' or '-'")
-    if run.threads is not None and run.threads < 1:
-        raise InputError("--threads", f"must be at least 1, got {run.threads}")
+    check_range(clip.resolution, 1, MAX_IMAGE_SIDE, "--resolution", "the resolution")
+    if clip.fps is not None:
+        check_fps(clip.fps, "--fps")
+    parse_frames(clip.frames)
     return name
+
+
+def _check_run(run: RunOptions) -> None:
+    """The run options' limits (threads, chunk, the clip length limits themselves)."""
+    if run.threads is not None:
+        check_range(run.threads, 1, MAX_THREADS, "--threads", "the thread count")
+    check_range(run.chunk, 1, MAX_CHUNK, "--chunk", "the chunk")
+    check_range(run.max_frames, 1, 2**31 - 1, "--max-frames", "the frame limit")
+    if not run.max_seconds > 0:
+        raise InputError("--max-seconds", f"must be positive, got {run.max_seconds!r}")
 
 
 def _tracks_at_fps(clip: ClipSpec, bundle) -> tuple[Tracks, float]:
@@ -272,10 +293,8 @@ def _resolve_fps(clip: ClipSpec, tracks, bundle) -> float:
             raise InputError(clip.tracks, f"tracks are keyed at {tracks.fps:g} fps but --fps is {clip.fps:g}")
         return float(tracks.fps)
     if clip.fps is not None:
-        if not clip.fps > 0:
-            raise InputError("--fps", f"must be positive, got {clip.fps}")
-        return float(clip.fps)
-    return float(bundle.manifest().get("fps") or DEFAULT_FPS)
+        return check_fps(clip.fps, "--fps")
+    return check_fps(bundle.manifest().get("fps") or DEFAULT_FPS, bundle.manifest_path)
 
 
 def _given_curves(clip: ClipSpec, bundle, n_expr: int, fps: float, n_audio: int,
@@ -335,7 +354,7 @@ def _frame_producer(inputs: ClipInputs, curves: FlameCurves, chunk: int):
                                            hold_ends=True),
                   "camera": camera_code(inputs.camera.viewmat).to(inputs.device)}
     return FrameProducer(avatar, curves, per_row.emotion, per_row.intensity, per_row.blink,
-                         chunk=chunk, device=inputs.device, **stage2)
+                         chunk=chunk, device=inputs.device, source=inputs.bundle.root, **stage2)
 
 
 def _frame_sinks(inputs: ClipInputs, threads: int | None) -> list:

@@ -31,7 +31,7 @@ from emotalker.core.models.bundle import AvatarBundle
 from emotalker.core.render.gaussians import Gaussians
 from emotalker.core.rig.flame import FlameParams
 from emotalker.core.base.errors import InputError
-from emotalker.core.base.fileio import atomic_path, read_npz
+from emotalker.core.base.fileio import atomic_path, read_npz, require_finite
 
 CURVES_FORMAT = "emotalker-flame-curves/1"
 
@@ -148,8 +148,9 @@ class FrameProducer:
 
     curves: FlameCurves covering every frame asked for; emotion [T,8], intensity [T],
     blink [T]: the track values per curve row; audio [T, Da]: each row's audio
-    window and camera [3]: the camera code (both for Stage 2; None without it).
-    Only the current chunk is kept.
+    window and camera [3]: the camera code (both for Stage 2; None without it);
+    source: the avatar folder, named when a frame comes out non-finite (checked
+    before any sink writes it). Only the current chunk is kept.
 
     Chunks are fixed blocks of curve rows (rows 0..chunk-1, chunk..2*chunk-1, ...),
     whatever the frame range and whichever frames a resumed run still needs:
@@ -160,11 +161,12 @@ class FrameProducer:
 
     def __init__(self, avatar: Avatar, curves: FlameCurves, emotion: np.ndarray, intensity: np.ndarray,
                  blink: np.ndarray, chunk: int = 8, device: str | torch.device = "cpu", audio: np.ndarray | None = None,
-                 camera: torch.Tensor | None = None):
+                 camera: torch.Tensor | None = None, source: str | os.PathLike | None = None):
         self.avatar, self.curves = avatar, curves
         self.emotion, self.intensity, self.blink = emotion, intensity, blink
         self.audio, self.camera = audio, camera
         self.chunk = max(1, int(chunk))
+        self.source = source
         self.device = device
         self._block: int | None = None
         self._cached: dict[int, Gaussians] = {}
@@ -178,6 +180,12 @@ class FrameProducer:
         audio = None if self.audio is None else t(self.audio)
         return FrameConditions(params, t(self.emotion), t(self.intensity), t(self.blink), audio, self.camera)
 
+    def _require_finite(self, batch, frames: list[int]) -> None:
+        """Frames are checked before any sink writes them: a NaN would go into the files silently."""
+        fields = ("means", "quats", "log_scales", "opacity_logits", "sh")
+        require_finite({f: getattr(batch, f) for f in fields}, self.source, f"frames {frames[0]}..{frames[-1]}: "
+                       f"Gaussian", "the avatar or the FLAME curves are corrupt; nothing of these frames was written")
+
     def __call__(self, frame: int) -> Gaussians:
         """The raw Gaussians of timeline `frame`."""
         c = self.curves
@@ -188,6 +196,7 @@ class FrameProducer:
             first = c.frame_start + block * self.chunk
             todo = list(range(first, min(first + self.chunk, c.frame_end + 1)))
             batch = self.avatar.evaluate(self.conditions(todo))
+            self._require_finite(batch, todo)
             self._cached = dict(zip(todo, batch.unbind()))  # drops the previous block
             self._block = block
         return self._cached[frame]

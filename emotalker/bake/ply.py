@@ -49,9 +49,14 @@ def ply_header(count: int, sh_degree: int) -> bytes:
     return ("\n".join(lines) + "\n").encode("ascii")
 
 
+def frame_pattern(name: str) -> str:
+    """The frames' file name with the frame number left to fill: `<name>_{frame:06d}.ply`."""
+    return f"{name}_{{frame:0{FRAME_DIGITS}d}}.ply"
+
+
 def frame_path(out_dir: str | os.PathLike, name: str, frame: int) -> Path:
     """`<out_dir>/<name>_000001.ply` for timeline frame 1."""
-    return Path(out_dir) / f"{name}_{frame:0{FRAME_DIGITS}d}.ply"
+    return Path(out_dir) / frame_pattern(name).format(frame=frame)
 
 
 def gaussian_rows(means: np.ndarray, quats: np.ndarray, log_scales: np.ndarray, opacity_logits: np.ndarray,
@@ -181,7 +186,7 @@ def write_sidecar(out_dir: str | os.PathLike, name: str, *, fps: float, frame_st
     path = Path(out_dir) / f"{name}.json"
     write_json(path, {"format": SIDECAR_FORMAT, "fps": fps, "frame_start": int(frame_start), "frame_end": int(frame_end),
                       "count": int(count), "sh_degree": int(sh_degree), "up_axis": up_axis, "units": units,
-                      "audio": audio, "frame_pattern": f"{name}_{{frame:0{FRAME_DIGITS}d}}.ply",
+                      "audio": audio, "frame_pattern": frame_pattern(name),
                       "properties": ply_property_names(sh_degree)})
     return path
 
@@ -210,7 +215,7 @@ def ply_sink(out_dir: str | os.PathLike, name: str, *, sh_degree: int, up_axis: 
             raise ValueError(f"a frame has {len(gaussians)} Gaussians, the sequence {expected[0]}")
         write_ply(tmp, gaussians, sh_degree=sh_degree, up_axis=up_axis, atomic=False)
 
-    return FrameSink("ply", lambda frame: frame_path(out_dir, name, frame), write, f"{name}_*.ply")
+    return FrameSink("ply", Path(out_dir), frame_pattern(name), write)
 
 
 def _degree_for_columns(p: int) -> int:

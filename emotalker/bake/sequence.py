@@ -17,6 +17,11 @@ How a re-run knows what is done:
   A re-run whose digest differs, or a folder holding frame files but no run
   file, is refused with an InputError saying so, unless `overwrite=True`,
   which deletes those frame files and starts over.
+- A sink's frame files are the names its pattern makes and nothing else:
+  `take_{frame:06d}.ply` matches `take_000001.ply`, never a user's
+  `take_final.ply` nor the frames of a bake named `take_b` in the same folder
+  (a name's frame number is digits only, so no other name's pattern can match
+  them). Neither a refusal nor --overwrite ever counts or deletes other files.
 - A lock on `<out_dir>/.emotalker-run.lock` keeps two bakes out of one folder;
   the operating system drops it when a process dies, so no stale lock remains.
   Under the lock, temporary files a killed run left behind are removed.
@@ -28,6 +33,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -43,18 +49,40 @@ LOCK_FILE = ".emotalker-run.lock"
 
 @dataclass(frozen=True)
 class FrameSink:
-    """One per-frame output.
+    """One per-frame output: `<folder>/<pattern with the frame number>`, e.g. "head_{frame:06d}.ply".
 
-    path(frame) -> the frame's final file; write(item, tmp_path) writes the item
-    `produce` returned for that frame to a temporary path (moved into place
-    afterwards); glob matches every frame file of this sink in the out folder
-    (e.g. "head_*.ply"), for --overwrite and for temporary files left by a kill.
+    write(item, tmp_path) writes the item `produce` returned for that frame to a
+    temporary path (moved into place afterwards).
     """
 
     name: str
-    path: Callable[[int], Path]
+    folder: Path
+    pattern: str
+    """The frame file's name, `{frame:06d}` standing for the frame number (six digits or more)."""
     write: Callable[[Any, Path], None]
-    glob: str
+
+    def path(self, frame: int) -> Path:
+        """The frame's final file."""
+        return Path(self.folder) / self.pattern.format(frame=frame)
+
+    def frame_files(self) -> list[Path]:
+        """Every file in the folder this sink's pattern makes for some frame, and nothing else."""
+        return self._matching(self._name_regex())
+
+    def temporaries(self) -> list[Path]:
+        """The temporary files of this sink's frames (atomic_path's `.<stem>.<random><suffix>.part`)."""
+        stem, suffix = self._name_regex().rsplit(r"\.", 1)
+        return self._matching(rf"\.{stem}\.[A-Za-z0-9_]+\.{suffix}\.part")
+
+    def _name_regex(self) -> str:
+        before, field, after = self.pattern.partition("{frame:06d}")
+        if not field or "." not in after:
+            raise ValueError(f"frame pattern {self.pattern!r} needs {{frame:06d}} followed by a file suffix")
+        return re.escape(before) + r"\d{6,}" + re.escape(after)
+
+    def _matching(self, regex: str) -> list[Path]:
+        compiled = re.compile(regex)
+        return sorted(p for p in Path(self.folder).iterdir() if compiled.fullmatch(p.name))
 
 
 @dataclass(frozen=True)
@@ -121,7 +149,7 @@ def run_sequence(frames: Sequence[int], produce: Callable[[int], Any], sinks: Se
 def _check_or_start_run(out_dir: Path, sinks: Sequence[FrameSink], fingerprint: dict[str, Any], overwrite: bool) -> None:
     run_path = out_dir / RUN_FILE
     digest = inputs_digest(fingerprint)
-    existing = [p for s in sinks for p in out_dir.glob(s.glob)]
+    existing = [p for s in sinks for p in s.frame_files()]
     if run_path.exists():
         previous = read_json(run_path, "bake run file")
         if previous.get("digest") == digest and not overwrite:
@@ -144,11 +172,8 @@ def _check_or_start_run(out_dir: Path, sinks: Sequence[FrameSink], fingerprint: 
 
 
 def _remove_stale_temporaries(out_dir: Path, sinks: Sequence[FrameSink]) -> None:
-    # atomic_path names its temporary ".<stem>.<random><suffix>.part".
     for sink in sinks:
-        stem, dot, suffix = sink.glob.rpartition(".")
-        pattern = f".{stem}.*.{suffix}.part" if dot else f".{sink.glob}.*.part"
-        for path in out_dir.glob(pattern):
+        for path in sink.temporaries():
             path.unlink(missing_ok=True)
 
 

@@ -62,6 +62,7 @@ import numpy as np
 from emotalker.core.base.emotions import EMOTIONS, MAX_INTENSITY, check_intensity, emotion_index, normalise_mix
 from emotalker.core.base.errors import InputError
 from emotalker.core.base.fileio import read_json
+from emotalker.core.base.limits import check_fps
 
 FORMAT = "emotalker-tracks/1"
 INTERPOLATIONS = ("constant", "linear", "bezier")
@@ -119,9 +120,7 @@ class Tracks:
             raise InputError(where, "a tracks file must be a JSON object")
         if obj.get("format") != FORMAT:
             raise InputError(where, f"format is {obj.get('format')!r}, expected {FORMAT!r}")
-        fps = obj.get("fps")
-        if not _is_number(fps) or fps <= 0:
-            raise InputError(where, f"fps must be a positive number, got {fps!r}")
+        fps = check_fps(obj.get("fps"), where)
         tracks = obj.get("tracks")
         if not isinstance(tracks, dict):
             raise InputError(where, "'tracks' must be an object mapping channel names to {'keys': [...]}")
@@ -130,7 +129,7 @@ class Tracks:
             track = _parse_track(where, name, spec)
             if track is not None:
                 channels[name] = track
-        return cls(float(fps), channels, source)
+        return cls(fps, channels, source)
 
     @classmethod
     def constant(cls, emotion: str, intensity: float, fps: float = 25.0, blink: float | None = None,
@@ -142,8 +141,7 @@ class Tracks:
         """
         emotion_index(emotion, "--emotion")
         check_intensity(intensity, "--intensity")
-        if not _is_number(fps) or fps <= 0:
-            raise InputError("--fps", f"fps must be a positive number, got {fps!r}")
+        check_fps(fps, "--fps")
         one = lambda v: Track(np.array([float(frame)]), np.array([float(v)]), "constant")  # noqa: E731
         channels = {f"emotion.{emotion}": one(1.0), "intensity": one(intensity)}
         if blink is not None:

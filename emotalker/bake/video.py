@@ -53,17 +53,22 @@ def write_png(path: str | os.PathLike, image: np.ndarray, atomic: bool = True) -
         Image.fromarray(image).save(tmp, format="PNG")
 
 
+def png_pattern(name: str) -> str:
+    """The PNG frames' file name with the frame number left to fill: `<name>_{frame:06d}.png`."""
+    return f"{name}_{{frame:0{FRAME_DIGITS}d}}.png"
+
+
 def png_path(out_dir: str | os.PathLike, name: str, frame: int) -> Path:
     """`<out_dir>/<name>_000001.png` for timeline frame 1."""
-    return Path(out_dir) / f"{name}_{frame:0{FRAME_DIGITS}d}.png"
+    return Path(out_dir) / png_pattern(name).format(frame=frame)
 
 
 def png_sink(out_dir: str | os.PathLike, name: str, to_image: Callable[[Any], np.ndarray]):
     """A FrameSink writing `<out_dir>/<name>_NNNNNN.png`; `to_image(item)` renders the frame (uint8 [H,W,4])."""
     from emotalker.bake.sequence import FrameSink
 
-    return FrameSink("png", lambda frame: png_path(out_dir, name, frame),
-                     lambda item, tmp: write_png(tmp, to_image(item), atomic=False), f"{name}_*.png")
+    return FrameSink("png", Path(out_dir), png_pattern(name),
+                     lambda item, tmp: write_png(tmp, to_image(item), atomic=False))
 
 
 def composite(rgba: np.ndarray, background: Sequence[float]) -> np.ndarray:

@@ -39,7 +39,8 @@ def add_parsers(sub) -> None:
 
 def run(args) -> None:
     from emotalker.bake.engine import FlameCurves
-    from emotalker.core.audio.waveform import load_audio
+    from emotalker.core.audio.waveform import check_audio_length, load_audio
+    from emotalker.core.base.limits import check_fps
     from emotalker.core.base.device import resolve_device
     from emotalker.core.base.emotions import check_intensity, parse_mix
     from emotalker.core.models.a2e import infer_curves, load_a2e
@@ -51,7 +52,8 @@ def run(args) -> None:
     device = resolve_device(args.device)
     bundle = AvatarBundle.open(args.avatar)
     model, meta = load_a2e(bundle, device)
-    fps = float(args.fps or meta["fps"])
+    fps = check_fps(args.fps, "--fps") if args.fps is not None else check_fps(meta["fps"], bundle.stage_path("a2e"))
+    check_audio_length(args.audio, fps)
     samples = load_audio(args.audio)
     curves = infer_curves(model, samples, weights, args.intensity, fps, device)
     expr_names = FlameModel.load(bundle.flame_path).expr_names if bundle.flame_path.exists() else []

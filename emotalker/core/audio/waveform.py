@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from emotalker.core.base.errors import InputError
+from emotalker.core.base.limits import MAX_AUDIO_SECONDS, MAX_FRAMES, check_audio_seconds, check_frame_count
 
 SAMPLE_RATE = 16000
 # Peak below -80 dBFS counts as silence: quieter than any usable recording's noise floor.
@@ -63,17 +64,45 @@ def validate_audio(samples: np.ndarray, path: str | os.PathLike | None = None) -
     return samples
 
 
-def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Read any file soundfile reads (wav, flac, ogg, ...), any rate and channel count.
-
-    Returns mono float32 samples [N] at `sample_rate`; InputError naming the file
-    when it is missing, unreadable, empty, silent or holds NaN/inf.
-    """
+def audio_seconds(path: str | os.PathLike) -> float:
+    """How long the audio file lasts by its header, without decoding it; InputError naming the file when
+    it is missing or unreadable."""
     import soundfile as sf
 
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "audio file not found")
+    try:
+        info = sf.info(str(path))
+    except (RuntimeError, ValueError, OSError) as exc:  # soundfile's LibsndfileError is a RuntimeError
+        raise InputError(path, f"not a readable audio file ({exc})") from None
+    if info.samplerate <= 0:
+        raise InputError(path, f"audio header gives a sample rate of {info.samplerate} Hz")
+    return info.frames / info.samplerate
+
+
+def check_audio_length(path: str | os.PathLike, fps: float, max_seconds: float = MAX_AUDIO_SECONDS,
+                       max_frames: int = MAX_FRAMES) -> None:
+    """Refuse audio longer than `max_seconds`, or more than `max_frames` frames at `fps`, by its header:
+    before a sample is decoded."""
+    seconds = audio_seconds(path)
+    check_audio_seconds(seconds, max_seconds, path)
+    check_frame_count(int(round(seconds * fps)), max_frames, path, f"{seconds:.1f} s of audio at {fps:g} fps")
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE,
+               max_seconds: float = MAX_AUDIO_SECONDS) -> np.ndarray:
+    """Read any file soundfile reads (wav, flac, ogg, ...), any rate and channel count.
+
+    Returns mono float32 samples [N] at `sample_rate`; InputError naming the file
+    when it is missing, unreadable, longer than `max_seconds` (by its header,
+    before anything is decoded: a header claiming 1 Hz makes a small file hours
+    long), empty, silent or holds NaN/inf.
+    """
+    import soundfile as sf
+
+    path = Path(path)
+    check_audio_seconds(audio_seconds(path), max_seconds, path)
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (RuntimeError, ValueError, OSError) as exc:  # soundfile's LibsndfileError is a RuntimeError

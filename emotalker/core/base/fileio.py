@@ -105,4 +105,20 @@ def load_tensors(path: str | os.PathLike, device: str = "cpu") -> tuple[dict[str
         tensors = load_file(str(path), device=device)
     except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:
         raise InputError(path, f"not a valid safetensors file ({exc})") from None
+    require_finite(tensors, path)
     return tensors, meta
+
+
+def require_finite(tensors: dict[str, Any], source: str | os.PathLike | None, what: str = "tensor",
+                   cause: str = "the file is corrupt") -> None:
+    """InputError naming `source` and the first tensor holding a NaN or infinite value.
+
+    Weights are checked on load because flipped bytes in a weights file bake frames of
+    NaN without a word (no stored tensor of ours is ever meant to hold one)."""
+    import torch
+
+    for name, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise InputError(source, f"{what} {name!r} holds {bad} NaN or infinite values of {value.numel()}; "
+                                     f"{cause}")

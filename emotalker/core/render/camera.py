@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from emotalker.core.base.errors import InputError
+from emotalker.core.base.limits import MAX_IMAGE_SIDE, check_range
 from emotalker.core.base.fileio import read_json
 
 if TYPE_CHECKING:
@@ -67,8 +68,7 @@ class Camera:
         if not np.allclose(rotation @ rotation.T, np.eye(3), atol=1e-4) or np.linalg.det(rotation) <= 0:
             raise InputError(source, "camera viewmat's upper 3x3 must be a rotation (orthonormal, det +1)")
         for name, value in (("width", width), ("height", height)):
-            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 16384:
-                raise InputError(source, f"camera {name} must be an integer in 1..16384, got {value!r}")
+            check_range(value, 1, MAX_IMAGE_SIDE, source, f"camera {name}")
         return cls(viewmat, K, width, height)
 
     @classmethod

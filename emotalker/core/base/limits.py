@@ -1,0 +1,65 @@
+"""What one input may ask for, checked before anything is allocated (docs/architecture.md, "Limits").
+
+A bake allocates in proportion to its frame count (the tracks' per-frame values,
+A2E's curves, Stage 2's audio windows: about 7 KB a frame) and a render in
+proportion to its pixels, so a few bytes of input (a tracks file's fps, a WAV
+header's sample rate, --resolution) must not be able to ask for gigabytes. Each
+limit is checked where the value is first read, with one InputError naming the
+file or option.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+from emotalker.core.base.errors import InputError
+
+MIN_FPS = 1.0
+MAX_FPS = 240.0
+"""Frame rates a bake accepts: every real video rate (23.976 .. 240) and slow previews down to 1 fps."""
+MAX_FRAMES = 100_000
+"""Frames one clip may have by default (its whole audio at the bake's fps; an hour at 25 fps is 90,000):
+Stage 2's audio windows for them take about 0.7 GB. `--max-frames` raises it."""
+MAX_AUDIO_SECONDS = 3600.0
+"""Audio one clip may last by default, read from the file's header before decoding (an hour of 16 kHz
+float32 samples is 230 MB). `--max-seconds` raises it."""
+MAX_IMAGE_SIDE = 16384
+"""Largest width or height of a rendered frame (the camera file's limit too)."""
+MAX_CHUNK = 256
+"""Most frames evaluated at once (--chunk): each holds every Gaussian of a frame."""
+MAX_THREADS = 1024
+"""Most CPU threads a run may ask for (--threads)."""
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def check_fps(fps: Any, source: str | os.PathLike | None) -> float:
+    """`fps` as a float, or InputError naming `source` when it is not a number in MIN_FPS..MAX_FPS."""
+    if not _is_number(fps) or not MIN_FPS <= fps <= MAX_FPS:
+        raise InputError(source, f"fps must be a positive number in {MIN_FPS:g}..{MAX_FPS:g}, got {fps!r}")
+    return float(fps)
+
+
+def check_range(value: Any, low: int, high: int, source: str | os.PathLike | None, what: str) -> int:
+    """An integer option `value` in low..high, or InputError naming `source` and `what`."""
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise InputError(source, f"{what} must be an integer in {low}..{high}, got {value!r}")
+    return value
+
+
+def check_audio_seconds(seconds: float, max_seconds: float, source: str | os.PathLike) -> None:
+    """InputError naming the audio file when it lasts longer than `max_seconds`."""
+    if seconds > max_seconds:
+        raise InputError(source, f"audio lasts {seconds:.0f} s by its header, more than the limit of {max_seconds:g} s "
+                                 f"(--max-seconds raises it)")
+
+
+def check_frame_count(n_frames: int, max_frames: int, source: str | os.PathLike, what: str) -> None:
+    """InputError naming `source` when `what` (e.g. "12.0 s of audio at 25 fps") is more than `max_frames` frames."""
+    if n_frames > max_frames:
+        raise InputError(source, f"{what} is {n_frames} frames, more than the limit of {max_frames} "
+                                 f"(--max-frames raises it)")

@@ -1,0 +1,307 @@
+"""Hostile and careless input (issue 18): each case ends in one clear line and exit status 2, under a
+memory limit where the case is about memory, and leaves the files that were there before as they were.
+
+The commands run as subprocesses (`python -m emotalker ...`) with RLIMIT_AS set, so that a regression
+fails here with a MemoryError instead of growing until the machine's OOM killer steps in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bake_fixture import FPS, make_speech, make_tiny_avatar
+
+REPO = Path(__file__).resolve().parent.parent
+# A tiny bake peaks under 2 GiB of address space; a frame count or audio length that escapes its limit
+# asks for far more.
+MEMORY_LIMIT = 3 << 30
+
+
+def run_cli(*args: str, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`python -m emotalker ARGS` under MEMORY_LIMIT."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))  # noqa: E731
+    return subprocess.run([sys.executable, "-m", "emotalker", *args], input=stdin, capture_output=True, text=True,
+                          env=env, preexec_fn=limit, timeout=timeout)
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def assert_refused(proc: subprocess.CompletedProcess, *expected: str) -> None:
+    """Exit status 2 and one line on stderr holding every `expected` piece, no traceback."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert len(lines) == 1 and "Traceback" not in lines[0], lines
+    for piece in expected:
+        assert piece in lines[0], (piece, lines[0])
+
+
+def write_wav_header_rate(path: Path, rate: int, n_samples: int) -> Path:
+    """A 16-bit mono PCM WAV of `n_samples` of noise whose header claims `rate` Hz."""
+    import numpy as np
+
+    data = (np.random.default_rng(0).integers(-8000, 8000, n_samples)).astype("<i2").tobytes()
+    header = (b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 1, rate,
+              rate * 2, 2, 16) + b"data" + struct.pack("<I", len(data)))
+    path.write_bytes(header + data)
+    return path
+
+
+@pytest.fixture(scope="module")
+def baked(tmp_path_factory):
+    """An avatar, a 1.2 s clip (30 frames) and an out folder already holding a bake and a user's file."""
+    root = tmp_path_factory.mktemp("hostile")
+    make_tiny_avatar(root / "avatar")
+    make_speech(root / "speech.wav", seconds=1.2)
+    out = root / "out"
+    proc = run_cli("bake", str(root / "avatar"), "--audio", str(root / "speech.wav"), "--out", str(out),
+                   "--emotion", "happy", "--frames", "1:3", "--progress", "none", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    (out / "notes.txt").write_text("the user's own file")
+    return root
+
+
+def bake_args(root: Path, *extra: str) -> list[str]:
+    return ["bake", str(root / "avatar"), "--audio", str(root / "speech.wav"), "--out", str(root / "out"),
+            "--progress", "none", "--device", "cpu", *extra]
+
+
+# --- 1. memory exhaustion: limits checked before anything is allocated ---------------------------
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--emotion", "happy", "--fps", "1e9"], ["--fps: fps must be a positive number in 1..240, got 1000000000.0"]),
+    (["--emotion", "happy", "--fps", "1e-9"], ["--fps: fps must be a positive number in 1..240"]),
+    (["--emotion", "happy", "--fps", "nan"], ["--fps: fps must be a positive number in 1..240"]),
+    (["--emotion", "happy", "--png", "--resolution", "0"], ["--resolution: the resolution must be an integer in 1..16384"]),
+    (["--emotion", "happy", "--png", "--resolution", "100000"], ["--resolution", "1..16384, got 100000"]),
+    (["--emotion", "happy", "--frames", "1:1000000000"], ["--frames: 1:1000000000 reaches outside"]),
+    (["--emotion", "happy", "--chunk", "1000000000"], ["--chunk: the chunk must be an integer in 1..256"]),
+    (["--emotion", "happy", "--threads", "1000000"], ["--threads: the thread count must be an integer in 1..1024"]),
+    (["--emotion", "happy", "--max-frames", "10"], ["speech.wav: 1.2 s of audio at 25 fps is 30 frames, more than "
+                                                    "the limit of 10 (--max-frames raises it)"]),
+    (["--emotion", "happy", "--max-seconds", "0.5"], ["speech.wav: audio lasts 1 s by its header, more than the "
+                                                      "limit of 0.5 s (--max-seconds raises it)"]),
+])
+def test_bake_options_beyond_the_limits_are_refused(baked, extra, expected):
+    before = digests(baked / "out")
+    assert_refused(run_cli(*bake_args(baked, *extra)), *expected)
+    assert digests(baked / "out") == before
+
+
+@pytest.mark.parametrize("fps", [1e9, 1e-9, 0.5, 241])
+def test_a_tracks_file_asking_for_absurd_fps_is_refused(baked, tmp_path, fps):
+    tracks = tmp_path / "tracks.json"
+    tracks.write_text(json.dumps({"format": "emotalker-tracks/1", "fps": fps, "tracks": {}}))  # 60 bytes
+    before = digests(baked / "out")
+    assert_refused(run_cli(*bake_args(baked, "--tracks", str(tracks))),
+                   f"{tracks}: fps must be a positive number in 1..240, got {fps!r}")
+    assert digests(baked / "out") == before
+
+
+def test_a_wav_whose_header_claims_1_hz_is_refused_before_decoding(baked, tmp_path):
+    wav = write_wav_header_rate(tmp_path / "slow.wav", rate=1, n_samples=16000)  # 32 KB: 4.4 hours at 1 Hz
+    before = digests(baked / "out")
+    proc = run_cli("bake", str(baked / "avatar"), "--audio", str(wav), "--out", str(baked / "out"), "--emotion", "sad",
+                   "--progress", "none", "--device", "cpu")
+    assert_refused(proc, f"{wav}: audio lasts 16000 s by its header, more than the limit of 3600 s")
+    assert digests(baked / "out") == before
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--fps", "1e9"], "--fps: fps must be a positive number in 1..240, got 1000000000.0"),
+    (["--audio", "SLOW"], "audio lasts 16000 s by its header, more than the limit of 3600 s"),
+])
+def test_a2e_refuses_absurd_fps_and_audio(baked, tmp_path, extra, expected):
+    slow = write_wav_header_rate(tmp_path / "slow.wav", rate=1, n_samples=16000)
+    args = ["a2e", str(baked / "avatar"), "--audio", str(baked / "speech.wav"), "--out", str(tmp_path / "c.npz"),
+            "--device", "cpu", *[str(slow) if a == "SLOW" else a for a in extra]]
+    assert_refused(run_cli(*args), expected)
+    assert not (tmp_path / "c.npz").exists()
+
+
+def test_a_batch_manifest_beyond_the_limits_is_refused_before_any_clip_runs(baked, tmp_path):
+    manifest = tmp_path / "batch.json"
+    for field, value, expected in [("fps", 1e9, "clips[1].fps (b): fps must be a positive number in 1..240"),
+                                   ("resolution", 100000, "clips[1].resolution (b): the resolution must be an integer "
+                                                          "in 1..16384, got 100000")]:
+        manifest.write_text(json.dumps({"format": "emotalker-batch/1",
+                                        "defaults": {"avatar": str(baked / "avatar"), "audio": str(baked / "speech.wav"),
+                                                     "emotion": "happy", "frames": "1:2"},
+                                        "clips": [{"id": "a"}, {"id": "b", field: value}]}))
+        assert_refused(run_cli("bake-batch", str(manifest), "--progress", "none"), str(manifest), expected)
+        assert not (tmp_path / "bake").exists()
+
+
+def ask_worker(requests: list[dict], timeout: float = 120) -> dict:
+    """Send each request to a `python -m emotalker worker` (under MEMORY_LIMIT) and wait for its answer
+    before the next; -> {id: reply}. Ends with a shutdown and checks the worker exits cleanly."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))  # noqa: E731
+    proc = subprocess.Popen([sys.executable, "-m", "emotalker", "worker"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, preexec_fn=limit)
+    replies = {}
+    try:
+        for request in requests:
+            proc.stdin.write(json.dumps(request) + "\n")
+            proc.stdin.flush()
+            for line in proc.stdout:
+                reply = json.loads(line)
+                if reply.get("id") == request["id"] and ("result" in reply or "error" in reply):
+                    replies[request["id"]] = reply
+                    break
+        proc.stdin.write(json.dumps({"method": "shutdown"}) + "\n")
+        proc.stdin.close()
+        assert proc.wait(timeout=timeout) == 0
+    finally:
+        proc.kill()
+    return replies
+
+
+def test_the_worker_answers_a_bake_beyond_the_limits_with_an_input_error(baked, tmp_path):
+    clip = {"avatar": str(baked / "avatar"), "audio": str(baked / "speech.wav"), "out": str(tmp_path / "out"),
+            "emotion": "happy"}
+    replies = ask_worker([{"id": 1, "method": "bake", "params": {"clip": {**clip, "fps": 1e9}}},
+                          {"id": 2, "method": "bake", "params": {"clip": {**clip, "resolution": 0, "png": True}}},
+                          {"id": 3, "method": "environment"}])
+    assert replies[1]["error"] == {"kind": "input", "message": "--fps: fps must be a positive number in 1..240, "
+                                                               "got 1000000000.0"}
+    assert replies[2]["error"]["kind"] == "input" and "1..16384, got 0" in replies[2]["error"]["message"]
+    assert "result" in replies[3]
+    assert not (tmp_path / "out").exists()
+
+
+# --- 2. --overwrite deletes only the bake's own frames ---------------------------------------------
+
+
+def test_overwrite_keeps_a_users_files_that_share_the_name(baked, tmp_path):
+    from emotalker.cli.main import main
+
+    out = tmp_path / "out"
+    base = ["bake", str(baked / "avatar"), "--audio", str(baked / "speech.wav"), "--out", str(out), "--name", "take",
+            "--frames", "1:3", "--ply", "--png", "--resolution", "16", "--progress", "none", "--device", "cpu"]
+    out.mkdir()
+    (out / "take_final.ply").write_bytes(b"the user's final take")
+    (out / "take_reference.png").write_bytes(b"the user's reference")
+    (out / "take_0001.ply").write_bytes(b"not six digits: not a frame")
+    users = digests(out)
+    assert main([*base, "--emotion", "happy"]) == 0  # the user's files are not frames: nothing to refuse
+    happy = digests(out)
+    assert main([*base, "--emotion", "sad", "--overwrite"]) == 0
+    after = digests(out)
+    assert {n: after[n] for n in users} == users
+    assert after["take_000001.ply"] != happy["take_000001.ply"] and after["take_000003.png"] != happy["take_000003.png"]
+
+
+def test_a_bake_never_touches_the_frames_of_a_longer_name(baked, tmp_path):
+    from emotalker.cli.main import main
+
+    out = tmp_path / "out"
+    base = ["bake", str(baked / "avatar"), "--audio", str(baked / "speech.wav"), "--out", str(out), "--frames", "1:3",
+            "--progress", "none", "--device", "cpu"]
+    assert main([*base, "--name", "a_b", "--emotion", "happy"]) == 0
+    stale = out / ".a_b_000004.k2j4h5g6.ply.part"
+    stale.write_bytes(b"")  # not a's temporary either
+    a_b = digests(out)
+    assert main([*base, "--name", "a", "--emotion", "sad", "--overwrite"]) == 0
+    assert main([*base, "--name", "a", "--emotion", "angry", "--overwrite"]) == 0
+    after = digests(out)
+    kept = {n: d for n, d in a_b.items() if n.startswith(("a_b", ".a_b"))}
+    assert kept and {n: after[n] for n in kept} == kept
+    assert sorted(n for n in after if n.startswith("a_0")) == [f"a_{f:06d}.ply" for f in (1, 2, 3)]
+
+
+# --- 3. corrupted weights and non-finite frames ---------------------------------------------------
+
+
+def poison_tensor(path: Path, name: str, value: float = float("nan")) -> None:
+    """Overwrite the first value of float32 tensor `name` in a safetensors file in place (flipped bytes)."""
+    raw = bytearray(path.read_bytes())
+    n = struct.unpack("<Q", raw[:8])[0]
+    start = 8 + n + json.loads(raw[8:8 + n])[name]["data_offsets"][0]
+    raw[start:start + 4] = struct.pack("<f", value)
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("tensor, value", [("means", float("nan")), ("d_log_scales", float("inf"))])
+def test_a_corrupted_weights_file_is_refused_naming_the_tensor(baked, tmp_path, tensor, value):
+    import shutil
+
+    avatar = tmp_path / "avatar"
+    shutil.copytree(baked / "avatar", avatar)
+    poison_tensor(avatar / "neutral.safetensors", tensor, value)
+    before = digests(baked / "out")
+    proc = run_cli("bake", str(avatar), "--audio", str(baked / "speech.wav"), "--out", str(baked / "out"),
+                   "--emotion", "happy", "--progress", "none", "--device", "cpu")
+    assert_refused(proc, f"{avatar / 'neutral.safetensors'}: tensor {tensor!r} holds 1 NaN or infinite values of",
+                   "the file is corrupt")
+    assert digests(baked / "out") == before
+
+
+def test_frames_that_come_out_non_finite_are_refused_before_they_are_written(baked, tmp_path, monkeypatch):
+    from emotalker.bake.clip import ClipSpec, RunOptions, bake_clip
+    from emotalker.core.base.errors import InputError
+    from emotalker.core.models.avatar import Avatar
+
+    evaluate = Avatar.evaluate
+
+    def overflowing(self, conditions):  # what finite but absurd weights or curves can make of a frame
+        import torch
+
+        batch = evaluate(self, conditions)
+        with torch.inference_mode():
+            batch.sh[-1, 0, 0, 0] = float("inf")
+        return batch
+
+    monkeypatch.setattr(Avatar, "evaluate", overflowing)
+    out = tmp_path / "out"
+    clip = ClipSpec(avatar=str(baked / "avatar"), audio=str(baked / "speech.wav"), out=str(out), emotion="happy",
+                    ply=True, png=True, resolution=16, frames="1:3")
+    with pytest.raises(InputError) as error:
+        bake_clip(clip, RunOptions(progress="none", chunk=4))
+    assert str(error.value) == (f"{baked / 'avatar'}: frames 1..4: Gaussian 'sh' holds 1 NaN or infinite values of "
+                                f"{4 * 170 * 4 * 3}; the avatar or the FLAME curves are corrupt; nothing of these "
+                                f"frames was written")
+    assert not list(out.glob("speech_*")) and not list(out.glob(".*.part"))
+
+
+# --- the worker answers every malformed request and stays alive --------------------------------------
+
+
+def test_one_bad_request_line_never_ends_the_worker():
+    bad = ['{"id": [1, 2], "method": "environment"}', '{"id": {"a": 1}, "method": "environment"}',
+           '{"method": "cancel", "params": [1]}', '{"id": 5, "method": "cancel", "params": {"target": [1]}}',
+           '{"id": 6, "method": "bake", "params": {}}', '{"id": 7, "method": "bake", "params": {"clip": {"avatar": 1}}}',
+           'not json at all', '[]']
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "emotalker", "worker"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        proc.stdin.write("\n".join(bad) + '\n{"id": "alive", "method": "environment"}\n')
+        proc.stdin.flush()
+        replies = []
+        for line in proc.stdout:
+            replies.append(json.loads(line))
+            if replies[-1].get("id") == "alive":
+                break
+        proc.stdin.write('{"method": "shutdown"}\n')
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+    errors = [r["error"] for r in replies if "error" in r]
+    assert len(errors) == len(bad), replies
+    assert [e["kind"] for e in errors] == ["protocol"] * 4 + ["input"] * 2 + ["protocol"] * 2
+    assert errors[4]["message"] == "bake params: missing field clip"
+    assert "result" in replies[-1] and replies[-1]["result"]["protocol"] == "emotalker-worker/1"
