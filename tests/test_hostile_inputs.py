@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from bake_fixture import FPS, make_speech, make_tiny_avatar
+from bake_fixture import make_speech, make_tiny_avatar
 
 REPO = Path(__file__).resolve().parent.parent
 # A tiny bake peaks under 2 GiB of address space; a frame count or audio length that escapes its limit
