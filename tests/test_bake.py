@@ -382,3 +382,40 @@ def test_render_frame_loads_the_avatar_once_while_its_files_are_unchanged(tmp_pa
     (avatar / "neutral.safetensors").touch()  # a retrained stage is picked up
     worker_methods.METHODS["render_frame"]({**params, "frame": 3}, None)
     assert worker_methods._cached_avatar.cache_info().misses == 2
+
+
+def test_render_frame_reads_the_clips_curves_and_audio_once_with_the_same_pixels(tmp_path):
+    from emotalker.bake.engine import FlameCurves
+    from emotalker.core.audio.features import frame_audio_windows
+    from emotalker.core.audio.waveform import load_audio
+    from emotalker.core.models.bundle import AvatarBundle
+    from emotalker.worker import methods as worker_methods
+
+    avatar = make_tiny_avatar(tmp_path / "avatar", emotion=True)
+    speech = make_speech(tmp_path / "speech.wav", seconds=0.6)
+    baked = bake_clip(ClipSpec(avatar=str(avatar), audio=str(speech), out=str(tmp_path / "out"), emotion="happy",
+                               ply=True))
+    cam = front_camera(FlameModel.load(avatar / "flame_model.npz").v_template, 32)
+    params = {"avatar": str(avatar), "cache": str(tmp_path / "cache"), "viewmat": cam.viewmat.tolist(),
+              "K": cam.K.tolist(), "width": 32, "height": 32, "curves": baked.outputs["flame_curves"],
+              "audio": str(speech)}
+    worker_methods._cached_curves.cache_clear()
+    worker_methods._cached_audio_windows.cache_clear()
+    last = baked.frame_end
+    for frame in (1, last // 2, last):
+        worker_methods.METHODS["render_frame"]({**params, "frame": frame}, None)
+    assert worker_methods._cached_curves.cache_info().misses == 1
+    assert worker_methods._cached_audio_windows.cache_info().misses == 1
+
+    # Every frame's cached window is the one computed for that frame alone (the bake's own way).
+    features = worker_methods._avatar(AvatarBundle.open(avatar), True).audio_features
+    fps = FlameCurves.load(params["curves"], FlameModel.load(avatar / "flame_model.npz").n_expr).fps
+    samples = load_audio(speech)
+    windows = worker_methods._cached_audio_windows(worker_methods._file_stamp(str(speech)), features, fps)
+    for frame in (1, last // 2, last):
+        alone = frame_audio_windows(samples, features, fps, np.array([frame - 1]), hold_ends=True)
+        assert np.array_equal(windows[[frame - 1]], alone)
+
+    speech.touch()  # a re-recorded line is read again
+    worker_methods.METHODS["render_frame"]({**params, "frame": 1}, None)
+    assert worker_methods._cached_audio_windows.cache_info().misses == 2

@@ -143,6 +143,36 @@ def _cached_avatar(root: str, use_emotion: bool, stamps: tuple):
     return Avatar.open(AvatarBundle.open(root), use_emotion=use_emotion)
 
 
+def _file_stamp(path: str) -> tuple[str, int, int]:
+    """(resolved path, mtime, size): a cache key that changes when the file is rewritten."""
+    resolved = Path(path).resolve()
+    try:
+        st = resolved.stat()
+    except OSError as e:
+        raise InputError(path, f"cannot read it: {e.strerror}") from None
+    return str(resolved), st.st_mtime_ns, st.st_size
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_curves(stamp: tuple[str, int, int], n_expr: int):
+    """A bake's FLAME curves, read once while the file is unchanged (the viewport asks frame by frame)."""
+    from emotalker.bake.engine import FlameCurves
+
+    return FlameCurves.load(stamp[0], n_expr)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_audio_windows(stamp: tuple[str, int, int], features, fps: float) -> np.ndarray:
+    """Stage 2's audio window of every frame the clip's audio covers [T, D], computed once per audio
+    file, feature set and fps (a frame's window does not depend on the others asked for)."""
+    from emotalker.core.audio.features import frame_audio_windows
+    from emotalker.core.audio.waveform import duration_frames, load_audio
+
+    samples = load_audio(stamp[0])
+    return frame_audio_windows(samples, features, fps, np.arange(max(1, duration_frames(len(samples), fps))),
+                               hold_ends=True)
+
+
 def render_frame(params: RenderFrameParams, ctx) -> dict:
     """Render one frame of an avatar for the viewport or F12.
 
@@ -161,7 +191,7 @@ def render_frame(params: RenderFrameParams, ctx) -> dict:
     avatar = _avatar(bundle, not params.no_emotion)
     frame = params.frame
     if params.curves:
-        curves = FlameCurves.load(params.curves, avatar.stage1.flame_model.n_expr)
+        curves = _cached_curves(_file_stamp(params.curves), avatar.stage1.flame_model.n_expr)
         if not curves.frame_start <= frame <= curves.frame_end:
             raise InputError(params.curves, f"frame {frame} is outside the curves' frames "
                                             f"{curves.frame_start}..{curves.frame_end}")
@@ -182,12 +212,11 @@ def render_frame(params: RenderFrameParams, ctx) -> dict:
         if not params.audio:
             raise InputError(bundle.stage_path("emotion"), "render_frame needs the clip's 'audio' for this avatar's "
                                                            "Stage 2 (or pass no_emotion)")
-        from emotalker.core.audio.features import frame_audio_windows
-        from emotalker.core.audio.waveform import load_audio
         from emotalker.core.models.emotion_deformer import camera_code
 
-        stage2 = {"audio": frame_audio_windows(load_audio(params.audio), avatar.audio_features, curves.fps,
-                                               np.array([frame - 1]), hold_ends=True),
+        windows = _cached_audio_windows(_file_stamp(params.audio), avatar.audio_features, curves.fps)
+        # Frames past the sound hold the nearest window it covers, as the bake's timeline does.
+        stage2 = {"audio": windows[[min(max(frame - 1, 0), len(windows) - 1)]],
                   "camera": camera_code(camera.viewmat)}
     gaussians = FrameProducer(avatar, curves, emotion, intensity, blink, chunk=1, **stage2)(frame)
     with torch.inference_mode():
