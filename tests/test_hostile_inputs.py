@@ -305,3 +305,18 @@ def test_one_bad_request_line_never_ends_the_worker():
     assert [e["kind"] for e in errors] == ["protocol"] * 4 + ["input"] * 2 + ["protocol"] * 2
     assert errors[4]["message"] == "bake params: missing field clip"
     assert "result" in replies[-1] and replies[-1]["result"]["protocol"] == "emotalker-worker/1"
+
+
+def test_require_finite_names_the_tensor_and_ignores_a_sum_that_merely_overflows():
+    import torch
+
+    from emotalker.core.base.errors import InputError
+    from emotalker.core.base.fileio import require_finite
+
+    huge = torch.full((4,), 3e38)  # finite values whose float32 sum is infinite
+    require_finite({"huge": huge, "ids": torch.arange(3)}, "w.safetensors")
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        values = torch.zeros(5)
+        values[2] = bad
+        with pytest.raises(InputError, match=r"'means' holds 1 NaN or infinite values of 5"):
+            require_finite({"huge": huge, "means": values}, "w.safetensors")

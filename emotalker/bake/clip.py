@@ -293,7 +293,7 @@ def _resolve_fps(clip: ClipSpec, tracks, bundle) -> float:
             raise InputError(clip.tracks, f"tracks are keyed at {tracks.fps:g} fps but --fps is {clip.fps:g}")
         return float(tracks.fps)
     if clip.fps is not None:
-        return check_fps(clip.fps, "--fps")
+        return float(clip.fps)  # checked with the clip's other fields
     return check_fps(bundle.manifest().get("fps") or DEFAULT_FPS, bundle.manifest_path)
 
 

@@ -25,18 +25,22 @@ FRAME_DIGITS = 6
 VIDEO_ENCODERS = ("libx264", "libopenh264", "mpeg4")
 
 
-def to_rgba8(rgb: Any, alpha: Any, premultiplied: bool = True) -> np.ndarray:
-    """rgb [H,W,3] and alpha [H,W,1] or [H,W] floats in [0,1] (numpy or torch) -> uint8 [H,W,4], straight alpha.
+def straight_rgba(rgb: Any, alpha: Any, premultiplied: bool = True) -> np.ndarray:
+    """rgb [H,W,3] and alpha [H,W,1] or [H,W] floats (numpy or torch) -> float32 [H,W,4] in [0,1], straight alpha.
 
     A splat render over a black background is premultiplied (colour = sum of
-    c_i a_i T_i); PNG stores straight alpha, so colour is divided by alpha.
+    c_i a_i T_i); PNG and the viewport take straight alpha, so colour is divided by alpha.
     """
     rgb = _numpy(rgb).astype(np.float32)
     alpha = _numpy(alpha).astype(np.float32).reshape(rgb.shape[0], rgb.shape[1], 1)
     if premultiplied:
         rgb = np.where(alpha > 1e-6, rgb / np.maximum(alpha, 1e-6), 0.0)
-    rgba = np.concatenate([rgb, alpha], -1)
-    return (np.clip(rgba, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return np.clip(np.concatenate([rgb, alpha], -1), 0.0, 1.0)
+
+
+def to_rgba8(rgb: Any, alpha: Any, premultiplied: bool = True) -> np.ndarray:
+    """`straight_rgba` as uint8 [H,W,4]."""
+    return (straight_rgba(rgb, alpha, premultiplied) * 255.0 + 0.5).astype(np.uint8)
 
 
 def write_png(path: str | os.PathLike, image: np.ndarray, atomic: bool = True) -> None:

@@ -182,6 +182,7 @@ def render_frame(params: RenderFrameParams, ctx) -> dict:
     import torch
 
     from emotalker.bake.engine import FlameCurves, FrameProducer
+    from emotalker.bake.video import straight_rgba
     from emotalker.core.models.avatar import render_avatar
     from emotalker.core.render.camera import Camera
 
@@ -221,9 +222,7 @@ def render_frame(params: RenderFrameParams, ctx) -> dict:
     gaussians = FrameProducer(avatar, curves, emotion, intensity, blink, chunk=1, **stage2)(frame)
     with torch.inference_mode():
         out = render_avatar(gaussians, camera)
-    rgb, alpha = out.rgb[0].numpy(), out.alpha[0].numpy()
-    straight = np.where(alpha > 1e-6, rgb / np.maximum(alpha, 1e-6), 0.0)
-    rgba = np.concatenate([np.clip(straight, 0, 1), alpha], -1).astype(np.float32)
+    rgba = straight_rgba(out.rgb[0], out.alpha[0])
     cache = Path(params.cache)
     cache.mkdir(parents=True, exist_ok=True)
     path = cache / f"frame_{frame:06d}.npy"
