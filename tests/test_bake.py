@@ -414,7 +414,7 @@ def test_render_frame_reads_the_clips_curves_and_audio_once_with_the_same_pixels
     windows = worker_methods._cached_audio_windows(worker_methods._file_stamp(str(speech)), features, fps)
     for frame in (1, last // 2, last):
         alone = frame_audio_windows(samples, features, fps, np.array([frame - 1]), hold_ends=True)
-        assert np.array_equal(windows[[frame - 1]], alone)
+        assert np.array_equal(windows(np.array([frame - 1])), alone)
 
     speech.touch()  # a re-recorded line is read again
     worker_methods.METHODS["render_frame"]({**params, "frame": 1}, None)

@@ -162,15 +162,13 @@ def _cached_curves(stamp: tuple[str, int, int], n_expr: int):
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_audio_windows(stamp: tuple[str, int, int], features, fps: float) -> np.ndarray:
-    """Stage 2's audio window of every frame the clip's audio covers [T, D], computed once per audio
-    file, feature set and fps (a frame's window does not depend on the others asked for)."""
-    from emotalker.core.audio.features import frame_audio_windows
-    from emotalker.core.audio.waveform import duration_frames, load_audio
+def _cached_audio_windows(stamp: tuple[str, int, int], features, fps: float):
+    """Stage 2's AudioWindows of a clip's audio, its features computed once per audio file, feature set
+    and fps (a frame's window does not depend on the others asked for)."""
+    from emotalker.core.audio.features import AudioWindows
+    from emotalker.core.audio.waveform import load_audio
 
-    samples = load_audio(stamp[0])
-    return frame_audio_windows(samples, features, fps, np.arange(max(1, duration_frames(len(samples), fps))),
-                               hold_ends=True)
+    return AudioWindows(load_audio(stamp[0]), features, fps)
 
 
 def render_frame(params: RenderFrameParams, ctx) -> dict:
@@ -217,7 +215,7 @@ def render_frame(params: RenderFrameParams, ctx) -> dict:
 
         windows = _cached_audio_windows(_file_stamp(params.audio), avatar.audio_features, curves.fps)
         # Frames past the sound hold the nearest window it covers, as the bake's timeline does.
-        stage2 = {"audio": windows[[min(max(frame - 1, 0), len(windows) - 1)]],
+        stage2 = {"audio": lambda frames: windows(frames - 1, hold_ends=True),
                   "camera": camera_code(camera.viewmat)}
     gaussians = FrameProducer(avatar, curves, emotion, intensity, blink, chunk=1, **stage2)(frame)
     with torch.inference_mode():
