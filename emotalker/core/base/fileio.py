@@ -19,6 +19,54 @@ import numpy as np
 from emotalker.core.base.errors import InputError
 
 
+def _process_umask() -> int:
+    # os.umask can only be read by setting it; done once, at import, before any thread writes.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_process_umask()
+"""The mode of every file we write: what open() would give under the user's umask."""
+
+
+def check_writable_folder(path: str | os.PathLike) -> Path:
+    """InputError when the folder `path` is a file, or when it (or, while absent, the nearest folder it would
+    be made in) cannot be written by this user; nothing is made."""
+    path = Path(path)
+    existing = next(p for p in (path, *path.parents) if p.exists() or p == Path(p.anchor))
+    if not existing.is_dir():
+        raise InputError(existing, "is a file, not a folder; name a folder to write into"
+                         if existing == path else f"is a file, so {path} cannot be made under it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(existing, "is read-only for this user; name a folder you can write into")
+    return path
+
+
+def make_output_folder(path: str | os.PathLike) -> Path:
+    """The user-named output folder `path`, checked (check_writable_folder) and made when absent."""
+    path = check_writable_folder(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_output_file(path: str | os.PathLike, suffix: str, inputs: tuple[str | os.PathLike, ...] = ()) -> Path:
+    """The user-named output file `path`: InputError when it names a folder, does not end in `suffix`, is one
+    of `inputs` or cannot be written. Checked before any work starts; nothing is made."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(path, f"is a folder; name a {suffix} file to write")
+    if path.suffix.lower() != suffix:
+        raise InputError(path, f"the file to write must end in {suffix}")
+    for source in inputs:
+        if Path(source).exists() and path.exists() and os.path.samefile(source, path):
+            raise InputError(path, "is also the input file; write to another file")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise InputError(path, "is read-only for this user")
+    check_writable_folder(path.parent)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` atomically.
@@ -32,9 +80,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        # mkstemp makes 0600 and some writers recreate the file: set ordinary permissions last.
-        os.chmod(tmp_path, 0o644)
+        # mkstemp makes 0600 and some writers recreate the file: set the umask's permissions last.
+        os.chmod(tmp_path, FILE_MODE)
         os.replace(tmp_path, path)
+    except OSError as exc:
+        if exc.filename is None:  # a failed write() names no file: name the one being written (disk full)
+            exc.filename = os.fspath(path)
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -51,6 +51,13 @@ def check_range(value: Any, low: int, high: int, source: str | os.PathLike | Non
     return value
 
 
+def check_number(value: Any, low: float, high: float, source: str | os.PathLike | None, what: str) -> float:
+    """A finite number `value` in low..high as a float, or InputError naming `source` and `what`."""
+    if not _is_number(value) or not low <= value <= high:
+        raise InputError(source, f"{what} must be a number in {low:g}..{high:g}, got {value!r}")
+    return float(value)
+
+
 def check_audio_seconds(seconds: float, max_seconds: float, source: str | os.PathLike) -> None:
     """InputError naming the audio file when it lasts longer than `max_seconds`."""
     if seconds > max_seconds:
