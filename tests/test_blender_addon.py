@@ -275,7 +275,7 @@ def test_f12_render_matches_the_cores_own_render(baked_scene):
                       chunk=1, audio=lambda frames: windows(frames - 1, hold_ends=True), camera=camera_code(V))(6)
     with torch.inference_mode():
         out = render_avatar(g, Camera(np.asarray(V), np.asarray(K), W, H))
-    from blender_addon.engine import srgb_to_linear
+    from emotalker.bake.video import srgb_to_linear
 
     rgb, alpha = out.rgb[0].numpy(), out.alpha[0].numpy()
     straight = np.where(alpha > 1e-6, rgb / np.maximum(alpha, 1e-6), 0.0)

@@ -38,6 +38,21 @@ def straight_rgba(rgb: Any, alpha: Any, premultiplied: bool = True) -> np.ndarra
     return np.clip(np.concatenate([rgb, alpha], -1), 0.0, 1.0)
 
 
+def srgb_to_linear(c: np.ndarray) -> np.ndarray:
+    """The sRGB transfer function inverted: avatars learn display (sRGB) colours from their training
+    images, while Blender's render buffers hold scene-linear light."""
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4).astype(np.float32)
+
+
+def blender_rgba(rgb: Any, alpha: Any) -> np.ndarray:
+    """A splat render (premultiplied display colours) as Blender's buffers take it: float32 [H,W,4],
+    scene-linear, premultiplied alpha, bottom row first. Made in the worker, so that Blender's UI
+    thread only copies it (with the Standard view transform it shows the avatar's own colours)."""
+    straight = straight_rgba(rgb, alpha)
+    alpha = straight[..., 3:]
+    return np.ascontiguousarray(np.concatenate([srgb_to_linear(straight[..., :3]) * alpha, alpha], -1)[::-1])
+
+
 def to_rgba8(rgb: Any, alpha: Any, premultiplied: bool = True) -> np.ndarray:
     """`straight_rgba` as uint8 [H,W,4]."""
     return (straight_rgba(rgb, alpha, premultiplied) * 255.0 + 0.5).astype(np.uint8)

@@ -24,6 +24,9 @@ from emotalker.worker.server import Method
 
 
 STAGES = tuple(STAGE_FILES)
+PIXELS_FILE = "pixels.rgba"
+"""render_frame's output: raw float32 RGBA [height, width, 4], scene-linear, premultiplied, bottom row first
+(bake.video.blender_rgba), rewritten for every frame; the reply carries its width and height."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,8 @@ class RenderFrameParams:
     avatar: str
     """Avatar bundle folder."""
     cache: str
-    """Folder to write frame_NNNNNN.npy into."""
+    """Folder holding the frame buffer the pixels are written into (PIXELS_FILE, one file reused for every
+    frame: put it on a RAM-backed folder such as /dev/shm and the pixels never touch a disk)."""
     frame: int
     """The timeline frame."""
     viewmat: list[list[float]]
@@ -174,13 +178,13 @@ def _cached_audio_windows(stamp: tuple[str, int, int], features, fps: float):
 def render_frame(params: RenderFrameParams, ctx) -> dict:
     """Render one frame of an avatar for the viewport or F12.
 
-    Writes <cache>/frame_NNNNNN.npy, RGBA float32 [H,W,4] with straight alpha,
-    and returns its path.
+    Writes <cache>/PIXELS_FILE, the pixels as Blender's buffers take them (so that
+    Blender's UI thread only copies them), and returns its path, width and height.
     """
     import torch
 
     from emotalker.bake.engine import FlameCurves, FrameProducer
-    from emotalker.bake.video import straight_rgba
+    from emotalker.bake.video import blender_rgba
     from emotalker.core.models.avatar import render_avatar
     from emotalker.core.render.camera import Camera
 
@@ -220,13 +224,9 @@ def render_frame(params: RenderFrameParams, ctx) -> dict:
     gaussians = FrameProducer(avatar, curves, emotion, intensity, blink, chunk=1, **stage2)(frame)
     with torch.inference_mode():
         out = render_avatar(gaussians, camera)
-    rgba = straight_rgba(out.rgb[0], out.alpha[0])
-    cache = Path(params.cache)
-    cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"frame_{frame:06d}.npy"
+    path = Path(params.cache) / PIXELS_FILE
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, rgba)
+        blender_rgba(out.rgb[0], out.alpha[0]).tofile(tmp)
     return {"path": str(path), "width": camera.width, "height": camera.height}
 
 
