@@ -40,7 +40,8 @@ def render_avatar(context_like, avatar, frame: int, viewmat, K, width: int, heig
             params["audio"] = audio
     else:
         params["no_emotion"] = True
-    result = session.worker(context_like).call("render_frame", params, timeout=600)
+    result = session.worker(context_like).call("render_frame", params, timeout=600, write=[params["cache"]],
+                                               read=[params["avatar"], params.get("curves"), params.get("audio")])
     return np.load(result["path"], allow_pickle=False)
 
 

@@ -172,7 +172,8 @@ def ask_worker(requests: list[dict], timeout: float = 120) -> dict:
 def test_the_worker_answers_a_bake_beyond_the_limits_with_an_input_error(baked, tmp_path):
     clip = {"avatar": str(baked / "avatar"), "audio": str(baked / "speech.wav"), "out": str(tmp_path / "out"),
             "emotion": "happy"}
-    replies = ask_worker([{"id": 1, "method": "bake", "params": {"clip": {**clip, "fps": 1e9}}},
+    replies = ask_worker([{"id": 0, "method": "configure", "params": {"read": [str(baked)], "write": [str(tmp_path)]}},
+                          {"id": 1, "method": "bake", "params": {"clip": {**clip, "fps": 1e9}}},
                           {"id": 2, "method": "bake", "params": {"clip": {**clip, "resolution": 0, "png": True}}},
                           {"id": 3, "method": "environment"}])
     assert replies[1]["error"] == {"kind": "input", "message": "--fps: fps must be a positive number in 1..240, "
