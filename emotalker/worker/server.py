@@ -108,8 +108,12 @@ class PathUse:
     write: tuple[str | None, ...] = ()
 
 
-def _real(path: str) -> str:
-    return os.path.realpath(os.path.expanduser(path))
+def _real(path: str, source: str) -> str:
+    """`path` with `~`, `..` and every symlink resolved; InputError for one the OS cannot take (a NUL byte)."""
+    try:
+        return os.path.realpath(os.path.expanduser(path))
+    except ValueError as exc:  # embedded NUL, a lone surrogate
+        raise InputError(source, f"{path!r} is not a valid path ({exc})") from None
 
 
 def _under(path: str, root: str) -> bool:
@@ -129,13 +133,14 @@ class Roots:
         for name, paths in (("read", params.read), ("write", params.write)):
             if any(not p for p in paths):
                 raise InputError("configure params", f"{name} holds an empty path")
-        return cls(tuple(map(_real, params.read)), tuple(map(_real, params.write)))
+        return cls(*(tuple(_real(p, "configure params") for p in paths) for paths in (params.read, params.write)))
 
     def check(self, use: PathUse, source: str) -> None:
         """InputError naming the first path of `use` outside these roots (writes: the write roots only)."""
         for wanted, roots, verb in ((use.read, self.read + self.write, "read"), (use.write, self.write, "write")):
             for path in filter(None, wanted):
-                if not any(_under(_real(path), root) for root in roots):
+                real = _real(path, source)
+                if not any(_under(real, root) for root in roots):
                     declared = ", ".join(roots) or "none declared; send configure first"
                     raise InputError(source, f"{path!r} is outside the folders this worker may {verb} "
                                              f"({declared})")
@@ -236,6 +241,9 @@ class Worker:
                 self._accept(request)
             except Refused as exc:
                 self.send({"id": exc.job_id, "error": {"kind": exc.kind, "message": exc.message}})
+            except Exception as exc:  # a bug in checking a request: report it, keep serving
+                traceback.print_exc(file=sys.stderr)
+                self.send({"id": None, "error": {"kind": "internal", "message": f"{type(exc).__name__}: {exc}"}})
         for ctx in list(self._running.values()):  # stdin closed or shutdown: stop the current job
             ctx.cancel_event.set()
         self._jobs.put(None)
