@@ -22,7 +22,7 @@ from . import camera as camera_conv
 from . import session
 from .bake_job import audio_source, curves_path
 from .operators import cache_dir
-from .preview import PreviewLane, PreviewRequest, over
+from .preview import PreviewLane, PreviewRequest, over, render_frame
 from .worker_client import WorkerError
 
 REDRAW_INTERVAL = 0.02
@@ -57,9 +57,8 @@ def render_avatar(context_like, avatar, frame: int, viewmat, K, width: int, heig
     """One avatar as Blender's buffers take it: scene-linear premultiplied RGBA float32 [H,W,4], bottom
     row first, rendered by the jobs lane's worker."""
     cache = cache_dir(avatar.emotalker, avatar.name) / "frames"
-    params = frame_params(context_like, avatar, frame, viewmat, K, width, height, cache)
-    reply = session.worker(context_like).call("render_frame", params, timeout=600)
-    return np.fromfile(reply["path"], np.float32).reshape(height, width, 4)
+    return render_frame(session.worker(context_like),
+                        frame_params(context_like, avatar, frame, viewmat, K, width, height, cache))
 
 
 def preview_cache(avatar) -> Path:

@@ -57,6 +57,14 @@ class PreviewImage:
     version: int
 
 
+def render_frame(worker: WorkerClient, params: dict) -> np.ndarray:
+    """The pixels of one `render_frame` request [height, width, 4], the files and folders it names
+    declared to the worker first (it reads and writes nothing else)."""
+    reply = worker.call("render_frame", params, timeout=600, write=[params["cache"]],
+                        read=[params["avatar"], params.get("curves"), params.get("audio")])
+    return np.fromfile(reply["path"], np.float32).reshape(reply["height"], reply["width"], 4)
+
+
 def scaled(params: dict, scale: int) -> dict:
     """render_frame params for an image `scale` times smaller (the intrinsics scaled with it)."""
     if scale == 1:
@@ -158,7 +166,5 @@ class PreviewLane:
         width, height = max(1, req.width // scale), max(1, req.height // scale)
         layers = []
         for distance, params in req.layers:
-            reply = worker.call("render_frame", scaled(params, scale), timeout=600)
-            pixels = np.fromfile(reply["path"], np.float32)
-            layers.append((distance, pixels.reshape(reply["height"], reply["width"], 4)))
+            layers.append((distance, render_frame(worker, scaled(params, scale))))
         return over(layers) if layers else np.zeros((height, width, 4), np.float32)

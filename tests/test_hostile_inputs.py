@@ -172,7 +172,8 @@ def ask_worker(requests: list[dict], timeout: float = 120) -> dict:
 def test_the_worker_answers_a_bake_beyond_the_limits_with_an_input_error(baked, tmp_path):
     clip = {"avatar": str(baked / "avatar"), "audio": str(baked / "speech.wav"), "out": str(tmp_path / "out"),
             "emotion": "happy"}
-    replies = ask_worker([{"id": 1, "method": "bake", "params": {"clip": {**clip, "fps": 1e9}}},
+    replies = ask_worker([{"id": 0, "method": "configure", "params": {"read": [str(baked)], "write": [str(tmp_path)]}},
+                          {"id": 1, "method": "bake", "params": {"clip": {**clip, "fps": 1e9}}},
                           {"id": 2, "method": "bake", "params": {"clip": {**clip, "resolution": 0, "png": True}}},
                           {"id": 3, "method": "environment"}])
     assert replies[1]["error"] == {"kind": "input", "message": "--fps: fps must be a positive number in 1..240, "
@@ -454,3 +455,135 @@ def test_files_are_written_with_the_users_umask(baked, tmp_path):
     assert proc.returncode == 0, proc.stderr
     modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir() if not p.name.startswith(".emotalker-run.lock")}
     assert modes and set(modes.values()) == {0o640}, modes
+
+
+# --- JSON, npz and pickle limits ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["bake", "bake-batch"])
+def test_100000_deep_nested_json_is_one_line_not_a_recursion_error(baked, tmp_path, command):
+    from emotalker.core.base.limits import MAX_JSON_DEPTH
+
+    doc = tmp_path / "deep.json"
+    doc.write_text("[" * 100_000 + "]" * 100_000)
+    before = digests(baked / "out")
+    args = (bake_args(baked, "--tracks", str(doc)) if command == "bake"
+            else ["bake-batch", str(doc), "--progress", "none"])
+    what = "tracks file" if command == "bake" else "batch manifest"
+    assert_refused(run_cli(*args), f"{doc}: not a valid {what}: it nests 100000 levels deep, more than the limit "
+                                   f"of {MAX_JSON_DEPTH}")
+    assert digests(baked / "out") == before
+
+
+def test_a_json_file_past_the_size_limit_is_refused_before_it_is_read(baked, tmp_path):
+    from emotalker.core.base.limits import MAX_JSON_BYTES
+
+    tracks = tmp_path / "huge.json"
+    with open(tracks, "wb") as fh:
+        fh.truncate(MAX_JSON_BYTES + 1)  # sparse: nothing to write, and reading it would be the bug
+    assert_refused(run_cli(*bake_args(baked, "--tracks", str(tracks))),
+                   f"{tracks}: tracks file is {MAX_JSON_BYTES + 1} bytes, more than the limit of {MAX_JSON_BYTES}")
+
+
+def test_a_flame_pickle_whose_sparse_matrix_asks_for_298_gib_is_one_line(tmp_path):
+    import pickle
+
+    import numpy as np
+    import scipy.sparse as sp
+
+    n = 200_000  # 200,000 x 200,000 float64 made dense: 298 GiB, from a 2 MB file
+    indptr = np.ones(n + 1, np.int32)
+    indptr[0] = 0
+    matrix = sp.csc_matrix((np.ones(1), np.zeros(1, np.int32), indptr), shape=(n, n))
+    pkl = tmp_path / "flame.pkl"
+    pkl.write_bytes(pickle.dumps({"J_regressor": matrix, "v_template": np.zeros((3, 3))}, protocol=2))
+    out = tmp_path / "flame_model.npz"
+    assert_refused(run_cli("convert-flame", str(pkl), str(out)),
+                   f"{pkl}: refusing the FLAME pickle: a sparse matrix of shape (200000, 200000) would take 298.0 GiB, "
+                   f"more than the limit of 1 GiB")
+    assert not out.exists()
+
+
+def test_a_flame_pickle_that_builds_a_huge_array_from_a_shape_is_one_line(tmp_path):
+    import pickle
+
+    class Huge:  # pickles as numpy.ndarray((10**6, 10**6)): allocated by shape, no data in the file
+        def __reduce__(self):
+            import numpy as np
+
+            return np.ndarray, ((10**6, 10**6),)
+
+    pkl = tmp_path / "flame.pkl"
+    pkl.write_bytes(pickle.dumps({"shapedirs": Huge()}, protocol=2))
+    assert_refused(run_cli("convert-flame", str(pkl), str(tmp_path / "o.npz")),
+                   f"{pkl}: refusing the FLAME pickle: an array of shape (1000000, 1000000) would take 7450.6 GiB")
+
+
+def write_npz_member(path: Path, name: str, header_shape: tuple, data: bytes) -> None:
+    """An .npz whose member `name` has a .npy header declaring `header_shape` (float32) before `data`."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    npy = io.BytesIO()
+    np.lib.format.write_array_header_1_0(npy, {"descr": "<f4", "fortran_order": False, "shape": header_shape})
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(f"{name}.npy", npy.getvalue() + data)
+
+
+def test_flame_curves_whose_npz_header_declares_a_huge_array_are_refused_before_loading(baked, tmp_path):
+    curves = tmp_path / "curves.npz"
+    write_npz_member(curves, "expr", (10**6, 10**6), b"\0" * 64)  # 3.6 TiB declared, 64 bytes held
+    before = digests(baked / "out")
+    assert_refused(run_cli(*bake_args(baked, "--emotion", "happy", "--flame-curves", str(curves))), f"{curves}: ",
+                   "expr.npy declares an array of shape (1000000, 1000000) float32 (4000000000000 bytes) but holds 64")
+    assert digests(baked / "out") == before
+
+
+def test_an_npz_whose_arrays_exceed_the_limit_is_refused_from_its_directory(tmp_path, monkeypatch):
+    import numpy as np
+
+    from emotalker.core.base import fileio
+    from emotalker.core.base.errors import InputError
+
+    path = tmp_path / "big.npz"
+    np.savez_compressed(path, a=np.zeros(1000, np.float32), b=np.zeros(1000, np.float32))  # compresses to bytes
+    monkeypatch.setattr(fileio, "MAX_ARRAY_BYTES", 6000)  # the two arrays hold 8000 bytes
+    with pytest.raises(InputError, match=r"big.npz: the FLAME curves file's arrays take \d+ bytes, more than the "
+                                         r"limit of 6000"):
+        fileio.read_npz(path, "FLAME curves")
+
+
+@pytest.mark.parametrize("line, expected", [
+    (b"[" * 100_000 + b"]" * 100_000, "bad request line: not a valid JSON line: it nests 100000 levels deep"),
+    (b'{"id": 1, "method": "environment", "params": {"x": "' + b"y" * (2 << 20) + b'"}}',
+     "bad request line: longer than 1048576 bytes"),
+    (b'{"id": 1, "method": "environment\xff"}', "bad request line: not UTF-8"),
+    (b'{"id": 1, "method": "bake", "params": {"run": {"max_seconds": NaN}}}',
+     "bad request line: not a valid JSON line: NaN is not a JSON number"),
+    (b'{"id": 1, "method": "bake", "params": {"run": {"max_seconds": 1e999}}}',
+     "bad request line: not a valid JSON line: the number 1e999 is out of range"),
+])
+def test_the_worker_answers_a_hostile_line_with_one_protocol_error_and_keeps_serving(line, expected):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))  # noqa: E731
+    proc = subprocess.Popen([sys.executable, "-m", "emotalker", "worker"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, preexec_fn=limit)
+    try:
+        proc.stdin.write(line + b'\n{"id": "alive", "method": "environment"}\n')
+        proc.stdin.flush()
+        replies = []
+        for raw in proc.stdout:
+            replies.append(json.loads(raw))
+            if replies[-1].get("id") == "alive":
+                break
+        proc.stdin.write(b'{"method": "shutdown"}\n')
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+    assert len(replies) == 3 and replies[0]["event"] == "ready", replies
+    assert replies[1]["id"] is None and replies[1]["error"]["kind"] == "protocol"
+    assert replies[1]["error"]["message"].startswith(expected), replies[1]
+    assert replies[2]["id"] == "alive" and "result" in replies[2]

@@ -15,7 +15,7 @@ import pytest
 from bake_fixture import make_tiny_avatar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from blender_addon.preview import PreviewLane, PreviewRequest, over, scaled  # noqa: E402
+from blender_addon.preview import PreviewLane, PreviewRequest, over, render_frame, scaled  # noqa: E402
 from blender_addon.worker_client import WorkerClient, WorkerError  # noqa: E402
 from emotalker.core.render.camera import front_camera  # noqa: E402
 from emotalker.core.rig.flame import FlameModel  # noqa: E402
@@ -58,8 +58,7 @@ def test_a_reduced_image_first_then_the_full_one_equal_to_the_workers_render(wor
         lane.close()
     assert [(im.final, im.pixels.shape) for im in seen] == [(False, (12, 16, 4)), (True, (48, 64, 4))]
     assert all(im.key == req.key for im in seen) and seen[0].version < seen[1].version
-    reply = worker.call("render_frame", {**req.layers[0][1], "cache": str(tmp_path / "direct")})
-    direct = np.fromfile(reply["path"], np.float32).reshape(48, 64, 4)
+    direct = render_frame(worker, {**req.layers[0][1], "cache": str(tmp_path / "direct")})
     assert np.array_equal(seen[1].pixels, direct) and direct[..., 3].max() > 0.5
     # The same request again costs nothing: no render is started.
     lane2 = PreviewLane(lambda: worker, on_image=lambda: seen.append(lane2.image()))
@@ -82,7 +81,7 @@ class GatedWorker:
         self.calls: list[tuple[int, int]] = []
         self.gate = threading.Semaphore(0)
 
-    def call(self, method, params, timeout=None):
+    def call(self, method, params, timeout=None, read=(), write=()):
         self.calls.append((params["frame"], params["width"]))
         assert self.gate.acquire(timeout=30)
         if params["frame"] == 13:

@@ -2,8 +2,10 @@
 
 Each is a `Method` (emotalker/worker/server.py): a params schema, the dataclass
 beside it here, checked as the request arrives, and a function taking (params,
-ctx) that returns a JSON-able dict. Arrays travel as files (.npz/.npy) in the
-folder the add-on names, never inline in the protocol.
+ctx) that returns a JSON-able dict, and the paths it reads and writes, which the
+worker checks against the folders its client declared before the job runs.
+Arrays travel as files (.npz/.npy) in the folder the add-on names, never inline
+in the protocol.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from emotalker.core.models.bundle import STAGE_FILES, AvatarBundle
 from emotalker.core.base.errors import InputError
 from emotalker.core.base.fileio import atomic_path
 from emotalker.core.rig.flame import FlameModel
-from emotalker.worker.server import Method
+from emotalker.worker.server import Method, PathUse
 
 
 STAGES = tuple(STAGE_FILES)
@@ -230,5 +232,14 @@ def render_frame(params: RenderFrameParams, ctx) -> dict:
     return {"path": str(path), "width": camera.width, "height": camera.height}
 
 
-METHODS = {"avatar_proxy": Method(AvatarProxyParams, avatar_proxy), "bake": Method(BakeParams, bake),
-           "render_frame": Method(RenderFrameParams, render_frame)}
+def _bake_paths(params: BakeParams) -> PathUse:
+    clip = params.clip
+    return PathUse(read=(clip.avatar, clip.audio, clip.tracks, clip.camera, clip.flame_curves), write=(clip.out,))
+
+
+METHODS = {
+    "avatar_proxy": Method(AvatarProxyParams, avatar_proxy, lambda p: PathUse(read=(p.avatar,), write=(p.out,))),
+    "bake": Method(BakeParams, bake, _bake_paths),
+    "render_frame": Method(RenderFrameParams, render_frame,
+                           lambda p: PathUse(read=(p.avatar, p.curves, p.audio), write=(p.cache,))),
+}

@@ -18,7 +18,6 @@ the stacked windows keeps long clips at 1/(2C+1) of the memory.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, get_args
@@ -27,6 +26,7 @@ import numpy as np
 
 from emotalker.core.audio.waveform import SAMPLE_RATE, duration_frames
 from emotalker.core.base.errors import InputError
+from emotalker.core.base.fileio import read_json
 
 FeatureKind = Literal["logmel", "speech"]
 FEATURE_KINDS = get_args(FeatureKind)
@@ -141,7 +141,7 @@ class SpeechEncoder:
         normalize = True
         pre = model_dir / "preprocessor_config.json"
         if pre.is_file():
-            normalize = bool(json.loads(pre.read_text()).get("do_normalize", True))
+            normalize = bool(read_json(pre, "preprocessor config").get("do_normalize", True))
         return cls(model, SAMPLE_RATE / stride, field_ / 2 / SAMPLE_RATE, normalize, int(cfg.hidden_size))
 
     def __call__(self, samples: np.ndarray, chunk_s: float = 20.0, margin_s: float = 1.0) -> np.ndarray:
