@@ -10,8 +10,10 @@ waits: it asks a `PreviewLane` (preview.py) and draws the newest finished image.
 
 from __future__ import annotations
 
+import collections
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,8 @@ REDRAW_INTERVAL = 0.02
 """Seconds between checks for a finished preview while one is being rendered."""
 LANES: list[PreviewLane] = []
 """The preview lane of every Rendered viewport open now."""
+DRAW_SECONDS: collections.deque = collections.deque(maxlen=1000)
+"""How long the latest viewport draws held Blender's UI thread (the goal: a few milliseconds)."""
 
 
 def scene_avatars(depsgraph):
@@ -121,6 +125,13 @@ class EmoTalkerRenderEngine(bpy.types.RenderEngine):
 
     def view_draw(self, context, depsgraph):
         """Rendered viewport: ask for this view's pixels and draw the newest finished image; never waits."""
+        started = time.perf_counter()
+        try:
+            self._view_draw(context, depsgraph)
+        finally:
+            DRAW_SECONDS.append(time.perf_counter() - started)
+
+    def _view_draw(self, context, depsgraph):
         region, rv3d = context.region, context.region_data
         if not rv3d.is_perspective:
             draw_message("EmoTalker Splats: orthographic views are not rendered yet; use a perspective view")

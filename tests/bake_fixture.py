@@ -76,3 +76,35 @@ def make_speech(path: Path, seconds: float = 1.2, seed: int = 0, rate: int = SR)
     buzz = sum(np.sin(2 * np.pi * 180 * k * t) / k for k in range(1, 6))
     sf.write(str(path), (0.3 * env * buzz + 0.002 * rng.standard_normal(n)).astype(np.float32), rate, subtype="PCM_16")
     return path
+
+
+def core_blender_pixels(avatar_dir: Path, curves_file: Path, audio: Path, frame: int, viewmat, K, width: int,
+                        height: int) -> np.ndarray:
+    """The core's own render of a baked frame from a camera, independent of the worker: scene-linear
+    premultiplied RGBA [height, width, 4], top row first (what Blender shows, before its view transform)."""
+    import torch
+
+    from emotalker.bake.engine import FlameCurves, FrameProducer
+    from emotalker.bake.video import srgb_to_linear
+    from emotalker.core.audio.features import AudioWindows
+    from emotalker.core.audio.waveform import load_audio
+    from emotalker.core.models.avatar import Avatar, render_avatar
+    from emotalker.core.models.bundle import AvatarBundle
+    from emotalker.core.models.emotion_deformer import camera_code
+    from emotalker.core.render.camera import Camera
+
+    av = Avatar.open(AvatarBundle.open(avatar_dir))
+    curves = FlameCurves.load(curves_file, av.stage1.flame_model.n_expr)
+    rows = curves.rows(np.array([frame]))
+    frame_curves = FlameCurves(*(getattr(curves, k)[rows] for k in ("expr", "jaw", "neck", "eyes", "eyelids",
+                                                                      "emotion_weights", "intensity")),
+                               fps=curves.fps, frame_start=frame)
+    windows = AudioWindows(load_audio(audio), av.audio_features, curves.fps)
+    g = FrameProducer(av, frame_curves, curves.emotion_weights[rows], curves.intensity[rows], curves.eyelids[rows, 0],
+                      chunk=1, audio=lambda frames: windows(frames - 1, hold_ends=True),
+                      camera=camera_code(np.asarray(viewmat)))(frame)
+    with torch.inference_mode():
+        out = render_avatar(g, Camera(np.asarray(viewmat), np.asarray(K), width, height))
+    rgb, alpha = out.rgb[0].numpy(), out.alpha[0].numpy()
+    straight = np.where(alpha > 1e-6, rgb / np.maximum(alpha, 1e-6), 0.0)
+    return np.concatenate([srgb_to_linear(np.clip(straight, 0, 1)) * alpha, alpha], -1)

@@ -26,7 +26,7 @@ PACKAGE_MAY_IMPORT = {
     "cli": {"core", "bake", "worker", "sample"},
 }
 # The add-on runs inside Blender's Python: the standard library, Blender's own modules and numpy.
-BLENDER_MODULES = {"bpy", "bpy_extras", "mathutils", "gpu", "gpu_extras", "bmesh", "numpy"}
+BLENDER_MODULES = {"bpy", "bpy_extras", "mathutils", "gpu", "gpu_extras", "blf", "bmesh", "numpy"}
 
 
 

@@ -146,7 +146,7 @@ def test_camera_conversion_matches_blenders_projection():
 
 # --- Bake, render and export through the worker, on a tiny avatar built in the test -----------------
 
-from bake_fixture import make_speech, make_tiny_avatar  # noqa: E402
+from bake_fixture import core_blender_pixels, make_speech, make_tiny_avatar  # noqa: E402
 
 
 @pytest.fixture
@@ -254,32 +254,10 @@ def test_f12_render_matches_the_cores_own_render(baked_scene):
     blender = np.array(img.pixels[:], dtype=np.float32).reshape(80, 96, 4)[::-1]  # premultiplied, bottom row first
 
     # The core's own render of the same frame from the same camera, through the bake engine.
-    from emotalker.bake.engine import FlameCurves, FrameProducer
-    from emotalker.core.audio.features import AudioWindows
-    from emotalker.core.audio.waveform import load_audio
-    from emotalker.core.models.avatar import Avatar, render_avatar
-    from emotalker.core.models.bundle import AvatarBundle
-    from emotalker.core.models.emotion_deformer import camera_code
-    from emotalker.core.render.camera import Camera
-    import torch
-
     V, K, W, H = camera.scene_camera(scene, cam, avatar)
-    av = Avatar.open(AvatarBundle.open(tmp_path / "avatar"))
-    curves = FlameCurves.load(tmp_path / "cache" / "Ava" / "bake" / "bake_flame.npz", av.stage1.flame_model.n_expr)
-    rows = curves.rows(np.array([6]))
-    frame_curves = FlameCurves(*(getattr(curves, k)[rows] for k in ("expr", "jaw", "neck", "eyes", "eyelids",
-                                                                      "emotion_weights", "intensity")),
-                               fps=curves.fps, frame_start=6)
-    windows = AudioWindows(load_audio(avatar.emotalker.audio_path), av.audio_features, curves.fps)
-    g = FrameProducer(av, frame_curves, curves.emotion_weights[rows], curves.intensity[rows], curves.eyelids[rows, 0],
-                      chunk=1, audio=lambda frames: windows(frames - 1, hold_ends=True), camera=camera_code(V))(6)
-    with torch.inference_mode():
-        out = render_avatar(g, Camera(np.asarray(V), np.asarray(K), W, H))
-    from emotalker.bake.video import srgb_to_linear
-
-    rgb, alpha = out.rgb[0].numpy(), out.alpha[0].numpy()
-    straight = np.where(alpha > 1e-6, rgb / np.maximum(alpha, 1e-6), 0.0)
-    core = np.concatenate([srgb_to_linear(np.clip(straight, 0, 1)) * alpha, alpha], -1)  # scene-linear, premultiplied
+    core = core_blender_pixels(tmp_path / "avatar", tmp_path / "cache" / "Ava" / "bake" / "bake_flame.npz",
+                               Path(avatar.emotalker.audio_path), 6, V, K, W, H)
+    alpha = core[..., 3]
     assert alpha.max() > 0.5, "the avatar should be in view"
     value = psnr(blender, core)
     print(f"F12 through the engine vs the core's render: PSNR {value:.1f} dB")
