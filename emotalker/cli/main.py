@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from emotalker.core.base.errors import EmoTalkerError
+    from emotalker.core.base.errors import EmoTalkerError, Interrupted
 
     args = build_parser().parse_args(argv)
     try:
@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     except EmoTalkerError as exc:
         print(f"emotalker: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"emotalker: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("emotalker: interrupted; files already written are intact", file=sys.stderr)
         return 130
