@@ -165,7 +165,8 @@ def model_figures(n: int, repeats: int, eval_only: bool = False) -> dict:
     curves = FlameCurves((rng.standard_normal((T, rig.n_expr)) * 0.5).astype(np.float32),
                          (np.abs(rng.standard_normal((T, 3))) * 0.1).astype(np.float32), z(T, 3), z(T, 6), z(T, 2),
                          one_hot([NEUTRAL] * T), z(T), 25.0, 1)
-    audio = rng.standard_normal((T, audio_dim)).astype(np.float32)
+    windows = rng.standard_normal((T, audio_dim)).astype(np.float32)
+    audio = lambda frames: windows[frames - 1]  # noqa: E731  (each timeline frame's window, as AudioWindows cuts)
     happy = one_hot(["happy"] * T)
     intensity = np.full(T, 2.0, np.float32)
     stage1_only = Avatar(model)

@@ -7,7 +7,7 @@ EmoTalker's install.py made, spoken to over JSON lines (see worker_client.py).
 
 from __future__ import annotations
 
-from . import engine, operators, ops_bake, preferences, properties, session, ui
+import importlib
 
 # Legacy add-on metadata: Blender 4.2+ reads blender_manifest.toml (an extension) and ignores this;
 # older Blenders (3.4 and later) install the folder as a legacy add-on from it.
@@ -21,15 +21,21 @@ bl_info = {
     "category": "Animation",
 }
 
-MODULES = (preferences, properties, operators, ops_bake, engine, ui)
+# Imported when registered, not with the package, so that its bpy-free modules (worker_client, preview,
+# camera) import anywhere: benchmarks/viewport.py drives the viewport's preview code outside Blender.
+MODULES = ("preferences", "properties", "operators", "ops_bake", "engine", "ui")
+
+
+def _modules():
+    return [importlib.import_module(f"{__name__}.{name}") for name in MODULES]
 
 
 def register() -> None:
-    for module in MODULES:
+    for module in _modules():
         module.register()
 
 
 def unregister() -> None:
-    for module in reversed(MODULES):
+    for module in reversed(_modules()):
         module.unregister()
-    session.shutdown()
+    importlib.import_module(f"{__name__}.session").shutdown()

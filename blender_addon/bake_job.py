@@ -97,7 +97,9 @@ class BakeJob:
         return self.result is not None or self.error is not None
 
     def start(self) -> None:
-        self.job_id = self.client.submit("bake", self.params)
+        clip = self.params["clip"]
+        self.job_id = self.client.submit("bake", self.params, write=[clip["out"]],
+                                         read=[clip[k] for k in ("avatar", "audio", "flame_curves", "camera") if k in clip])
 
     def poll(self) -> None:
         try:

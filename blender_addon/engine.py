@@ -1,13 +1,18 @@
 """The "EmoTalker Splats" render engine: F12, animation renders and the Rendered viewport.
 
-Each avatar in the scene is rendered by the core worker from the scene camera
-(`render_frame`), using the bake's FLAME curves for the current frame (the
-neutral face before a bake), and the images are composited back to front.
-Only the final pixel copy touches Blender; the viewport draw is kept thin
-because the `gpu` module exists only with a display.
+Each avatar in the scene is rendered by the core worker (`render_frame`), using
+the bake's FLAME curves for the current frame (the neutral face before a bake),
+and the images are composited back to front. The worker sends the pixels as
+Blender's buffers take them, so Blender only copies them. F12 asks the jobs
+lane's worker and waits (Blender runs it off the UI thread); the viewport never
+waits: it asks a `PreviewLane` (preview.py) and draws the newest finished image.
 """
 
 from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
@@ -17,7 +22,13 @@ from . import camera as camera_conv
 from . import session
 from .bake_job import audio_source, curves_path
 from .operators import cache_dir
+from .preview import PreviewLane, PreviewRequest, over, render_frame
 from .worker_client import WorkerError
+
+REDRAW_INTERVAL = 0.02
+"""Seconds between checks for a finished preview while one is being rendered."""
+LANES: list[PreviewLane] = []
+"""The preview lane of every Rendered viewport open now."""
 
 
 def scene_avatars(depsgraph):
@@ -26,12 +37,11 @@ def scene_avatars(depsgraph):
             and inst.object.original.emotalker.avatar_path]
 
 
-def render_avatar(context_like, avatar, frame: int, viewmat, K, width: int, height: int) -> np.ndarray:
-    """Straight-alpha RGBA float32 [H,W,4] (top row first) of one avatar, rendered by the worker."""
+def frame_params(context_like, avatar, frame: int, viewmat, K, width: int, height: int, cache: Path) -> dict:
+    """render_frame params of one avatar: the bake's curves and audio once baked, else the neutral face."""
     props = avatar.emotalker
-    cache = cache_dir(props, avatar.name)
-    curves = curves_path(cache)
-    params = {"avatar": bpy.path.abspath(props.avatar_path), "cache": str(cache / "frames"), "frame": int(frame),
+    curves = curves_path(cache_dir(props, avatar.name))
+    params = {"avatar": bpy.path.abspath(props.avatar_path), "cache": str(cache), "frame": int(frame),
               "viewmat": np.asarray(viewmat).tolist(), "K": np.asarray(K).tolist(), "width": width, "height": height}
     if props.baked and curves.exists():
         params["curves"] = str(curves)
@@ -40,32 +50,48 @@ def render_avatar(context_like, avatar, frame: int, viewmat, K, width: int, heig
             params["audio"] = audio
     else:
         params["no_emotion"] = True
-    result = session.worker(context_like).call("render_frame", params, timeout=600)
-    return np.load(result["path"], allow_pickle=False)
+    return params
 
 
-def srgb_to_linear(c: np.ndarray) -> np.ndarray:
-    """The sRGB transfer function inverted: avatars learn display (sRGB) colours from their
-    training images, while Blender's render buffers hold scene-linear light."""
-    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4).astype(np.float32)
+def render_avatar(context_like, avatar, frame: int, viewmat, K, width: int, height: int) -> np.ndarray:
+    """One avatar as Blender's buffers take it: scene-linear premultiplied RGBA float32 [H,W,4], bottom
+    row first, rendered by the jobs lane's worker."""
+    cache = cache_dir(avatar.emotalker, avatar.name) / "frames"
+    return render_frame(session.worker(context_like),
+                        frame_params(context_like, avatar, frame, viewmat, K, width, height, cache))
 
 
-def composite(layers: list[tuple[float, np.ndarray]], height: int, width: int) -> np.ndarray:
-    """Scene-linear premultiplied RGBA [H,W,4] of straight-alpha sRGB layers, composited back to front by distance.
+def preview_cache(avatar) -> Path:
+    """Where the preview lane's pixels pass: a RAM-backed folder where the system has one."""
+    ram = Path("/dev/shm")
+    base = ram if ram.is_dir() and os.access(ram, os.W_OK) else Path(tempfile.gettempdir())
+    return base / f"emotalker-preview-{os.getpid()}" / bpy.path.clean_name(avatar.name)
 
-    With the Standard view transform the saved image shows exactly the avatar's own colours."""
-    out = np.zeros((height, width, 4), np.float32)
-    for _, rgba in sorted(layers, key=lambda item: -item[0]):
-        a = rgba[..., 3:4]
-        out[..., :3] = srgb_to_linear(rgba[..., :3]) * a + out[..., :3] * (1 - a)
-        out[..., 3:4] = a + out[..., 3:4] * (1 - a)
-    return out
+
+def viewport_camera(region, rv3d) -> np.ndarray:
+    """K [3,3] of a perspective viewport (its window matrix in pixels)."""
+    width, height = region.width, region.height
+    P = np.array(rv3d.window_matrix)
+    return np.array([[P[0, 0] * width / 2, 0, width / 2 * (1 - P[0, 2])],
+                     [0, P[1, 1] * height / 2, height / 2 * (1 + P[1, 2])], [0, 0, 1]])
 
 
 class EmoTalkerRenderEngine(bpy.types.RenderEngine):
     bl_idname = "EMOTALKER_SPLATS"
     bl_label = "EmoTalker Splats"
     bl_use_preview = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._lane: PreviewLane | None = None
+        self._texture = None
+        self._texture_version = -1
+
+    def __del__(self):
+        lane = getattr(self, "_lane", None)
+        if lane is not None:
+            LANES.remove(lane)
+            lane.close()
 
     def render(self, depsgraph):
         scene = depsgraph.scene
@@ -84,7 +110,8 @@ class EmoTalkerRenderEngine(bpy.types.RenderEngine):
                     self.report({"ERROR"}, f"EmoTalker Splats: {exc}")
                     continue
                 layers.append((float(np.linalg.norm(viewmat[:3, 3])), rgba))
-        pixels = composite(layers, height, width)[::-1]  # Blender's buffers start at the bottom row
+        pixels = over(layers)
+        pixels = np.zeros((height, width, 4), np.float32) if pixels is None else pixels
         result = self.begin_result(0, 0, width, height)
         result.layers[0].passes["Combined"].rect = pixels.reshape(-1, 4)
         self.end_result(result)
@@ -93,33 +120,97 @@ class EmoTalkerRenderEngine(bpy.types.RenderEngine):
         self.tag_redraw()
 
     def view_draw(self, context, depsgraph):
-        """Rendered viewport: the same worker render from the viewport's camera, drawn as a texture."""
-        import gpu
-        from gpu_extras.presets import draw_texture_2d
-
+        """Rendered viewport: ask for this view's pixels and draw the newest finished image; never waits."""
         region, rv3d = context.region, context.region_data
-        width, height = region.width, region.height
         if not rv3d.is_perspective:
-            return  # orthographic views have no pinhole camera; Solid mode shows the proxy
-        P = np.array(rv3d.window_matrix)
-        K = np.array([[P[0, 0] * width / 2, 0, width / 2 * (1 - P[0, 2])],
-                      [0, P[1, 1] * height / 2, height / 2 * (1 + P[1, 2])], [0, 0, 1]])
+            draw_message("EmoTalker Splats: orthographic views are not rendered yet; use a perspective view")
+            return
+        try:
+            request = self._request(context, depsgraph, region, rv3d)
+        except WorkerError as exc:
+            draw_message(f"EmoTalker Splats: {exc}")
+            return
+        if self._lane is None:
+            python = session.python(context)
+            self._lane = PreviewLane(lambda: session.client(python, "preview"))
+            LANES.append(self._lane)
+        self._lane.request(request)
+        image = self._lane.image()
+        error = self._lane.error(request.key)
+        if error is not None:
+            draw_message(f"EmoTalker Splats: {error}")
+        elif image is not None:
+            self._draw_image(context, image, region.width, region.height)
+        if not self._lane.settled():
+            watch_for_previews()
+
+    def _request(self, context, depsgraph, region, rv3d) -> PreviewRequest:
+        width, height = region.width, region.height
+        K = viewport_camera(region, rv3d)
         layers = []
         for avatar in scene_avatars(depsgraph):
             viewmat = camera_conv.BLENDER_TO_OPENCV_CAMERA @ np.array(rv3d.view_matrix) @ np.array(avatar.matrix_world)
-            try:
-                rgba = render_avatar(context, avatar, context.scene.frame_current, viewmat, K, width, height)
-            except WorkerError:
-                continue
-            layers.append((float(np.linalg.norm(viewmat[:3, 3])), rgba))
-        pixels = composite(layers, height, width)[::-1]
-        buffer = gpu.types.Buffer("FLOAT", width * height * 4, pixels.ravel())
-        texture = gpu.types.GPUTexture((width, height), format="RGBA16F", data=buffer)
+            params = frame_params(context, avatar, context.scene.frame_current, viewmat, K, width, height,
+                                  preview_cache(avatar))
+            layers.append((float(np.linalg.norm(viewmat[:3, 3])), params))
+        return PreviewRequest(width, height, tuple(layers))
+
+    def _draw_image(self, context, image, width: int, height: int) -> None:
+        """Draw `image` stretched over the region; uploaded once per new image (a redraw with nothing
+        changed only draws the texture it has)."""
+        import gpu
+        from gpu_extras.presets import draw_texture_2d
+
+        if image.version != self._texture_version:
+            h, w = image.pixels.shape[:2]
+            buffer = gpu.types.Buffer("FLOAT", w * h * 4, image.pixels.ravel())
+            self._texture = gpu.types.GPUTexture((w, h), format="RGBA16F", data=buffer)
+            self._texture_version = image.version
         gpu.state.blend_set("ALPHA_PREMULT")
         self.bind_display_space_shader(context.scene)
-        draw_texture_2d(texture, (0, 0), width, height)
+        draw_texture_2d(self._texture, (0, 0), width, height)
         self.unbind_display_space_shader()
         gpu.state.blend_set("NONE")
+
+
+def draw_message(text: str) -> None:
+    """One line of text at the viewport's bottom left (problems never show as a silent blank)."""
+    import blf
+
+    try:
+        blf.size(0, 14)
+    except TypeError:  # Blender before 4.0 also takes the dpi
+        blf.size(0, 14, 72)
+    blf.position(0, 16, 16, 0)
+    blf.color(0, 1.0, 0.85, 0.3, 1.0)
+    blf.draw(0, text)
+
+
+def previews_settled() -> bool:
+    """Whether every Rendered viewport shows its final image (or its problem)."""
+    return all(lane.settled() for lane in LANES)
+
+
+def _redraw_rendered_viewports() -> float | None:
+    """Timer: redraw the Rendered viewports while a preview is on its way (a draw re-arms it if needed)."""
+    global _watching
+    _watching = False
+    for window in bpy.context.window_manager.windows:
+        for area in window.screen.areas:
+            if area.type == "VIEW_3D" and area.spaces.active.shading.type == "RENDERED":
+                area.tag_redraw()
+    return None
+
+
+_watching = False
+
+
+def watch_for_previews() -> None:
+    """Redraw soon: a preview is on its way (view_draw cannot be woken from the lane's thread)."""
+    global _watching
+    if not _watching:
+        _watching = True
+        bpy.app.timers.register(_redraw_rendered_viewports, first_interval=REDRAW_INTERVAL)
 
 
 def panels():
@@ -136,6 +227,8 @@ def register() -> None:
 
 
 def unregister() -> None:
+    if bpy.app.timers.is_registered(_redraw_rendered_viewports):
+        bpy.app.timers.unregister(_redraw_rendered_viewports)
     for panel in panels():
         panel.COMPAT_ENGINES.discard(EmoTalkerRenderEngine.bl_idname)
     bpy.utils.unregister_class(EmoTalkerRenderEngine)

@@ -59,7 +59,8 @@ class EMOTALKER_OT_import_avatar(bpy.types.Operator):
         avatar_path = bpy.path.abspath(self.directory)
         try:
             out = cache_dir(None, self.name)
-            info = session.worker(context).call("avatar_proxy", {"avatar": avatar_path, "out": str(out)}, timeout=300)
+            info = session.worker(context).call("avatar_proxy", {"avatar": avatar_path, "out": str(out)}, timeout=300,
+                                                read=[avatar_path], write=[out])
         except WorkerError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}

@@ -3,6 +3,11 @@
 Standard library only: Blender's Python has no torch. A reader thread turns the
 worker's stdout into a queue, so a modal operator can poll it from a timer
 without ever blocking Blender's UI.
+
+The worker reads and writes only under the files and folders its client
+declares with `configure` (docs/architecture.md, "Worker trust model"): each
+request names what it reads and writes (`submit(..., read=, write=)`), and the
+client declares the union of everything named so far before sending it.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ class WorkerClient:
         except OSError as exc:
             raise WorkerError(f"could not start the worker with {python}: {exc}", "input") from None
         self._ids = itertools.count(1)
+        self._roots: tuple[frozenset, frozenset] = (frozenset(), frozenset())
         self._messages: queue.Queue = queue.Queue()
         self._stderr_tail: list[str] = []
         threading.Thread(target=self._read_stdout, daemon=True).start()
@@ -79,15 +85,26 @@ class WorkerClient:
         except queue.Empty:
             return None
 
-    def submit(self, method: str, params: dict | None = None) -> int:
+    def submit(self, method: str, params: dict | None = None, *, read=(), write=()) -> int:
         """Send a request; returns its id. Replies arrive through `poll`.
 
         `params` must match the method's schema (emotalker/worker/methods.py): the
         worker answers an unknown, missing or mistyped field at once with an error
-        of kind "input" naming it."""
+        of kind "input" naming it. `read` and `write`: the files and folders the
+        request names, declared to the worker first (it refuses any other path)."""
+        self.allow(read, write)
         job_id = next(self._ids)
         self._send({"id": job_id, "method": method, "params": params or {}})
         return job_id
+
+    def allow(self, read=(), write=()) -> None:
+        """Add files and folders the worker may read, and folders it may write into; sends `configure`
+        when the set grows (the worker handles it before the next request, so no reply is awaited)."""
+        roots = (self._roots[0] | {str(p) for p in read if p}, self._roots[1] | {str(p) for p in write if p})
+        if roots != self._roots:
+            self._roots = roots
+            self._send({"id": next(self._ids), "method": "configure",
+                        "params": {"read": sorted(roots[0]), "write": sorted(roots[1])}})
 
     def cancel(self, job_id: int) -> None:
         self._send({"id": next(self._ids), "method": "cancel", "params": {"target": job_id}})
@@ -110,9 +127,10 @@ class WorkerClient:
                 raise WorkerError("the worker exited: " + self.stderr_tail())
             out.append(msg)
 
-    def call(self, method: str, params: dict | None = None, timeout: float = 600.0, on_progress=None) -> dict:
+    def call(self, method: str, params: dict | None = None, timeout: float = 600.0, on_progress=None, *,
+             read=(), write=()) -> dict:
         """Submit and wait for the result (for short requests and tests)."""
-        job_id = self.submit(method, params)
+        job_id = self.submit(method, params, read=read, write=write)
         while True:
             msg = self._next_message(timeout)
             if msg is None:

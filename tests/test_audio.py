@@ -7,8 +7,8 @@ import pytest
 import soundfile as sf
 
 from emotalker.core.audio.waveform import SAMPLE_RATE, load_audio, resample, to_mono
-from emotalker.core.audio.features import (AudioFeaturizer, FeatureConfig, frame_audio_windows, frame_windows, log_mel,
-                                           mel_filterbank)
+from emotalker.core.audio.features import (AudioFeaturizer, AudioWindows, FeatureConfig, frame_audio_windows,
+                                           frame_windows, log_mel, mel_filterbank)
 from emotalker.core.base.errors import InputError
 
 
@@ -130,6 +130,22 @@ def test_frame_audio_windows_pick_frames_and_hold_the_ends():
     np.testing.assert_array_equal(held, every[[0, 0, T - 1]])
     past = frame_audio_windows(x, cfg, fps, np.array([T + 5]))
     assert not np.array_equal(past[0], every[T - 1])
+
+
+def test_audio_windows_cut_on_demand_equal_the_stacked_windows():
+    fps, T = 25.0, 40
+    cfg = FeatureConfig(context=2, sub=4)
+    x = np.random.default_rng(2).standard_normal(int(T / fps * SAMPLE_RATE)).astype(np.float32)
+    every = frame_windows(AudioFeaturizer(cfg)(x, fps, T), cfg.sub, cfg.context)
+    windows = AudioWindows(x, cfg, fps)
+    assert windows.n_frames == T and windows.seq.nbytes * (2 * cfg.context + 1) <= every.nbytes * 1.2
+    for chunk in (np.arange(8), np.arange(32, 40), np.array([39, 3, 17])):
+        np.testing.assert_array_equal(windows(chunk), every[chunk])
+    np.testing.assert_array_equal(windows(np.array([-1, T + 3]), hold_ends=True), every[[0, T - 1]])
+    with pytest.raises(ValueError, match="reach outside"):
+        windows(np.array([T]))
+    # The sequence's length changes no window.
+    np.testing.assert_array_equal(AudioWindows(x, cfg, fps, n_frames=T + 9)(np.arange(T)), every)
 
 
 def test_frame_windows_numpy_and_torch_agree():

@@ -255,7 +255,7 @@ def test_f12_render_matches_the_cores_own_render(baked_scene):
 
     # The core's own render of the same frame from the same camera, through the bake engine.
     from emotalker.bake.engine import FlameCurves, FrameProducer
-    from emotalker.core.audio.features import frame_audio_windows
+    from emotalker.core.audio.features import AudioWindows
     from emotalker.core.audio.waveform import load_audio
     from emotalker.core.models.avatar import Avatar, render_avatar
     from emotalker.core.models.bundle import AvatarBundle
@@ -270,13 +270,12 @@ def test_f12_render_matches_the_cores_own_render(baked_scene):
     frame_curves = FlameCurves(*(getattr(curves, k)[rows] for k in ("expr", "jaw", "neck", "eyes", "eyelids",
                                                                       "emotion_weights", "intensity")),
                                fps=curves.fps, frame_start=6)
-    audio = frame_audio_windows(load_audio(avatar.emotalker.audio_path), av.audio_features, curves.fps, np.array([5]),
-                                hold_ends=True)
+    windows = AudioWindows(load_audio(avatar.emotalker.audio_path), av.audio_features, curves.fps)
     g = FrameProducer(av, frame_curves, curves.emotion_weights[rows], curves.intensity[rows], curves.eyelids[rows, 0],
-                      chunk=1, audio=audio, camera=camera_code(V))(6)
+                      chunk=1, audio=lambda frames: windows(frames - 1, hold_ends=True), camera=camera_code(V))(6)
     with torch.inference_mode():
         out = render_avatar(g, Camera(np.asarray(V), np.asarray(K), W, H))
-    from blender_addon.engine import srgb_to_linear
+    from emotalker.bake.video import srgb_to_linear
 
     rgb, alpha = out.rgb[0].numpy(), out.alpha[0].numpy()
     straight = np.where(alpha > 1e-6, rgb / np.maximum(alpha, 1e-6), 0.0)

@@ -172,7 +172,8 @@ def ask_worker(requests: list[dict], timeout: float = 120) -> dict:
 def test_the_worker_answers_a_bake_beyond_the_limits_with_an_input_error(baked, tmp_path):
     clip = {"avatar": str(baked / "avatar"), "audio": str(baked / "speech.wav"), "out": str(tmp_path / "out"),
             "emotion": "happy"}
-    replies = ask_worker([{"id": 1, "method": "bake", "params": {"clip": {**clip, "fps": 1e9}}},
+    replies = ask_worker([{"id": 0, "method": "configure", "params": {"read": [str(baked)], "write": [str(tmp_path)]}},
+                          {"id": 1, "method": "bake", "params": {"clip": {**clip, "fps": 1e9}}},
                           {"id": 2, "method": "bake", "params": {"clip": {**clip, "resolution": 0, "png": True}}},
                           {"id": 3, "method": "environment"}])
     assert replies[1]["error"] == {"kind": "input", "message": "--fps: fps must be a positive number in 1..240, "
@@ -320,6 +321,272 @@ def test_require_finite_names_the_tensor_and_ignores_a_sum_that_merely_overflows
         values[2] = bad
         with pytest.raises(InputError, match=r"'means' holds 1 NaN or infinite values of 5"):
             require_finite({"huge": huge, "means": values}, "w.safetensors")
+
+
+# --- 6 and 8. output paths, I/O faults and command options: one line, nothing damaged -------------
+
+
+def bake_into(baked: Path, out: Path, *extra: str, preexec=None) -> subprocess.CompletedProcess:
+    """The fixture's bake (happy, PLY + PNG) into `out`, with `preexec` (no memory limit: file-size cases)."""
+    args = bake_args(baked, "--emotion", "happy", "--ply", "--png", "--resolution", "64", *extra)
+    args[args.index("--out") + 1] = str(out)
+    return subprocess.run([sys.executable, "-m", "emotalker", *args], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, preexec_fn=preexec, timeout=300)
+
+
+def test_an_out_that_is_a_file_is_refused_and_left_alone(baked, tmp_path):
+    target = tmp_path / "take"
+    target.write_text("a user's file")
+    assert_refused(bake_into(baked, target), f"{target}: is a file, not a folder")
+    assert target.read_text() == "a user's file"
+
+
+def as_nobody() -> None:
+    """preexec_fn: drop to the unprivileged user when running as root (root ignores permission bits)."""
+    if os.geteuid() == 0:
+        os.setgid(65534)
+        os.setuid(65534)
+
+
+def test_a_read_only_output_folder_is_refused_before_any_work():
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="emotalker-ro-"))  # under /tmp, so the unprivileged user can reach it
+    try:
+        root.chmod(0o555)
+        proc = subprocess.run([sys.executable, "-m", "emotalker", "make-head", str(root / "sub" / "head.npz")],
+                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+                              preexec_fn=as_nobody, timeout=120)
+        assert_refused(proc, f"{root}: is read-only for this user")
+        assert list(root.iterdir()) == []
+    finally:
+        root.chmod(0o755)
+        root.rmdir()
+
+
+def assert_fault_leaves_whole_frames(baked: Path, out: Path, tmp_path: Path, preexec, fault: str) -> None:
+    """Three frames baked, then the whole clip under an I/O fault: status 1 and one line naming a frame file
+    and `fault`; the three frames unchanged, no temporary file left, and every frame file there equal to the
+    same frame baked on a roomy disk."""
+    assert bake_into(baked, out, "--frames", "1:3").returncode == 0
+    before = digests(out)
+    proc = bake_into(baked, out, preexec=preexec)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, (proc.returncode, proc.stderr[-2000:])
+    assert fault in lines[0] and f"{out}/speech_0000" in lines[0] and "already written are intact" in lines[0], lines
+    after = digests(out)
+    assert all(after[name] == digest for name, digest in before.items() if name.startswith("speech_0"))
+    assert not list(out.glob(".*.part")), sorted(os.listdir(out))
+    roomy = tmp_path / "roomy"
+    assert bake_into(baked, roomy).returncode == 0
+    assert len(after) > len(before) - 1 and all(
+        (roomy / name).read_bytes() == (out / name).read_bytes() for name in after if name.startswith("speech_0"))
+
+
+def test_a_file_size_limit_mid_bake_is_one_line_and_leaves_whole_frames(baked, tmp_path):
+    import signal
+
+    def small_files() -> None:  # EFBIG on write instead of the default SIGXFSZ kill: a full disk's path
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, 10_000))  # under one PLY frame of the tiny avatar (18 KB)
+
+    assert_fault_leaves_whole_frames(baked, tmp_path / "out", tmp_path, small_files, "File too large")
+
+
+def test_a_full_disk_mid_bake_is_one_line_and_leaves_whole_frames(baked, tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(disk)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root (the file-size-limit test covers the same path)")
+    try:
+        assert_fault_leaves_whole_frames(baked, disk / "out", tmp_path, None, "No space left on device")
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["make-head", "FOLDER"], "FOLDER: is a folder; name a .npz file to write"),
+    (["make-head", "OUT/h.npz", "--seed", "-1"], "--seed: the seed must be an integer in 0..4294967295, got -1"),
+    (["convert-flame", "USERFILE.pkl", "FOLDER"], "FOLDER: is a folder; name a .npz file to write"),
+    (["convert-flame", "USERFILE.npz", "USERFILE.npz"], "USERFILE.npz: is also the input file"),
+    (["show-head", "USERFILE.pkl"], "USERFILE.pkl: the file to write must end in .png"),
+    (["show-head", "OUT/h.png", "--size", "100000"], "--size must be 64..4096 pixels a panel"),
+])
+def test_output_files_that_are_folders_inputs_or_not_ours_are_refused(tmp_path, args, expected):
+    (tmp_path / "FOLDER").mkdir()
+    for name in ("USERFILE.pkl", "USERFILE.npz"):
+        (tmp_path / name).write_bytes(b"a user's file")
+    before = digests(tmp_path)
+    fill = lambda a: a.replace("FOLDER", str(tmp_path / "FOLDER")).replace("USERFILE", str(tmp_path / "USERFILE")) \
+        .replace("OUT", str(tmp_path / "out"))  # noqa: E731
+    assert_refused(run_cli(*map(fill, args)), fill(expected))
+    assert digests(tmp_path) == before and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--clips", "-1", "--clips must be an integer in 1..10000, got -1"),
+    ("--resolution", "0", "--resolution must be an integer in 32..16384, got 0"),
+    ("--duration", "-1", "--duration must be a number in 0.8..600, got -1.0"),
+    ("--seed", "-5", "--seed must be an integer in 0..4294967295, got -5"),
+])
+def test_make_sample_checks_its_options_before_writing_anything(tmp_path, option, value, expected):
+    folder = tmp_path / "data"
+    assert_refused(run_cli("make-sample", str(folder), "--preset", "ci", option, value), f"{folder}: {expected}")
+    assert not folder.exists()  # so that the next, good run in this folder is not blocked
+
+
+def test_sub_frame_audio_still_makes_an_mp4_with_its_video(baked, tmp_path):
+    import imageio_ffmpeg
+
+    short = make_speech(tmp_path / "blip.wav", seconds=0.02)  # half a frame at 25 fps
+    out = tmp_path / "out"
+    proc = run_cli("bake", str(baked / "avatar"), "--audio", str(short), "--out", str(out), "--emotion", "happy",
+                   "--mp4", "--resolution", "64", "--progress", "none", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    probe = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(out / "blip.mp4")],
+                           capture_output=True, text=True).stderr
+    assert "Video: " in probe and "Audio: " in probe and "Duration: 00:00:00.04" in probe, probe
+
+
+def test_files_are_written_with_the_users_umask(baked, tmp_path):
+    out = tmp_path / "out"
+    proc = bake_into(baked, out, "--frames", "1:2", preexec=lambda: os.umask(0o027))
+    assert proc.returncode == 0, proc.stderr
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir() if not p.name.startswith(".emotalker-run.lock")}
+    assert modes and set(modes.values()) == {0o640}, modes
+
+
+# --- JSON, npz and pickle limits ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["bake", "bake-batch"])
+def test_100000_deep_nested_json_is_one_line_not_a_recursion_error(baked, tmp_path, command):
+    from emotalker.core.base.limits import MAX_JSON_DEPTH
+
+    doc = tmp_path / "deep.json"
+    doc.write_text("[" * 100_000 + "]" * 100_000)
+    before = digests(baked / "out")
+    args = (bake_args(baked, "--tracks", str(doc)) if command == "bake"
+            else ["bake-batch", str(doc), "--progress", "none"])
+    what = "tracks file" if command == "bake" else "batch manifest"
+    assert_refused(run_cli(*args), f"{doc}: not a valid {what}: it nests 100000 levels deep, more than the limit "
+                                   f"of {MAX_JSON_DEPTH}")
+    assert digests(baked / "out") == before
+
+
+def test_a_json_file_past_the_size_limit_is_refused_before_it_is_read(baked, tmp_path):
+    from emotalker.core.base.limits import MAX_JSON_BYTES
+
+    tracks = tmp_path / "huge.json"
+    with open(tracks, "wb") as fh:
+        fh.truncate(MAX_JSON_BYTES + 1)  # sparse: nothing to write, and reading it would be the bug
+    assert_refused(run_cli(*bake_args(baked, "--tracks", str(tracks))),
+                   f"{tracks}: tracks file is {MAX_JSON_BYTES + 1} bytes, more than the limit of {MAX_JSON_BYTES}")
+
+
+def test_a_flame_pickle_whose_sparse_matrix_asks_for_298_gib_is_one_line(tmp_path):
+    import pickle
+
+    import numpy as np
+    import scipy.sparse as sp
+
+    n = 200_000  # 200,000 x 200,000 float64 made dense: 298 GiB, from a 2 MB file
+    indptr = np.ones(n + 1, np.int32)
+    indptr[0] = 0
+    matrix = sp.csc_matrix((np.ones(1), np.zeros(1, np.int32), indptr), shape=(n, n))
+    pkl = tmp_path / "flame.pkl"
+    pkl.write_bytes(pickle.dumps({"J_regressor": matrix, "v_template": np.zeros((3, 3))}, protocol=2))
+    out = tmp_path / "flame_model.npz"
+    assert_refused(run_cli("convert-flame", str(pkl), str(out)),
+                   f"{pkl}: refusing the FLAME pickle: a sparse matrix of shape (200000, 200000) would take 298.0 GiB, "
+                   f"more than the limit of 1 GiB")
+    assert not out.exists()
+
+
+def test_a_flame_pickle_that_builds_a_huge_array_from_a_shape_is_one_line(tmp_path):
+    import pickle
+
+    class Huge:  # pickles as numpy.ndarray((10**6, 10**6)): allocated by shape, no data in the file
+        def __reduce__(self):
+            import numpy as np
+
+            return np.ndarray, ((10**6, 10**6),)
+
+    pkl = tmp_path / "flame.pkl"
+    pkl.write_bytes(pickle.dumps({"shapedirs": Huge()}, protocol=2))
+    assert_refused(run_cli("convert-flame", str(pkl), str(tmp_path / "o.npz")),
+                   f"{pkl}: refusing the FLAME pickle: an array of shape (1000000, 1000000) would take 7450.6 GiB")
+
+
+def write_npz_member(path: Path, name: str, header_shape: tuple, data: bytes) -> None:
+    """An .npz whose member `name` has a .npy header declaring `header_shape` (float32) before `data`."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    npy = io.BytesIO()
+    np.lib.format.write_array_header_1_0(npy, {"descr": "<f4", "fortran_order": False, "shape": header_shape})
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(f"{name}.npy", npy.getvalue() + data)
+
+
+def test_flame_curves_whose_npz_header_declares_a_huge_array_are_refused_before_loading(baked, tmp_path):
+    curves = tmp_path / "curves.npz"
+    write_npz_member(curves, "expr", (10**6, 10**6), b"\0" * 64)  # 3.6 TiB declared, 64 bytes held
+    before = digests(baked / "out")
+    assert_refused(run_cli(*bake_args(baked, "--emotion", "happy", "--flame-curves", str(curves))), f"{curves}: ",
+                   "expr.npy declares an array of shape (1000000, 1000000) float32 (4000000000000 bytes) but holds 64")
+    assert digests(baked / "out") == before
+
+
+def test_an_npz_whose_arrays_exceed_the_limit_is_refused_from_its_directory(tmp_path, monkeypatch):
+    import numpy as np
+
+    from emotalker.core.base import fileio
+    from emotalker.core.base.errors import InputError
+
+    path = tmp_path / "big.npz"
+    np.savez_compressed(path, a=np.zeros(1000, np.float32), b=np.zeros(1000, np.float32))  # compresses to bytes
+    monkeypatch.setattr(fileio, "MAX_ARRAY_BYTES", 6000)  # the two arrays hold 8000 bytes
+    with pytest.raises(InputError, match=r"big.npz: the FLAME curves file's arrays take \d+ bytes, more than the "
+                                         r"limit of 6000"):
+        fileio.read_npz(path, "FLAME curves")
+
+
+@pytest.mark.parametrize("line, expected", [
+    (b"[" * 100_000 + b"]" * 100_000, "bad request line: not a valid JSON line: it nests 100000 levels deep"),
+    (b'{"id": 1, "method": "environment", "params": {"x": "' + b"y" * (2 << 20) + b'"}}',
+     "bad request line: longer than 1048576 bytes"),
+    (b'{"id": 1, "method": "environment\xff"}', "bad request line: not UTF-8"),
+    (b'{"id": 1, "method": "bake", "params": {"run": {"max_seconds": NaN}}}',
+     "bad request line: not a valid JSON line: NaN is not a JSON number"),
+    (b'{"id": 1, "method": "bake", "params": {"run": {"max_seconds": 1e999}}}',
+     "bad request line: not a valid JSON line: the number 1e999 is out of range"),
+])
+def test_the_worker_answers_a_hostile_line_with_one_protocol_error_and_keeps_serving(line, expected):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))  # noqa: E731
+    proc = subprocess.Popen([sys.executable, "-m", "emotalker", "worker"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, preexec_fn=limit)
+    try:
+        proc.stdin.write(line + b'\n{"id": "alive", "method": "environment"}\n')
+        proc.stdin.flush()
+        replies = []
+        for raw in proc.stdout:
+            replies.append(json.loads(raw))
+            if replies[-1].get("id") == "alive":
+                break
+        proc.stdin.write(b'{"method": "shutdown"}\n')
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+    assert len(replies) == 3 and replies[0]["event"] == "ready", replies
+    assert replies[1]["id"] is None and replies[1]["error"]["kind"] == "protocol"
+    assert replies[1]["error"]["message"].startswith(expected), replies[1]
+    assert replies[2]["id"] == "alive" and "result" in replies[2]
 
 
 # --- 5. bake-batch: a lost worker, SIGTERM and SIGINT, shared out folders, manifest types -----------

@@ -76,3 +76,16 @@ def test_contact_sheet_tiles_with_labels():
     np.testing.assert_array_equal(sheet[y:y + 20, x:x + 30], 160)
     label_strip = sheet[y + 20:y + 36, x:x + 30]
     assert (label_strip < 128).any()  # some text was drawn
+
+
+def test_blender_rgba_is_scene_linear_premultiplied_and_bottom_row_first():
+    from emotalker.bake.video import blender_rgba
+
+    alpha = np.array([[1.0, 0.5], [0.0, 0.25]], np.float32)[..., None]
+    straight = np.array([[[1.0, 0.5, 0.0], [0.2, 0.04045, 1.0]], [[0.3, 0.3, 0.3], [0.0, 1.0, 0.5]]], np.float32)
+    out = blender_rgba(straight * alpha, alpha)  # a render is premultiplied
+    linear = np.where(straight <= 0.04045, straight / 12.92, ((straight + 0.055) / 1.055) ** 2.4)
+    expected = np.concatenate([linear * alpha, alpha], -1)[::-1]
+    assert out.dtype == np.float32 and out.flags.c_contiguous
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-7)
+    assert out[1, 0, 0] == 1.0 and out[0, 0, 3] == 0.0  # the top-left pixel is now the last row's first

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 import threading
 from dataclasses import dataclass
@@ -246,3 +247,68 @@ def test_an_id_in_use_by_an_unfinished_job_is_refused():
     assert replies[0] == {"id": 1, "error": {"kind": "protocol", "message": "bad request: id 1 belongs to a job "
                                                                              "that has not finished"}}
     assert replies[1:] == [{"id": 1, "result": {"held": True}}, {"id": 1, "result": {"n": 1}}]
+
+
+@dataclass(frozen=True)
+class Copy:
+    src: str
+    """A file to read."""
+    dst: str
+    """A folder to write into."""
+
+
+def test_paths_outside_the_configured_roots_are_refused_before_the_job_runs(tmp_path):
+    from emotalker.worker.server import PathUse, default_methods
+
+    inp, out, outside = tmp_path / "in", tmp_path / "out", tmp_path / "outside"
+    for folder in (inp, out, outside):
+        folder.mkdir()
+    (inp / "link").symlink_to(outside)
+    ran = []
+
+    def copy(params: Copy, ctx) -> dict:
+        ran.append(params)
+        return {"copied": True}
+
+    methods = {**default_methods(), "copy": Method(Copy, copy, lambda p: PathUse(read=(p.src,), write=(p.dst,)))}
+    req = lambda i, method, **params: json.dumps({"id": i, "method": method, "params": params})  # noqa: E731
+    lines = [
+        req(0, "copy", src=str(inp / "a"), dst=str(out)),  # nothing declared yet
+        req(1, "configure", read=[str(inp)], write=[str(out)]),
+        req(2, "copy", src=str(inp / "a"), dst=str(out / "sub")),
+        req(3, "copy", src=str(out / "b"), dst=str(out)),  # the write root is readable
+        req(4, "copy", src=str(inp / ".." / "outside" / "a"), dst=str(out)),
+        req(5, "copy", src=str(inp / "link" / "a"), dst=str(out)),
+        req(6, "copy", src=str(inp / "a"), dst=str(inp)),  # a read root is not writable
+        req(7, "copy", src=str(inp / "a"), dst=str(out) + "_sibling"),  # a prefix is not a parent
+        req(8, "copy", src="in\0a", dst=str(out)),
+        req(9, "configure", read=[""]),
+        req(10, "configure", read="everything"),
+        req(11, "avatar_proxy", avatar=str(outside), out=str(out)),  # the real methods declare their paths
+        req(12, "render_frame", avatar=str(inp), cache=str(outside), frame=1, viewmat=[], K=[], width=1, height=1),
+        req(13, "configure"),  # back to nothing allowed
+        req(14, "copy", src=str(inp / "a"), dst=str(out)),
+    ]
+    msgs = run_worker(lines, methods, replies=len(lines))
+    by_id = {m["id"]: m for m in msgs if "result" in m or "error" in m}
+    error = lambda i: by_id[i]["error"]["kind"] + ": " + by_id[i]["error"]["message"]  # noqa: E731
+    real = os.path.realpath
+    assert error(0) == (f"input: copy params: {str(inp / 'a')!r} is outside the folders this worker may read "
+                        f"(none declared; send configure first)")
+    assert by_id[1]["result"] == {"read": [real(inp)], "write": [real(out)]}
+    assert by_id[2]["result"] == by_id[3]["result"] == {"copied": True}
+    assert [p.src for p in ran] == [str(inp / "a"), str(out / "b")]
+    for i, path in ((4, inp / ".." / "outside" / "a"), (5, inp / "link" / "a")):
+        assert error(i) == (f"input: copy params: {str(path)!r} is outside the folders this worker may read "
+                            f"({real(inp)}, {real(out)})")
+    assert error(6) == f"input: copy params: {str(inp)!r} is outside the folders this worker may write ({real(out)})"
+    assert "may write" in error(7)
+    assert error(8) == "input: copy params: 'in\\x00a' is not a valid path (embedded null byte)"
+    assert error(9) == "input: configure params: read holds an empty path"
+    assert error(10).startswith("input: configure params: read must be a list")
+    assert error(11).startswith(f"input: avatar_proxy params: {str(outside)!r} is outside the folders")
+    assert error(12).startswith(f"input: render_frame params: {str(outside)!r} is outside the folders this worker may "
+                                f"write")
+    assert by_id[13]["result"] == {"read": [], "write": []}
+    assert "none declared" in error(14)
+    assert len(ran) == 2

@@ -194,9 +194,10 @@ def is_finished(job: ClipJob) -> bool:
     if not record.is_file():
         return False
     try:
-        return json.loads(record.read_text()).get("digest") == job.digest
-    except (OSError, json.JSONDecodeError):
+        doc = read_json(record, "clip record")
+    except (OSError, InputError):
         return False
+    return isinstance(doc, dict) and doc.get("digest") == job.digest
 
 
 def run_batch(manifest: str | os.PathLike, job_fn: Callable[[ClipJob], Any], *, workers: int = 1,

@@ -77,7 +77,7 @@ class ClipSpec:
     frames: str | None = None
     """Timeline frame range START:END, inclusive (default: the whole audio)."""
     fps: float | None = None
-    """Frame rate (default: the tracks file's, else the avatar's, else 25)."""
+    """Frame rate (default: the tracks file's own, which it must state; with --emotion, the avatar's, else 25)."""
     camera: str | None = None
     """Camera JSON (emotalker-camera/1: OpenCV viewmat, K, width, height); default: a front camera."""
     resolution: int = 512
@@ -340,7 +340,7 @@ def _bake_frames(inputs: ClipInputs, curves: FlameCurves, run: RunOptions,
 def _frame_producer(inputs: ClipInputs, curves: FlameCurves, chunk: int):
     """Each frame's Gaussians from the curves and the tracks' values at the curves' rows."""
     from emotalker.bake.engine import FrameProducer
-    from emotalker.core.audio.features import frame_audio_windows
+    from emotalker.core.audio.features import AudioWindows
     from emotalker.core.models.emotion_deformer import camera_code
 
     curve_frames = np.arange(curves.frame_start, curves.frame_end + 1)
@@ -350,8 +350,8 @@ def _frame_producer(inputs: ClipInputs, curves: FlameCurves, chunk: int):
     # the default front camera for a PLY-only bake).
     stage2 = {}
     if avatar.uses_emotion:
-        stage2 = {"audio": frame_audio_windows(inputs.samples, avatar.audio_features, inputs.fps, curve_frames - 1,
-                                           hold_ends=True),
+        windows = AudioWindows(inputs.samples, avatar.audio_features, inputs.fps)
+        stage2 = {"audio": lambda frames: windows(frames - 1, hold_ends=True),  # timeline frame 1 is audio frame 0
                   "camera": camera_code(inputs.camera.viewmat).to(inputs.device)}
     return FrameProducer(avatar, curves, per_row.emotion, per_row.intensity, per_row.blink,
                          chunk=chunk, device=inputs.device, source=inputs.bundle.root, **stage2)
@@ -426,7 +426,7 @@ def _encode_video(inputs: ClipInputs) -> Path:
 
     clip, out, name = inputs.clip, inputs.out, inputs.name
     video = out / f"{name}.mp4"
-    encode_mp4((png_path(out, name, f) for f in inputs.frame_list), video, inputs.fps, audio=clip.audio,
+    encode_mp4([png_path(out, name, f) for f in inputs.frame_list], video, inputs.fps, audio=clip.audio,
                audio_start=(inputs.frames[0] - 1) / inputs.fps, background=clip.background)
     return video
 

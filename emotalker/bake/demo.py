@@ -41,7 +41,7 @@ def run_demo(out: str | Path = DEMO_OUT, resolution: int = DEMO_RESOLUTION, prog
     """Bake the sample into `out` on the CPU; returns {output kind: path}. Prints where each output is."""
     from emotalker.core.audio.waveform import duration_frames, load_audio
     from emotalker.core.models.bundle import AvatarBundle
-    from emotalker.core.base.fileio import write_json
+    from emotalker.core.base.fileio import make_output_folder, write_json
 
     from emotalker.bake.clip import ClipSpec, RunOptions, bake_clip
     from emotalker.bake.tracks import Tracks
@@ -51,8 +51,7 @@ def run_demo(out: str | Path = DEMO_OUT, resolution: int = DEMO_RESOLUTION, prog
         raise InputError(avatar, "the built-in demo avatar or speech is missing from this installation; "
                                  "make them with `python tools/make_demo_avatar.py`")
     started = time.monotonic()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_output_folder(out)
     fps = float(AvatarBundle.open(avatar).manifest().get("fps") or 25.0)
     n_frames = duration_frames(len(load_audio(speech)), fps)
     tracks_doc = demo_tracks(n_frames, fps)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -147,8 +148,9 @@ class FrameProducer:
     """`produce(frame)` for the frame loop: the Gaussians of one timeline frame, `chunk` frames evaluated at once.
 
     curves: FlameCurves covering every frame asked for; emotion [T,8], intensity [T],
-    blink [T]: the track values per curve row; audio [T, Da]: each row's audio
-    window and camera [3]: the camera code (both for Stage 2; None without it);
+    blink [T]: the track values per curve row; audio(frames) -> [len(frames), Da]:
+    the audio windows of timeline frames, cut one chunk at a time (an AudioWindows
+    call), and camera [3]: the camera code (both for Stage 2; None without it);
     source: the avatar folder, named when a frame comes out non-finite (checked
     before any sink writes it). Only the current chunk is kept.
 
@@ -160,7 +162,8 @@ class FrameProducer:
     """
 
     def __init__(self, avatar: Avatar, curves: FlameCurves, emotion: np.ndarray, intensity: np.ndarray,
-                 blink: np.ndarray, chunk: int = 8, device: str | torch.device = "cpu", audio: np.ndarray | None = None,
+                 blink: np.ndarray, chunk: int = 8, device: str | torch.device = "cpu",
+                 audio: Callable[[np.ndarray], np.ndarray] | None = None,
                  camera: torch.Tensor | None = None, source: str | os.PathLike | None = None):
         self.avatar, self.curves = avatar, curves
         self.emotion, self.intensity, self.blink = emotion, intensity, blink
@@ -177,7 +180,7 @@ class FrameProducer:
         t = lambda a: torch.as_tensor(np.ascontiguousarray(a[rows]), dtype=torch.float32, device=self.device)  # noqa: E731
         c = self.curves
         params = FlameParams(expr=t(c.expr), jaw=t(c.jaw), neck=t(c.neck), eyes=t(c.eyes), eyelids=t(c.eyelids))
-        audio = None if self.audio is None else t(self.audio)
+        audio = None if self.audio is None else torch.as_tensor(self.audio(np.asarray(frames)), device=self.device)
         return FrameConditions(params, t(self.emotion), t(self.intensity), t(self.blink), audio, self.camera)
 
     def _require_finite(self, batch, frames: list[int]) -> None:

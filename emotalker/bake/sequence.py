@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from emotalker.core.base.errors import InputError
-from emotalker.core.base.fileio import atomic_path, read_json, write_json
+from emotalker.core.base.fileio import atomic_path, make_output_folder, read_json, write_json
 from emotalker.core.base.progress import Progress
 
 RUN_FORMAT = "emotalker-run/1"
@@ -124,8 +124,7 @@ def run_sequence(frames: Sequence[int], produce: Callable[[int], Any], sinks: Se
     """
     if not sinks:
         raise ValueError("run_sequence needs at least one sink")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_output_folder(out_dir)
     with _folder_lock(out_dir):
         _remove_stale_temporaries(out_dir, sinks)
         _check_or_start_run(out_dir, sinks, fingerprint, overwrite)

@@ -13,7 +13,7 @@ import os
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -36,6 +36,21 @@ def straight_rgba(rgb: Any, alpha: Any, premultiplied: bool = True) -> np.ndarra
     if premultiplied:
         rgb = np.where(alpha > 1e-6, rgb / np.maximum(alpha, 1e-6), 0.0)
     return np.clip(np.concatenate([rgb, alpha], -1), 0.0, 1.0)
+
+
+def srgb_to_linear(c: np.ndarray) -> np.ndarray:
+    """The sRGB transfer function inverted: avatars learn display (sRGB) colours from their training
+    images, while Blender's render buffers hold scene-linear light."""
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4).astype(np.float32)
+
+
+def blender_rgba(rgb: Any, alpha: Any) -> np.ndarray:
+    """A splat render (premultiplied display colours) as Blender's buffers take it: float32 [H,W,4],
+    scene-linear, premultiplied alpha, bottom row first. Made in the worker, so that Blender's UI
+    thread only copies it (with the Standard view transform it shows the avatar's own colours)."""
+    straight = straight_rgba(rgb, alpha)
+    alpha = straight[..., 3:]
+    return np.ascontiguousarray(np.concatenate([srgb_to_linear(straight[..., :3]) * alpha, alpha], -1)[::-1])
 
 
 def to_rgba8(rgb: Any, alpha: Any, premultiplied: bool = True) -> np.ndarray:
@@ -95,22 +110,22 @@ def video_encoder(ffmpeg: str) -> str:
     raise RuntimeError(f"{ffmpeg} offers none of the video encoders {VIDEO_ENCODERS}")
 
 
-def encode_mp4(frames: Iterable[str | os.PathLike], out: str | os.PathLike, fps: float, *,
+def encode_mp4(frames: Sequence[str | os.PathLike], out: str | os.PathLike, fps: float, *,
                audio: str | os.PathLike | None = None, audio_start: float = 0.0,
                background: Sequence[float] = (1.0, 1.0, 1.0), crf: int = 18) -> str:
     """Encode PNG frames (paths, in order, same size) into an MP4, atomically; returns the video encoder used.
 
     The audio, when given, starts at `audio_start` seconds (the time of the first
-    frame) and is cut at the end of the video. RGBA frames are composited over
+    frame) and is cut at, or padded with silence to, the end of the video. RGBA frames are composited over
     `background` (RGB in [0,1]).
     """
     import imageio_ffmpeg
     from PIL import Image
 
-    frames = iter(frames)
-    first = next(frames, None)
-    if first is None:
+    if not frames:
         raise ValueError("encode_mp4 needs at least one frame")
+    seconds = len(frames) / fps
+    first, frames = frames[0], iter(frames[1:])
     if audio is not None and not Path(audio).is_file():
         raise InputError(audio, "audio file not found")
     ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
@@ -121,8 +136,10 @@ def encode_mp4(frames: Iterable[str | os.PathLike], out: str | os.PathLike, fps:
     cmd = [ffmpeg, "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
            "-s", f"{even_w}x{even_h}", "-r", f"{fps:g}", "-i", "-"]
     if audio is not None:
+        # The video sets the length: the audio is padded with silence and cut to it (with -shortest,
+        # audio shorter than a frame ended the file before its first video frame).
         cmd += ["-ss", f"{audio_start:.6f}", "-i", os.fspath(audio), "-map", "0:v:0", "-map", "1:a:0",
-                "-c:a", "aac", "-b:a", "192k", "-shortest"]
+                "-c:a", "aac", "-b:a", "192k", "-af", "apad", "-t", f"{seconds:.6f}"]
     cmd += ["-c:v", encoder, "-pix_fmt", "yuv420p"]
     cmd += ["-crf", str(crf)] if encoder == "libx264" else ["-q:v", "3"] if encoder == "mpeg4" else []
     cmd += ["-movflags", "+faststart", "-f", "mp4"]

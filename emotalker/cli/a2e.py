@@ -40,6 +40,7 @@ def add_parsers(sub) -> None:
 def run(args) -> None:
     from emotalker.bake.engine import FlameCurves
     from emotalker.core.audio.waveform import check_audio_length, load_audio
+    from emotalker.core.base.fileio import check_output_file
     from emotalker.core.base.limits import check_fps
     from emotalker.core.base.device import resolve_device
     from emotalker.core.base.emotions import check_intensity, parse_mix
@@ -47,6 +48,7 @@ def run(args) -> None:
     from emotalker.core.models.bundle import AvatarBundle
     from emotalker.core.rig.flame import FlameModel
 
+    check_output_file(args.out, ".npz", inputs=(args.audio,))
     check_intensity(args.intensity, "--intensity")
     weights = parse_mix(args.emotion, "--emotion")
     device = resolve_device(args.device)

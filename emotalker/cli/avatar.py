@@ -69,8 +69,6 @@ def _open(args, dataset: str, device):
 
 
 def run_render(args) -> None:
-    from pathlib import Path
-
     import numpy as np
     import torch
     from PIL import Image
@@ -78,7 +76,7 @@ def run_render(args) -> None:
     from emotalker.core.base.device import resolve_device
     from emotalker.core.base.errors import InputError
     from emotalker.core.evaluation.neutral import render_neutral_frame
-    from emotalker.core.base.fileio import atomic_path
+    from emotalker.core.base.fileio import atomic_path, make_output_folder
     from emotalker.core.datasets.frames import FrameSet
 
     if ":" not in args.frames:
@@ -96,8 +94,7 @@ def run_render(args) -> None:
             start, end = int(a or 0), int(b or len(frames))
         except ValueError:
             raise InputError(None, f"--range must be START:END, got {args.range!r}") from None
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_output_folder(args.out)
     for i in range(max(start, 0), min(end, len(frames))):
         if emotion_frames is not None:
             from emotalker.core.evaluation.emotion import render_emotion_frame

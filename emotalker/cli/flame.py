@@ -13,8 +13,10 @@ def add_parsers(sub) -> None:
 
 
 def run_convert(args) -> None:
+    from emotalker.core.base.fileio import check_output_file
     from emotalker.core.rig.flame_pickle import load_flame_pickle
 
+    check_output_file(args.output, ".npz", inputs=(args.input,))
     model = load_flame_pickle(args.input, n_shape=args.n_shape, n_expr=args.n_expr)
     model.save(args.output)
     print(f"wrote {args.output}: {model.n_verts} vertices, {len(model.faces)} faces, "

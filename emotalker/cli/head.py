@@ -17,13 +17,22 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=run_show_head)
 
 
+def check_seed(seed: int) -> int:
+    """--seed as numpy's generators take it (0 .. 2**32 - 1), or one InputError naming the option."""
+    from emotalker.core.base.limits import check_range
+
+    return check_range(seed, 0, 2**32 - 1, "--seed", "the seed")
+
+
 def run_make_head(args) -> None:
     import time
 
+    from emotalker.core.base.fileio import check_output_file
     from emotalker.core.head import make_head
 
+    check_output_file(args.output, ".npz")
     start = time.perf_counter()
-    model = make_head(args.seed)
+    model = make_head(check_seed(args.seed))
     model.save(args.output)
     print(f"wrote {args.output}: {model.n_verts} vertices, {len(model.faces)} faces, {model.n_shape} identity + "
           f"{model.n_expr} expression components, {model.n_joints} joints ({time.perf_counter() - start:.1f} s)")
@@ -33,18 +42,20 @@ def run_show_head(args) -> None:
     from PIL import Image
 
     from emotalker.core.base.errors import InputError
-    from emotalker.core.base.fileio import atomic_path
+    from emotalker.core.base.fileio import atomic_path, check_output_file
     from emotalker.core.rig.flame import FlameModel
     from emotalker.core.rig.rig_sheet import rig_sheet
 
-    if args.size < 64:
-        raise InputError(args.output, f"--size {args.size} is too small for a readable panel (64 or more)")
+    check_output_file(args.output, ".png", inputs=(args.head,) if args.head else ())
+    if not 64 <= args.size <= 4096:
+        raise InputError(None, f"--size must be 64..4096 pixels a panel (readable, and a sheet that fits in "
+                               f"memory), got {args.size}")
     if args.head is not None:
         model = FlameModel.load(args.head)
     else:
         from emotalker.core.head import make_head
 
-        model = make_head(args.seed)
+        model = make_head(check_seed(args.seed))
     image = rig_sheet(model, panel=args.size)
     with atomic_path(args.output) as tmp:
         Image.fromarray(image).save(tmp, format="PNG", optimize=True)

@@ -50,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as exc:
         print(f"emotalker: {exc}", file=sys.stderr)
         return 128 + exc.signum
+    except OSError as exc:
+        # An I/O fault (a full disk, a folder made read-only mid-run): one line, status 1. Frames and
+        # files already written are whole (atomic writes), so a re-run resumes.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"emotalker: error: {where}{exc.strerror or exc}; files already written are intact", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("emotalker: interrupted; files already written are intact", file=sys.stderr)
         return 130

@@ -7,10 +7,9 @@ not what the generator meant to write. Used by tests and benchmarks/sample_quali
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
+from emotalker.core.base.fileio import read_json
 from emotalker.core.datasets.dataset import Dataset
 
 from emotalker.sample.visemes import BILABIALS, speech_envelope
@@ -87,7 +86,7 @@ def rest_lip_gap(ds: Dataset, half_width: float = 0.004) -> float:
 def bilabial_closure_delays(ds: Dataset, clip_id: str, tolerance: float = 0.0005) -> list[tuple[str, float, float]]:
     """For each p, b, m espeak-ng reported: (phoneme, its time, seconds to the nearest frame with the lips
     shut, i.e. the midline opening within `tolerance` of the rest opening; inf if none)."""
-    meta = json.loads((ds.root / "clips" / clip_id / "meta.json").read_text())
+    meta = read_json(ds.root / "clips" / clip_id / "meta.json", "clip metadata")
     gaps = lip_gaps(ds, clip_id)
     shut = np.flatnonzero(gaps <= rest_lip_gap(ds) + tolerance) / ds.fps
     out = []

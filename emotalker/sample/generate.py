@@ -22,7 +22,8 @@ import numpy as np
 from emotalker.core.base.emotions import EMOTIONS
 from emotalker.core.datasets.dataset import ClipInfo, FRAME_NAME, Tracking, write_dataset_json
 from emotalker.core.base.errors import InputError
-from emotalker.core.base.fileio import read_json, write_json
+from emotalker.core.base.fileio import make_output_folder, read_json, write_json
+from emotalker.core.base.limits import MAX_IMAGE_SIDE, check_fps, check_number, check_range
 
 from emotalker.sample.emotions import HELD_OUT_LEVELS, LEVELS, Skin, emotion_offsets
 from emotalker.sample.phonemes import Espeak, Phoneme, Speech, Voice
@@ -55,6 +56,17 @@ class SampleConfig:
     """Metres from the camera to the head's centre plane."""
     pause: float = 0.2
     """Seconds of silence before and after the speech."""
+
+    def check(self, source: str | os.PathLike) -> None:
+        """InputError naming `source` (the dataset folder) and the first setting out of its range."""
+        check_range(self.clips, 1, 10_000, source, "--clips")
+        check_range(self.resolution, 32, MAX_IMAGE_SIDE, source, "--resolution")
+        check_range(self.seed, 0, 2**32 - 1, source, "--seed")
+        check_range(self.samples, 1, 4096, source, "samples")
+        check_number(self.pause, 0.0, 10.0, source, "pause")
+        check_fps(self.fps, source)
+        # The speech needs room between the two pauses; a clip is at most ten minutes.
+        check_number(self.duration, 2 * self.pause + 0.4, 600.0, source, "--duration")
 
 
 PRESETS = {
@@ -312,8 +324,8 @@ def make_sample(out: str | os.PathLike, cfg: SampleConfig, model=None, progress:
     from emotalker.sample.blender_render import HeadRenderer, RenderSettings
     from emotalker.sample.masks import skin_masks
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    cfg.check(out)
+    out = make_output_folder(out)
     settings = asdict(cfg)
     cfg_path = out / CONFIG_FILE
     if cfg_path.exists():

@@ -2,8 +2,10 @@
 
 Each is a `Method` (emotalker/worker/server.py): a params schema, the dataclass
 beside it here, checked as the request arrives, and a function taking (params,
-ctx) that returns a JSON-able dict. Arrays travel as files (.npz/.npy) in the
-folder the add-on names, never inline in the protocol.
+ctx) that returns a JSON-able dict, and the paths it reads and writes, which the
+worker checks against the folders its client declared before the job runs.
+Arrays travel as files (.npz/.npy) in the folder the add-on names, never inline
+in the protocol.
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ from emotalker.core.models.bundle import STAGE_FILES, AvatarBundle
 from emotalker.core.base.errors import InputError
 from emotalker.core.base.fileio import atomic_path
 from emotalker.core.rig.flame import FlameModel
-from emotalker.worker.server import Method
+from emotalker.worker.server import Method, PathUse
 
 
 STAGES = tuple(STAGE_FILES)
+PIXELS_FILE = "pixels.rgba"
+"""render_frame's output: raw float32 RGBA [height, width, 4], scene-linear, premultiplied, bottom row first
+(bake.video.blender_rgba), rewritten for every frame; the reply carries its width and height."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,8 @@ class RenderFrameParams:
     avatar: str
     """Avatar bundle folder."""
     cache: str
-    """Folder to write frame_NNNNNN.npy into."""
+    """Folder holding the frame buffer the pixels are written into (PIXELS_FILE, one file reused for every
+    frame: put it on a RAM-backed folder such as /dev/shm and the pixels never touch a disk)."""
     frame: int
     """The timeline frame."""
     viewmat: list[list[float]]
@@ -162,27 +168,25 @@ def _cached_curves(stamp: tuple[str, int, int], n_expr: int):
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_audio_windows(stamp: tuple[str, int, int], features, fps: float) -> np.ndarray:
-    """Stage 2's audio window of every frame the clip's audio covers [T, D], computed once per audio
-    file, feature set and fps (a frame's window does not depend on the others asked for)."""
-    from emotalker.core.audio.features import frame_audio_windows
-    from emotalker.core.audio.waveform import duration_frames, load_audio
+def _cached_audio_windows(stamp: tuple[str, int, int], features, fps: float):
+    """Stage 2's AudioWindows of a clip's audio, its features computed once per audio file, feature set
+    and fps (a frame's window does not depend on the others asked for)."""
+    from emotalker.core.audio.features import AudioWindows
+    from emotalker.core.audio.waveform import load_audio
 
-    samples = load_audio(stamp[0])
-    return frame_audio_windows(samples, features, fps, np.arange(max(1, duration_frames(len(samples), fps))),
-                               hold_ends=True)
+    return AudioWindows(load_audio(stamp[0]), features, fps)
 
 
 def render_frame(params: RenderFrameParams, ctx) -> dict:
     """Render one frame of an avatar for the viewport or F12.
 
-    Writes <cache>/frame_NNNNNN.npy, RGBA float32 [H,W,4] with straight alpha,
-    and returns its path.
+    Writes <cache>/PIXELS_FILE, the pixels as Blender's buffers take them (so that
+    Blender's UI thread only copies them), and returns its path, width and height.
     """
     import torch
 
     from emotalker.bake.engine import FlameCurves, FrameProducer
-    from emotalker.bake.video import straight_rgba
+    from emotalker.bake.video import blender_rgba
     from emotalker.core.models.avatar import render_avatar
     from emotalker.core.render.camera import Camera
 
@@ -217,20 +221,25 @@ def render_frame(params: RenderFrameParams, ctx) -> dict:
 
         windows = _cached_audio_windows(_file_stamp(params.audio), avatar.audio_features, curves.fps)
         # Frames past the sound hold the nearest window it covers, as the bake's timeline does.
-        stage2 = {"audio": windows[[min(max(frame - 1, 0), len(windows) - 1)]],
+        stage2 = {"audio": lambda frames: windows(frames - 1, hold_ends=True),
                   "camera": camera_code(camera.viewmat)}
     gaussians = FrameProducer(avatar, curves, emotion, intensity, blink, chunk=1, **stage2)(frame)
     with torch.inference_mode():
         out = render_avatar(gaussians, camera)
-    rgba = straight_rgba(out.rgb[0], out.alpha[0])
-    cache = Path(params.cache)
-    cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"frame_{frame:06d}.npy"
+    path = Path(params.cache) / PIXELS_FILE
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, rgba)
+        blender_rgba(out.rgb[0], out.alpha[0]).tofile(tmp)
     return {"path": str(path), "width": camera.width, "height": camera.height}
 
 
-METHODS = {"avatar_proxy": Method(AvatarProxyParams, avatar_proxy), "bake": Method(BakeParams, bake),
-           "render_frame": Method(RenderFrameParams, render_frame)}
+def _bake_paths(params: BakeParams) -> PathUse:
+    clip = params.clip
+    return PathUse(read=(clip.avatar, clip.audio, clip.tracks, clip.camera, clip.flame_curves), write=(clip.out,))
+
+
+METHODS = {
+    "avatar_proxy": Method(AvatarProxyParams, avatar_proxy, lambda p: PathUse(read=(p.avatar,), write=(p.out,))),
+    "bake": Method(BakeParams, bake, _bake_paths),
+    "render_frame": Method(RenderFrameParams, render_frame,
+                           lambda p: PathUse(read=(p.avatar, p.curves, p.audio), write=(p.cache,))),
+}

@@ -18,6 +18,14 @@ unknown, missing or mistyped param is answered at once with one error of kind
 "input" naming the field. A malformed request (not JSON, not a Request, a bad
 id, a cancel whose target is no id, an unknown method) is answered with kind
 "protocol", the request's id when it has a valid one; the worker keeps serving.
+A line is read bounded (MAX_REQUEST_BYTES) and parsed by the one JSON reader
+(depth limit; NaN and Infinity refused), so no line can exhaust memory or end
+the worker.
+
+Paths: the worker reads and writes only under the folders its client declared
+with `configure` (`Roots`); every path a request names is resolved with
+os.path.realpath (so `..` and symlinks cannot step out) and checked as the
+request arrives. See docs/architecture.md, "Worker trust model".
 
 Jobs run one at a time on a job thread while the main thread keeps reading, so
 a cancel arrives mid-job; the job stops at its next progress update (a frame
@@ -28,16 +36,19 @@ stderr: stdout carries the protocol alone.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import sys
 import threading
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, TextIO
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, TextIO
 
 from emotalker import __version__
 from emotalker.core.base.config import from_dict
 from emotalker.core.base.errors import EmoTalkerError, InputError
+from emotalker.core.base.fileio import parse_json
+from emotalker.core.base.limits import MAX_REQUEST_BYTES
 
 PROTOCOL = "emotalker-worker/1"
 
@@ -79,6 +90,62 @@ class NoParams:
     """A method that takes no params."""
 
 
+@dataclass(frozen=True)
+class ConfigureParams:
+    """`configure`: the folders (or single files) this worker may touch from now on; replaces the last set."""
+
+    read: list[str] = field(default_factory=list)
+    """Files and folders the worker may read (the avatar, the audio, the inputs the client wrote)."""
+    write: list[str] = field(default_factory=list)
+    """Folders the worker may write into (the cache and output folders); it may read them too."""
+
+
+@dataclass(frozen=True)
+class PathUse:
+    """The paths a request names: those its job reads and those it writes into (None or "" for unset)."""
+
+    read: tuple[str | None, ...] = ()
+    write: tuple[str | None, ...] = ()
+
+
+def _real(path: str, source: str) -> str:
+    """`path` with `~`, `..` and every symlink resolved; InputError for one the OS cannot take (a NUL byte)."""
+    try:
+        return os.path.realpath(os.path.expanduser(path))
+    except ValueError as exc:  # embedded NUL, a lone surrogate
+        raise InputError(source, f"{path!r} is not a valid path ({exc})") from None
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+@dataclass(frozen=True)
+class Roots:
+    """Where the worker may read and write, as real paths; nothing at all until `configure`."""
+
+    read: tuple[str, ...] = ()
+    write: tuple[str, ...] = ()
+
+    @classmethod
+    def configure(cls, params: ConfigureParams) -> "Roots":
+        """The roots a `configure` request declares; InputError for an empty path."""
+        for name, paths in (("read", params.read), ("write", params.write)):
+            if any(not p for p in paths):
+                raise InputError("configure params", f"{name} holds an empty path")
+        return cls(*(tuple(_real(p, "configure params") for p in paths) for paths in (params.read, params.write)))
+
+    def check(self, use: PathUse, source: str) -> None:
+        """InputError naming the first path of `use` outside these roots (writes: the write roots only)."""
+        for wanted, roots, verb in ((use.read, self.read + self.write, "read"), (use.write, self.write, "write")):
+            for path in filter(None, wanted):
+                real = _real(path, source)
+                if not any(_under(real, root) for root in roots):
+                    declared = ", ".join(roots) or "none declared; send configure first"
+                    raise InputError(source, f"{path!r} is outside the folders this worker may {verb} "
+                                             f"({declared})")
+
+
 def is_id(value: Any) -> bool:
     """A request id is a string or an integer (not a bool, which JSON keeps apart)."""
     return isinstance(value, (str, int)) and not isinstance(value, bool)
@@ -107,6 +174,8 @@ class Method:
     """The dataclass the params are read into (with `from_dict`) as the request arrives."""
     run: Callable[[Any, JobContext], dict]
     """(params as `schema`, context) -> the JSON-able result."""
+    paths: Callable[[Any], PathUse] | None = None
+    """(params as `schema`) -> the paths the job reads and writes, checked against the worker's Roots."""
 
     def parse(self, params: dict | None, source: str) -> Any:
         """`params` read into the schema; InputError naming `source` and the field at fault."""
@@ -143,8 +212,10 @@ def default_methods() -> dict[str, Method]:
 class Worker:
     """Serves JSON-line requests from `inp`, writing replies to `out`."""
 
-    def __init__(self, inp: TextIO, out: TextIO, methods: dict[str, Method] | None = None):
-        self.inp, self.out = inp, out
+    def __init__(self, inp: Iterable[str | bytes | None], out: TextIO, methods: dict[str, Method] | None = None,
+                 roots: Roots = Roots()):
+        """`inp`: request lines (str, or bytes as `request_lines` yields them, None for a line too long)."""
+        self.inp, self.out, self.roots = inp, out, roots
         self.methods = default_methods() if methods is None else methods
         self._write_lock = threading.Lock()
         self._jobs: queue.Queue = queue.Queue()
@@ -161,7 +232,7 @@ class Worker:
         runner.start()
         self.send({"event": "ready", "protocol": PROTOCOL, "emotalker": __version__})
         for line in self.inp:
-            if not line.strip():
+            if line is not None and not line.strip():
                 continue
             try:
                 request = read_request(line)
@@ -170,6 +241,9 @@ class Worker:
                 self._accept(request)
             except Refused as exc:
                 self.send({"id": exc.job_id, "error": {"kind": exc.kind, "message": exc.message}})
+            except Exception as exc:  # a bug in checking a request: report it, keep serving
+                traceback.print_exc(file=sys.stderr)
+                self.send({"id": None, "error": {"kind": "internal", "message": f"{type(exc).__name__}: {exc}"}})
         for ctx in list(self._running.values()):  # stdin closed or shutdown: stop the current job
             ctx.cancel_event.set()
         self._jobs.put(None)
@@ -182,6 +256,9 @@ class Worker:
         if request.method == "cancel":
             self._cancel(request)
             return
+        if request.method == "configure":
+            self._configure(request)
+            return
         method = self.methods.get(request.method)
         if method is None:
             raise Refused(request.id, "protocol", f"unknown method {request.method!r}")
@@ -190,6 +267,8 @@ class Worker:
                                                   f"finished")
         try:
             params = method.parse(request.params, f"{request.method} params")
+            if method.paths is not None:
+                self.roots.check(method.paths(params), f"{request.method} params")
         except InputError as exc:
             raise Refused(request.id, "input", str(exc)) from None
         ctx = JobContext(request.id, self.send)
@@ -208,6 +287,14 @@ class Worker:
         if ctx is not None:
             ctx.cancel_event.set()
         self.send({"id": request.id, "result": {"cancelled": target, "was_running": ctx is not None}})
+
+    def _configure(self, request: Request) -> None:
+        """Replace the roots, in order with the requests around it (a job keeps the check it passed)."""
+        try:
+            self.roots = Roots.configure(from_dict(ConfigureParams, request.params or {}, "configure params"))
+        except InputError as exc:
+            raise Refused(request.id, "input", str(exc)) from None
+        self.send({"id": request.id, "result": {"read": list(self.roots.read), "write": list(self.roots.write)}})
 
     def _run_jobs(self) -> None:
         while (item := self._jobs.get()) is not None:
@@ -233,12 +320,29 @@ class Worker:
             return {"id": ctx.job_id, "error": {"kind": "internal", "message": f"{type(exc).__name__}: {exc}"}}
 
 
-def read_request(line: str) -> Request:
+def request_lines(stream: BinaryIO, limit: int = MAX_REQUEST_BYTES) -> Iterator[bytes | None]:
+    """The lines of `stream` without their newline, never holding more than `limit` + 1 bytes of one;
+    None stands for a line longer than `limit`, whose rest is skipped up to its newline."""
+    while line := stream.readline(limit + 1):
+        if len(line) > limit and not line.endswith(b"\n"):
+            while (rest := stream.readline(limit + 1)) and not rest.endswith(b"\n"):
+                pass
+            yield None
+        else:
+            yield line.rstrip(b"\n")
+
+
+def read_request(line: str | bytes | None) -> Request:
     """One request line -> Request; Refused (kind "protocol") naming what is wrong with it."""
     try:
-        data = json.loads(line)
-    except ValueError as exc:
-        raise Refused(None, "protocol", f"bad request line: {exc}") from None
+        if line is None or len(line) > MAX_REQUEST_BYTES:
+            raise InputError(None, f"longer than {MAX_REQUEST_BYTES} bytes")
+        text = line.decode("utf-8") if isinstance(line, bytes) else line
+        data = parse_json(text, None, "JSON line", allow_nan=False)
+    except UnicodeDecodeError as exc:
+        raise Refused(None, "protocol", f"bad request line: not UTF-8 ({exc})") from None
+    except InputError as exc:
+        raise Refused(None, "protocol", f"bad request line: {exc.problem}") from None
     job_id = data.get("id") if isinstance(data, dict) else None
     job_id = job_id if is_id(job_id) else None  # replies carry the id only when it is one
     try:
@@ -254,4 +358,4 @@ def serve_stdio() -> None:
     """Run the worker on this process's stdin/stdout (stdout then belongs to the protocol)."""
     protocol_out = sys.stdout
     sys.stdout = sys.stderr  # stray prints from libraries must not corrupt the protocol
-    Worker(sys.stdin, protocol_out).serve()
+    Worker(request_lines(sys.stdin.buffer), protocol_out).serve()

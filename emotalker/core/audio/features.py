@@ -11,13 +11,13 @@ Either way the raw sequence is resampled to `sub` samples per video frame and
 padded with `context` frames of (silent) audio on each side, giving one array
 `seq [(T + 2C) * sub, D]`. The window that frame t sees is
 `seq[t * sub : (t + 2C + 1) * sub]`, centred on the frame's time t / fps;
-`frame_windows` cuts those windows out. Keeping the shared sequence rather than
+`frame_windows` (training batches) and `AudioWindows` (bake, viewport) cut those
+windows out. Keeping the shared sequence rather than
 the stacked windows keeps long clips at 1/(2C+1) of the memory.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, get_args
@@ -26,6 +26,7 @@ import numpy as np
 
 from emotalker.core.audio.waveform import SAMPLE_RATE, duration_frames
 from emotalker.core.base.errors import InputError
+from emotalker.core.base.fileio import read_json
 
 FeatureKind = Literal["logmel", "speech"]
 FEATURE_KINDS = get_args(FeatureKind)
@@ -140,7 +141,7 @@ class SpeechEncoder:
         normalize = True
         pre = model_dir / "preprocessor_config.json"
         if pre.is_file():
-            normalize = bool(json.loads(pre.read_text()).get("do_normalize", True))
+            normalize = bool(read_json(pre, "preprocessor config").get("do_normalize", True))
         return cls(model, SAMPLE_RATE / stride, field_ / 2 / SAMPLE_RATE, normalize, int(cfg.hidden_size))
 
     def __call__(self, samples: np.ndarray, chunk_s: float = 20.0, margin_s: float = 1.0) -> np.ndarray:
@@ -245,17 +246,38 @@ def frame_windows(seq, sub: int, context: int):
     return win.transpose(-1, -2).reshape(*seq.shape[:-2], T, W * seq.shape[-1])
 
 
+class AudioWindows:
+    """Stage 2's audio input, cut on demand: the clip's feature sequence is computed once and each
+    frame's window `[(2C+1) * sub * D]` only when asked for, so a bake holds the sequence (1/(2C+1)
+    of the stacked windows) and the windows of one chunk of frames.
+
+    samples [S] at 16 kHz; frames are indices at `fps`, frame 0 starting at audio time 0; the sequence
+    covers `n_frames` (default: the frames the audio covers). A frame's window does not depend on
+    `n_frames` or on which other frames are asked for.
+    """
+
+    def __init__(self, samples: np.ndarray, features: FeatureConfig, fps: float, n_frames: int | None = None):
+        self.n_frames = max(1, duration_frames(len(samples), fps) if n_frames is None else int(n_frames))
+        self.sub, self.context = features.sub, features.context
+        self.seq = AudioFeaturizer(features)(samples, fps, self.n_frames)
+
+    def __call__(self, frames: np.ndarray, hold_ends: bool = False) -> np.ndarray:
+        """The windows of `frames` -> [len(frames), (2C+1) * sub * D] float32. With `hold_ends` (the bake's
+        timeline, which may reach past the sound) a frame past the sequence reads its nearest frame's window."""
+        frames = np.asarray(frames, dtype=np.int64)
+        if hold_ends:
+            frames = np.clip(frames, 0, self.n_frames - 1)
+        elif frames.size and not (0 <= frames.min() and frames.max() < self.n_frames):
+            raise ValueError(f"frames {frames.min()}..{frames.max()} reach outside 0..{self.n_frames - 1}")
+        # Frame t reads seq[t * sub : (t + 2C + 1) * sub], flattened row by row (as frame_windows does).
+        rows = frames[:, None] * self.sub + np.arange((2 * self.context + 1) * self.sub)
+        return np.ascontiguousarray(self.seq[rows].reshape(len(frames), -1), np.float32)
+
+
 def frame_audio_windows(samples: np.ndarray, features: FeatureConfig, fps: float, frames: np.ndarray,
                         hold_ends: bool = False) -> np.ndarray:
-    """Stage 2's audio input: the feature window of each video frame -> [len(frames), (2C+1) * sub * D] float32.
-
-    samples [S] at 16 kHz; frames: frame indices at `fps`, frame 0 starting at audio time 0.
-    A frame's window does not depend on which other frames are asked for. Frames past the end of
-    the audio read the silence it is padded with, or with `hold_ends` (the bake's timeline, which
-    may reach past the sound) the window of the nearest frame the audio covers.
-    """
+    """The windows of `frames` at once (AudioWindows); frames past the end of the audio read the silence it
+    is padded with, or with `hold_ends` the window of the nearest frame the audio covers."""
     frames = np.asarray(frames, dtype=np.int64)
-    if hold_ends:
-        frames = np.clip(frames, 0, duration_frames(len(samples), fps) - 1)
-    seq = AudioFeaturizer(features)(samples, fps, int(frames.max()) + 1)
-    return np.ascontiguousarray(frame_windows(seq, features.sub, features.context)[frames], np.float32)
+    windows = AudioWindows(samples, features, fps, None if hold_ends else int(frames.max()) + 1)
+    return windows(frames, hold_ends)

@@ -51,6 +51,13 @@ def check_range(value: Any, low: int, high: int, source: str | os.PathLike | Non
     return value
 
 
+def check_number(value: Any, low: float, high: float, source: str | os.PathLike | None, what: str) -> float:
+    """A finite number `value` in low..high as a float, or InputError naming `source` and `what`."""
+    if not _is_number(value) or not low <= value <= high:
+        raise InputError(source, f"{what} must be a number in {low:g}..{high:g}, got {value!r}")
+    return float(value)
+
+
 def check_audio_seconds(seconds: float, max_seconds: float, source: str | os.PathLike) -> None:
     """InputError naming the audio file when it lasts longer than `max_seconds`."""
     if seconds > max_seconds:
@@ -63,3 +70,18 @@ def check_frame_count(n_frames: int, max_frames: int, source: str | os.PathLike,
     if n_frames > max_frames:
         raise InputError(source, f"{what} is {n_frames} frames, more than the limit of {max_frames} "
                                  f"(--max-frames raises it)")
+
+MAX_JSON_BYTES = 64 << 20
+"""Largest JSON file read (checked with stat, before reading): a tracks file keyed on every frame of
+MAX_FRAMES frames takes about 30 MB. Parsed, JSON takes up to about ten times its size in memory."""
+MAX_JSON_DEPTH = 100
+"""Deepest nesting of arrays and objects in any JSON we read (ours nest 6 deep at most); deeper input
+would make the parser recurse until Python gives up."""
+MAX_REQUEST_BYTES = 1 << 20
+"""Longest worker request line, in bytes (a bake request is under 2 KB); read bounded, so a longer line
+never sits in memory whole."""
+MAX_ARRAY_BYTES = 1 << 30
+"""Most bytes the arrays of one .npz file may declare (the sum of shape x item size over its members),
+and the most one FLAME pickle may ask to allocate beyond its own bytes (a sparse matrix made dense, an
+array reconstructed by shape). A FLAME model takes about 60 MB, FLAME curves of MAX_FRAMES frames
+about 50 MB."""

@@ -21,7 +21,7 @@ from typing import Any
 
 from emotalker.core.base.emotions import EMOTIONS
 from emotalker.core.base.errors import InputError
-from emotalker.core.base.fileio import read_json, write_json
+from emotalker.core.base.fileio import make_output_folder, read_json, write_json
 
 FORMAT = "emotalker-avatar/1"
 STAGE_FILES = {"neutral": "neutral.safetensors", "a2e": "a2e.safetensors", "emotion": "emotion.safetensors"}
@@ -34,8 +34,7 @@ class AvatarBundle:
     @classmethod
     def create(cls, root: str | os.PathLike) -> "AvatarBundle":
         """Open `root` for writing, making the folder and a fresh avatar.json when absent."""
-        bundle = cls(Path(root))
-        bundle.root.mkdir(parents=True, exist_ok=True)
+        bundle = cls(make_output_folder(root))
         if not bundle.manifest_path.exists():
             write_json(bundle.manifest_path, {"format": FORMAT, "version": 1, "emotions": list(EMOTIONS), "stages": {}})
         return bundle

@@ -6,10 +6,13 @@ objects (arrays wrapped for autodiff) and a scipy sparse `J_regressor`. Plain
 worse, runs whatever a pickle names. `RestrictedFlameUnpickler` resolves only an
 allow-list of numpy reconstruction helpers; chumpy and scipy-sparse classes become
 inert stand-ins that just keep their state, and every other global is refused.
+Nothing a pickle declares is allocated before its size is checked against
+MAX_ARRAY_BYTES: an array built from a shape, a sparse matrix made dense.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 from pathlib import Path
@@ -18,11 +21,28 @@ from typing import Any
 import numpy as np
 
 from emotalker.core.base.errors import InputError
+from emotalker.core.base.limits import MAX_ARRAY_BYTES
 from emotalker.core.rig.flame import FlameModel
 
 # FLAME releases: 300 identity then 100 expression components in shapedirs.
 FLAME_N_SHAPE = 300
 FLAME_N_EXPR = 100
+
+
+class _TooLarge(ValueError):
+    """An array the pickle asks for would take more than MAX_ARRAY_BYTES."""
+
+
+def _declared_bytes(shape: Any, dtype: Any, what: str) -> int:
+    """Bytes an array of `shape` and `dtype` takes; _TooLarge when more than MAX_ARRAY_BYTES."""
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    if not all(isinstance(d, (int, np.integer)) and d >= 0 for d in shape):
+        raise ValueError(f"{what} has an invalid shape {shape!r}")
+    size = math.prod(int(d) for d in shape) * np.dtype(dtype).itemsize
+    if size > MAX_ARRAY_BYTES:
+        raise _TooLarge(f"{what} of shape {shape} would take {size / 2**30:.1f} GiB, more than the limit of "
+                        f"{MAX_ARRAY_BYTES / 2**30:g} GiB")
+    return size
 
 
 class _ChumpyStandIn:
@@ -51,11 +71,19 @@ class _SparseStandIn:
     def __setstate__(self, state: Any) -> None:
         self.state = state if isinstance(state, dict) else {}
 
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.state.get("_shape") or self.state.get("shape") or ())
+
+    def dense_bytes(self) -> int:
+        """What `to_numpy` allocates (checked against MAX_ARRAY_BYTES first: the shape is two numbers)."""
+        return _declared_bytes(self.shape, np.asarray(self.state.get("data", ())).dtype, "a sparse matrix")
+
     def to_numpy(self) -> np.ndarray:
         import scipy.sparse as sp
 
         s = self.state
-        shape = tuple(s.get("_shape") or s.get("shape") or ())
+        shape = self.shape
         if self.kind == "coo":
             return sp.coo_matrix((s["data"], (s["row"], s["col"])), shape=shape).toarray()
         ctor = sp.csc_matrix if self.kind == "csc" else sp.csr_matrix
@@ -83,14 +111,18 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
-def _numpy_globals() -> dict[tuple[str, str], Any]:
+def _multiarray():
     try:  # numpy >= 2 moved the module; pickles name either path
         from numpy._core import multiarray
     except ImportError:
         from numpy.core import multiarray
+    return multiarray
 
+
+def _numpy_globals(unpickler: "RestrictedFlameUnpickler") -> dict[tuple[str, str], Any]:
+    multiarray = _multiarray()
     allowed = {
-        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "ndarray"): unpickler.ndarray,
         ("numpy", "dtype"): np.dtype,
         ("copy_reg", "_reconstructor"): _safe_reconstructor,
         ("copyreg", "_reconstructor"): _safe_reconstructor,
@@ -102,7 +134,7 @@ def _numpy_globals() -> dict[tuple[str, str], Any]:
         allowed[(mod, "set")] = set
         allowed[(mod, "frozenset")] = frozenset
     for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed[(mod, "_reconstruct")] = multiarray._reconstruct
+        allowed[(mod, "_reconstruct")] = unpickler.reconstruct
         allowed[(mod, "scalar")] = multiarray.scalar
     return allowed
 
@@ -113,7 +145,25 @@ class RestrictedFlameUnpickler(pickle.Unpickler):
     def __init__(self, file, path: str | os.PathLike):
         super().__init__(file, encoding="latin1")
         self._path = path
-        self._allowed = _numpy_globals()
+        self._allowed = _numpy_globals(self)
+        self._allocated = 0
+
+    def _charge(self, shape: Any, dtype: Any) -> None:
+        """Count an allocation the pickle asks for; _TooLarge past MAX_ARRAY_BYTES in all."""
+        self._allocated += _declared_bytes(shape, dtype, "an array")
+        _declared_bytes((self._allocated,), np.uint8, "the arrays built so far")
+
+    def ndarray(self, shape: Any, dtype: Any = float, *args: Any) -> np.ndarray:
+        """numpy.ndarray(shape, dtype, ...) as a pickle may call it, after the size check."""
+        self._charge(shape, dtype)
+        return np.ndarray(shape, dtype, *args)
+
+    def reconstruct(self, subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+        """numpy's _reconstruct (what every pickled array starts from), for plain arrays, after the size check."""
+        if subtype not in (self.ndarray, np.ndarray):  # bound methods compare equal, never identical
+            raise pickle.UnpicklingError(f"refusing to reconstruct {subtype!r}")
+        self._charge(shape, dtype)
+        return _multiarray()._reconstruct(np.ndarray, shape, dtype)
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self._allowed:
@@ -142,12 +192,18 @@ def read_flame_pickle(path: str | os.PathLike) -> dict[str, Any]:
             raw = RestrictedFlameUnpickler(fh, path).load()
     except InputError:
         raise
+    except (_TooLarge, MemoryError) as exc:
+        raise InputError(path, f"refusing the FLAME pickle: {exc or 'it asks for more memory than there is'}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
         raise InputError(path, f"not a readable FLAME pickle ({type(exc).__name__}: {exc}); is it truncated?") from None
     if not isinstance(raw, dict):
         raise InputError(path, f"a FLAME pickle holds a dict, this one holds {type(raw).__name__}")
     try:
+        dense = sum(v.dense_bytes() for v in raw.values() if isinstance(v, _SparseStandIn))
+        _declared_bytes((dense,), np.uint8, "its sparse matrices made dense")
         return {k: _to_numpy(v) for k, v in raw.items()}
+    except _TooLarge as exc:
+        raise InputError(path, f"refusing the FLAME pickle: {exc}") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise InputError(path, f"could not rebuild an array: {exc}") from None
 
