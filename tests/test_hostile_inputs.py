@@ -587,3 +587,181 @@ def test_the_worker_answers_a_hostile_line_with_one_protocol_error_and_keeps_ser
     assert replies[1]["id"] is None and replies[1]["error"]["kind"] == "protocol"
     assert replies[1]["error"]["message"].startswith(expected), replies[1]
     assert replies[2]["id"] == "alive" and "result" in replies[2]
+
+
+# --- 5. bake-batch: a lost worker, SIGTERM and SIGINT, shared out folders, manifest types -----------
+
+
+def batch_manifest(folder: Path, baked: Path, clips: list, **doc) -> Path:
+    """`folder`/batch.json: tiny clips (frames 1..4) of the baked avatar and speech; `doc` replaces top-level keys."""
+    path = folder / "batch.json"
+    defaults = {"avatar": str(baked / "avatar"), "audio": str(baked / "speech.wav"), "emotion": "happy",
+                "frames": "1:4"}
+    path.write_text(json.dumps({"format": "emotalker-batch/1", "defaults": defaults, "clips": clips, **doc}))
+    return path
+
+
+def held_bake_job(job):
+    """A batch clip's real bake, except that clip 'held', on its first try, bakes frame 1, writes its pid to
+    <out>/held.pid and waits there for the test to kill it: a worker lost mid-clip, at a known point."""
+    import dataclasses
+    import time
+
+    from emotalker.bake.clip import RunOptions
+    from emotalker.cli.bake import bake_clip_job
+
+    run = RunOptions(device="cpu")
+    pid_file = job.out / "held.pid"
+    if job.id == "held" and not pid_file.exists():
+        bake_clip_job(dataclasses.replace(job, spec=dataclasses.replace(job.spec, frames="1:1")), run)
+        (job.out / "held.tmp").write_text(str(os.getpid()))
+        (job.out / "held.tmp").rename(pid_file)  # whole, or not there
+        time.sleep(120)
+        raise RuntimeError("the test did not kill the held clip")
+    return bake_clip_job(job, run)
+
+
+def children_of(pid: int) -> set[int]:
+    """The child processes of every thread of process `pid`."""
+    return {int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()}
+
+
+def wait_until(ready, what: str, timeout: float = 240) -> None:
+    """Poll `ready()` until it is true (an event: a file appears, processes end); fail after `timeout`."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.05)
+
+
+def test_a_lost_worker_fails_only_its_own_clip_which_runs_again_and_resumes(baked, tmp_path):
+    import signal
+    import threading
+
+    from emotalker.bake.batch import run_batch
+
+    manifest = batch_manifest(tmp_path, baked, [{"id": "held"}, {"id": "b"}, {"id": "c"}])
+    pid_file, ended, killed = tmp_path / "bake" / "held" / "held.pid", threading.Event(), []
+
+    def kill_the_held_clip():
+        wait_until(lambda: pid_file.exists() or ended.is_set(), "the held clip has baked its first frame")
+        if pid_file.exists():
+            pid = int(pid_file.read_text())
+            killed.append((pid, pid in children_of(os.getpid())))  # a process of the batch's, found via its parent
+            os.kill(pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_the_held_clip)
+    killer.start()
+    try:
+        summary = run_batch(manifest, held_bake_job, workers=2, progress="none")
+    finally:
+        ended.set()
+        killer.join()
+    assert len(killed) == 1 and killed[0][1], killed
+    assert summary.retried == {"held": "worker process lost (killed by SIGKILL)"}
+    assert sorted(summary.done) == ["b", "c", "held"] and not summary.failed and summary.exit_code == 0
+    status = json.loads((tmp_path / "batch.status.json").read_text())
+    assert status["clips"] == {"held": "done", "b": "done", "c": "done"} and status["retried"] == summary.retried
+    record = json.loads((tmp_path / "bake" / "held" / ".emotalker-clip.json").read_text())
+    assert (record["result"]["skipped"], record["result"]["written"]) == (1, 3)  # the retry resumed after frame 1
+    for clip in ("held", "b", "c"):
+        frames = sorted(p.name for p in (tmp_path / "bake" / clip).glob(f"{clip}_0*.ply"))
+        assert frames == [f"{clip}_{frame:06d}.ply" for frame in range(1, 5)]
+
+
+def session_processes(session: int) -> list[str]:
+    """'pid state name' of each process of `session` that is still running (zombies have ended)."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # it ended meanwhile
+        state, _ppid, _group, sid = text.rsplit(")", 1)[1].split()[:4]
+        if int(sid) == session and state != "Z":
+            alive.append(f"{stat.parent.name} {state} {text.split('(', 1)[1].rsplit(')', 1)[0]}")
+    return alive
+
+
+def interrupt_batch(baked: Path, tmp_path: Path, signame: str, to_group: bool) -> list[str]:
+    """Start `bake-batch` on three tiny clips, two at a time, and send it `signame` once a clip has baked a frame
+    (to its process group: what Ctrl-C in a terminal does); check that it exits with the shell's status for
+    the signal and one line naming the clips it stopped, that none of its processes is left and that the status
+    file says which clips were interrupted. -> the command line, to run again."""
+    import signal
+
+    manifest = batch_manifest(tmp_path, baked, [{"id": "a"}, {"id": "b"}, {"id": "c"}])
+    args = ["bake-batch", str(manifest), "--workers", "2", "--progress", "none", "--chunk", "1"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    # A session of its own: every process the batch starts (clips, resource tracker) can be found in it.
+    proc = subprocess.Popen([sys.executable, "-m", "emotalker", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        wait_until(lambda: any(tmp_path.glob("bake/*/*_000001.ply")) or proc.poll() is not None,
+                   "a clip has baked its first frame")
+        assert proc.poll() is None, proc.stderr.read()  # clip c waits for a or b: the batch is still running
+        (os.killpg if to_group else os.kill)(proc.pid, getattr(signal, signame))
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    wait_until(lambda: not session_processes(proc.pid), "every process of the batch has ended")
+    state = json.loads((tmp_path / "batch.status.json").read_text())
+    stopped = [clip for clip, s in state["clips"].items() if s == "interrupted"]
+    assert proc.returncode == 128 + getattr(signal, signame) and state["interrupted_by"] == signame
+    assert stopped and set(state["clips"].values()) <= {"done", "interrupted", "pending"}, state
+    assert stderr.splitlines() == [f"emotalker: interrupted by {signame}: stopped clips {', '.join(stopped)}; "
+                                   f"finished clips and frames are kept and a re-run resumes (status: "
+                                   f"{tmp_path / 'batch.status.json'})"]
+    return args
+
+
+def test_sigterm_ends_every_process_of_bake_batch_and_a_rerun_finishes(baked, tmp_path):
+    args = interrupt_batch(baked, tmp_path, "SIGTERM", to_group=False)  # exit status 143
+    rerun = run_cli(*args)
+    assert rerun.returncode == 0, rerun.stderr
+    state = json.loads((tmp_path / "batch.status.json").read_text())
+    assert set(state["clips"].values()) <= {"done", "skipped (finished earlier)"}, state
+    for clip in ("a", "b", "c"):
+        assert len(list((tmp_path / "bake" / clip).glob(f"{clip}_0*.ply"))) == 4
+
+
+def test_ctrl_c_ends_every_process_of_bake_batch_with_one_line(baked, tmp_path):
+    interrupt_batch(baked, tmp_path, "SIGINT", to_group=True)  # exit status 130; the clips print nothing
+
+
+@pytest.mark.parametrize("second_out", ["bake/a", "bake/x/../a", "link"])  # link: a symlink to bake/a
+def test_clips_sharing_an_out_folder_are_refused_before_any_clip_runs(baked, tmp_path, second_out):
+    folder = tmp_path / "bake" / "a"  # clip a's default out folder
+    folder.mkdir(parents=True)
+    (folder / "a_000001.ply").write_bytes(b"a frame of an earlier bake")
+    (tmp_path / "link").symlink_to(folder)
+    manifest = batch_manifest(tmp_path, baked, [{"id": "a"}, {"id": "b", "out": second_out}])
+    before = digests(folder)
+    assert_refused(run_cli("bake-batch", str(manifest), "--progress", "none"),
+                   f"{manifest}: clips 'a' and 'b' share the output folder {os.path.realpath(folder)}; give each "
+                   f"clip its own 'out'")
+    assert digests(folder) == before and sorted(p.name for p in tmp_path.iterdir()) == ["bake", "batch.json", "link"]
+    assert [p.name for p in (tmp_path / "bake").iterdir()] == ["a"]
+
+
+@pytest.mark.parametrize("doc, expected", [
+    ({"clips": [{"id": "a", "fps": "25"}]}, "clips[0].fps must be a number, got '25'"),
+    ({"clips": [{"id": "a", "camera": 5}]}, "clips[0].camera must be a string, got int"),
+    ({"clips": [{"id": "a", "cameras": 5}]}, "unknown field clips[0].cameras (known: audio, avatar, background,"),
+    ({"clips": [{"id": "a", "ply": "no"}]}, "clips[0].ply must be true or false, got 'no'"),
+    ({"clips": [{"id": "a"}, {"id": "b", "mp4": 1}]}, "clips[1].mp4 must be true or false, got 1"),
+    ({"clips": [{"id": "a", "audio": 7}]}, "clips[0].audio must be a string, got int"),
+    ({"clips": [{"id": "a", "background": "white"}]}, "clips[0].background must be a list, got str"),
+    ({"clips": {"a": {"fps": 25}}}, "'clips' must be a non-empty list of clip objects, got dict"),
+    ({"clips": [{"id": "a"}, "b"]}, "clips[1] must be an object, got str"),
+    ({"defaults": ["ply"], "clips": [{"id": "a"}]}, "defaults must be an object, got list"),
+    ({"defaults": {"audio": "a.wav", "avatar": "av", "ply": "no"}, "clips": [{"id": "a"}]},
+     "defaults.ply must be true or false, got 'no'"),
+])
+def test_a_manifest_field_of_the_wrong_json_type_is_refused_naming_it(baked, tmp_path, doc, expected):
+    manifest = batch_manifest(tmp_path, baked, **doc)
+    assert_refused(run_cli("bake-batch", str(manifest), "--progress", "none"), f"{manifest}: {expected}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["batch.json"]

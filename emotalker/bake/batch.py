@@ -1,4 +1,4 @@
-"""Many clips in parallel worker processes: the machinery behind `emotalker bake-batch`.
+"""Many clips in parallel processes: the machinery behind `emotalker bake-batch`.
 
 Manifest (`MANIFEST.json`):
 
@@ -8,43 +8,68 @@ Manifest (`MANIFEST.json`):
                {"id": "line_002", "audio": "audio/line_002.wav", "emotion": "happy", "intensity": 2.0,
                 "out": "/renders/line_002"}]}
 
-- `clips` (required): one object per clip: an `id` and the fields of a
-  `ClipSpec` (emotalker/bake/clip.py: what a clip is), read with their types
-  checked, so an unknown or mistyped field is an error naming the field and the
-  manifest. `audio` and `avatar` are required; `id` defaults to the audio file's
-  stem and must be unique (letters, digits, `._-`).
-- `defaults` (optional): fields every clip gets unless it sets them itself.
+- `clips` (required): a list of one object per clip: an `id` and the fields of
+  a `ClipSpec` (emotalker/bake/clip.py: what a clip is). `audio` and `avatar`
+  are required; `id` defaults to the audio file's stem and must be unique
+  (letters, digits, `._-`).
+- `defaults` (optional): an object of fields every clip gets unless it sets them
+  itself.
+- Every field is type-checked as the ClipSpec field it is, defaults on their
+  own: booleans are JSON true/false (never "no"), numbers are JSON numbers,
+  paths are strings. An unknown or mistyped field is one InputError naming the
+  manifest and the field (`defaults.ply`, `clips[2].fps`), before any clip runs.
 - `out` defaults to `bake/<id>` beside the manifest, `name` to the id, and the
-  outputs to the PLY sequence when a clip asks for none.
+  outputs to the PLY sequence when a clip asks for none. Two clips whose `out`
+  is the same folder (paths resolved, defaults included) are refused before any
+  clip runs: they would share the folder's resume record.
 - Relative paths in the fields `audio tracks out avatar camera flame_curves`
   are taken relative to the manifest's folder.
 - How the clips run (device, threads, ...: `RunOptions`) is not the manifest's
   but the command line's, one for the whole batch.
 
+Running: each clip runs in a (spawned) process of its own, `workers` at once
+(why, see `_ClipProcesses`).
+- A clip whose process is lost without a result (kill -9, the OOM killer, a
+  crash in native code) runs once more, after the clips already waiting; lost
+  again, it fails. Only that clip: the others run on. A clip that fails by
+  raising is not retried (the same input fails the same way).
+- SIGINT (Ctrl-C) and SIGTERM stop every clip's process (SIGTERM, SIGKILL after
+  STOP_GRACE_S), mark the clips they were running "interrupted" in the status
+  file and raise `Interrupted` (the CLI prints one line and exits 130 or 143).
+  Clips ignore a Ctrl-C sent to the whole process group: the batch stops them.
+
 Resuming: when a clip's job succeeds, `<out>/.emotalker-clip.json` records a
-digest of the clip's fields as the manifest gives them (paths resolved); a re-run skips clips whose record matches
-and runs the rest (a clip's own bake resumes its frames). A summary of every
-clip's state and each failure's reason is written beside the manifest as
-`<manifest stem>.status.json` and returned.
+digest of the clip's fields as the manifest gives them (paths resolved); a
+re-run skips clips whose record matches and runs the rest (a clip's own bake
+resumes its frames, which are written atomically, so an interrupted or lost
+clip loses no finished frame). `<manifest stem>.status.json` beside the
+manifest, rewritten as clips start and end, holds every clip's state (pending,
+running, done, skipped, failed, interrupted), each failure's reason, the clips
+retried and why, and the signal that interrupted the batch.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-from concurrent.futures.process import BrokenProcessPool
+import contextlib
 import hashlib
 import json
 import multiprocessing
 import os
 import re
+import signal
+import threading
 import traceback
+from collections import deque
 from dataclasses import dataclass, field, replace
+from multiprocessing import connection
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 from emotalker.bake.clip import ClipSpec, check_clip_fields
-from emotalker.core.base.config import from_dict
-from emotalker.core.base.errors import InputError
+from emotalker.core.base.config import check_fields, from_dict
+from emotalker.core.base.errors import InputError, Interrupted
 from emotalker.core.base.fileio import read_json, write_json
 from emotalker.core.base.progress import Progress
 
@@ -52,6 +77,9 @@ FORMAT = "emotalker-batch/1"
 CLIP_RECORD = ".emotalker-clip.json"
 PATH_FIELDS = ("audio", "tracks", "out", "avatar", "camera", "flame_curves")
 _ID = re.compile(r"^[A-Za-z0-9._-]+$")
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
+STOP_GRACE_S = 10.0
+"""How long a clip's process gets to exit after SIGTERM (or after reporting) before it is killed."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +108,11 @@ class BatchSummary:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    retried: dict[str, str] = field(default_factory=dict)
+    """Clips whose process was lost once and that ran again, with how the first one was lost."""
+    interrupted: list[str] = field(default_factory=list)
+    """Clips still running when SIGINT or SIGTERM (`interrupted_by`) stopped the batch."""
+    interrupted_by: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -88,6 +121,7 @@ class BatchSummary:
     def report(self) -> str:
         """A few lines for the terminal: counts, then one line per failed clip."""
         lines = [f"{len(self.done)} clips baked, {len(self.skipped)} already finished, {len(self.failed)} failed"]
+        lines += [f"  RETRIED {clip} once: {reason}" for clip, reason in self.retried.items()]
         lines += [f"  FAILED {clip}: {reason}" for clip, reason in self.failed.items()]
         return "\n".join(lines)
 
@@ -101,14 +135,10 @@ def load_manifest(path: str | os.PathLike) -> list[ClipJob]:
         raise InputError(path, f"format is {got!r}, expected {FORMAT!r}")
     defaults = doc.get("defaults", {})
     clips = doc.get("clips")
-    if not isinstance(defaults, dict):
-        raise InputError(path, "'defaults' must be an object")
+    # Checked on their own, so that a wrong default is named as one rather than as the first clip's field.
+    check_fields(ClipSpec, defaults, path, "defaults.")
     if not isinstance(clips, list) or not clips:
-        raise InputError(path, "'clips' must be a non-empty list of clip objects")
-    known = sorted(ClipSpec.__dataclass_fields__)
-    unknown = sorted(set(defaults) - set(known))
-    if unknown:  # named here: checked with each clip, it would be named as the first clip's
-        raise InputError(path, f"unknown field defaults.{unknown[0]} (known: {', '.join(known)})")
+        raise InputError(path, f"'clips' must be a non-empty list of clip objects, got {type(clips).__name__}")
     jobs, seen = [], set()
     for i, clip in enumerate(clips):
         job = _clip_job(path, i, clip, defaults)
@@ -116,13 +146,15 @@ def load_manifest(path: str | os.PathLike) -> list[ClipJob]:
             raise InputError(path, f"clip {i}: id {job.id!r} appears twice")
         seen.add(job.id)
         jobs.append(job)
+    _refuse_shared_outs(path, jobs)
     return jobs
 
 
 def _clip_job(path: Path, i: int, clip: Any, defaults: dict) -> ClipJob:
     """Clip `i` of the manifest at `path`, its fields type-checked as a ClipSpec."""
     if not isinstance(clip, dict):
-        raise InputError(path, f"clip {i} must be an object")
+        raise InputError(path, f"clips[{i}] must be an object, got {type(clip).__name__}")
+    check_fields(ClipSpec, {k: v for k, v in clip.items() if k != "id"}, path, f"clips[{i}].")
     fields = {**defaults, **clip}
     if not isinstance(fields.get("audio"), str):
         raise InputError(path, f"clip {i} ({clip.get('id', 'no id')}) has no 'audio' path")
@@ -145,6 +177,17 @@ def _clip_job(path: Path, i: int, clip: Any, defaults: dict) -> ClipJob:
     return ClipJob(clip_id, spec, fields)
 
 
+def _refuse_shared_outs(path: Path, jobs: list[ClipJob]) -> None:
+    """Two clips in one folder would share its resume record (each re-run would bake one over the other)."""
+    owner: dict[str, str] = {}
+    for job in jobs:
+        folder = os.path.realpath(job.out)  # `a/../b`, a symlink and the default bake/<id> compare as folders
+        if folder in owner:
+            raise InputError(path, f"clips {owner[folder]!r} and {job.id!r} share the output folder {folder}; "
+                                   f"give each clip its own 'out'")
+        owner[folder] = job.id
+
+
 def is_finished(job: ClipJob) -> bool:
     """True when the clip's out folder records a successful run with the same fields."""
     record = job.out / CLIP_RECORD
@@ -159,11 +202,12 @@ def is_finished(job: ClipJob) -> bool:
 
 def run_batch(manifest: str | os.PathLike, job_fn: Callable[[ClipJob], Any], *, workers: int = 1,
               progress: str = "bar", status_path: str | os.PathLike | None = None) -> BatchSummary:
-    """Run `job_fn(clip)` for every unfinished clip of the manifest in `workers` processes.
+    """Run `job_fn(clip)` for every unfinished clip of the manifest, each in a process of its own, `workers` at once.
 
-    `job_fn` must be importable by name (a module-level function) since workers
-    are spawned. It raises on failure (an InputError's message becomes the
-    reason); what it returns (JSON-serialisable) is kept in the clip's record.
+    `job_fn` must be importable by name (a module-level function, or a functools.partial of one) since the
+    processes are spawned. It raises on failure (an InputError's message becomes the reason); what it
+    returns (JSON-serialisable) is kept in the clip's record. A clip whose process is lost runs once more;
+    SIGINT and SIGTERM stop every clip's process and raise `Interrupted` (see the module's docstring).
     """
     if workers < 1:
         raise InputError("--workers", f"must be at least 1, got {workers}")
@@ -171,49 +215,214 @@ def run_batch(manifest: str | os.PathLike, job_fn: Callable[[ClipJob], Any], *, 
     jobs = load_manifest(manifest)
     status_path = Path(status_path) if status_path else manifest.with_name(f"{manifest.stem}.status.json")
     summary = BatchSummary()
-    todo = []
+    todo: deque[ClipJob] = deque()
     for job in jobs:
         if is_finished(job):
             summary.skipped.append(job.id)
         else:
             todo.append(job)
     threads = max(1, (os.cpu_count() or 1) // workers)
-    context = multiprocessing.get_context("spawn")  # no fork: torch and threads do not survive it
     with Progress("bake-batch", total=len(jobs), mode=progress, initial=len(summary.skipped)) as bar, \
-            cf.ProcessPoolExecutor(max_workers=min(workers, max(1, len(todo))), mp_context=context,
-                                   initializer=_init_worker, initargs=(threads,)) as pool:
-        futures = {pool.submit(_run_clip, job_fn, job): job for job in todo}
-        try:
-            for future in cf.as_completed(futures):
-                job = futures[future]
-                try:
-                    ok, detail = future.result()
-                except BrokenProcessPool as exc:
-                    ok, detail = False, f"worker process died ({exc})"
-                if ok:
-                    write_json(job.out / CLIP_RECORD, {"format": "emotalker-clip/1", "id": job.id,
-                                                      "digest": job.digest, "result": detail})
-                    summary.done.append(job.id)
-                else:
-                    summary.failed[job.id] = detail
-                bar.update(1)
-                _write_status(status_path, jobs, summary)
-        except KeyboardInterrupt:
-            pool.shutdown(wait=False, cancel_futures=True)
-            _write_status(status_path, jobs, summary)
-            raise
+            _StopSignals() as signals, _ClipProcesses(job_fn, threads) as processes:
+        while todo or processes.running:
+            while todo and len(processes.running) < workers:
+                processes.start(todo.popleft())
+            _write_status(status_path, jobs, summary, processes.running_ids)
+            for job, outcome in processes.wait(*signals.fds):  # clips that ended are recorded even when
+                if _settle(job, outcome, summary, todo):        # a signal came meanwhile
+                    bar.update(1)
+            if signals.caught:
+                _interrupt(signals.caught[0], processes, summary, status_path, jobs)
     _write_status(status_path, jobs, summary)
     return summary
 
 
-def _init_worker(threads: int) -> None:
-    # Share the cores between workers instead of each one taking them all.
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ.setdefault(var, str(threads))
+def _settle(job: ClipJob, outcome: tuple[str, Any], summary: BatchSummary, todo: deque[ClipJob]) -> bool:
+    """Record a clip's outcome ("done", "failed" or "lost"); False when it goes back in the queue instead."""
+    kind, detail = outcome
+    if kind == "lost" and job.id not in summary.retried:
+        summary.retried[job.id] = detail
+        todo.append(job)  # at the back: the clips waiting already go first
+        return False
+    if kind == "done":
+        write_json(job.out / CLIP_RECORD, {"format": "emotalker-clip/1", "id": job.id, "digest": job.digest,
+                                          "result": detail})
+        summary.done.append(job.id)
+    else:
+        summary.failed[job.id] = detail if kind == "failed" else f"{detail}, on its retry too"
+    return True
+
+
+def _interrupt(signum: int, processes: _ClipProcesses, summary: BatchSummary, status_path: Path,
+               jobs: list[ClipJob]) -> None:
+    """Stop every clip's process, record which were stopped, and raise Interrupted."""
+    summary.interrupted = processes.stop()
+    summary.interrupted_by = _signal_name(signum)
+    _write_status(status_path, jobs, summary)
+    stopped = ", ".join(summary.interrupted) or "none"
+    raise Interrupted(signum, f"interrupted by {summary.interrupted_by}: stopped clips {stopped}; finished clips and "
+                              f"frames are kept and a re-run resumes (status: {status_path})")
+
+
+class _StopSignals:
+    """SIGINT and SIGTERM noted instead of acted on at once, and made to wake the batch's wait (`fds`).
+
+    The batch then stops its clips' processes at one known point of its loop, rather than an exception
+    raised anywhere (say, between starting a process and recording it) leaving one behind. Only the main
+    thread can handle signals: in another thread this changes nothing and `fds` is empty.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self) -> _StopSignals:
+        self.caught: list[int] = []
+        self.fds: tuple[int, ...] = ()
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        self._pipe = os.pipe()
+        os.set_blocking(self._pipe[1], False)  # set_wakeup_fd's requirement
+        self._old_wakeup = signal.set_wakeup_fd(self._pipe[1])
+        self._old = {signum: signal.signal(signum, self._note) for signum in self.SIGNALS}
+        self.fds = (self._pipe[0],)
+        return self
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self.caught.append(signum)
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self.fds:
+            return
+        for signum, handler in self._old.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        signal.set_wakeup_fd(self._old_wakeup)
+        for fd in self._pipe:
+            os.close(fd)
+
+
+class _ClipProcesses:
+    """The clips' processes, one per clip, each with a pipe that carries its one result back.
+
+    One process per clip rather than a pool of long-lived workers, because it is the simplest to reason
+    about: a process that dies (kill -9, the OOM killer, a crash in native code) takes exactly one known
+    clip with it and nothing needs rebuilding, whereas a broken ProcessPoolExecutor fails every clip it
+    holds and cannot say which one was lost; stopping the batch is stopping the processes listed here;
+    and no memory is carried from one clip to the next. The price is one interpreter start and torch
+    import per clip (seconds), small beside a clip's bake.
+    """
+
+    def __init__(self, job_fn: Callable[[ClipJob], Any], threads: int):
+        self._context = multiprocessing.get_context("spawn")  # no fork: torch and threads do not survive it
+        self._job_fn = job_fn
+        # Share the cores between the clips instead of each one taking them all (read at import in the child).
+        self._environment = {var: str(threads) for var in THREAD_VARS}
+        self.running: dict[Connection, tuple[ClipJob, BaseProcess]] = {}
+
+    def __enter__(self) -> _ClipProcesses:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()  # whatever ended the batch, no clip's process outlives it
+
+    @property
+    def running_ids(self) -> list[str]:
+        return [job.id for job, _ in self.running.values()]
+
+    def start(self, job: ClipJob) -> None:
+        reader, writer = self._context.Pipe(duplex=False)
+        process = self._context.Process(target=_clip_process, args=(self._job_fn, job, writer),
+                                        name=f"bake-batch {job.id}")
+        with _environment_added(self._environment), _sigint_blocked():
+            process.start()
+        writer.close()  # the child's copy is then the only one: the pipe reads as ended when the child ends
+        self.running[reader] = (job, process)
+
+    def wait(self, *fds: int) -> list[tuple[ClipJob, tuple[str, Any]]]:
+        """Block until a clip's process reports or ends, or one of `fds` is readable -> the clips that ended."""
+        ready = connection.wait([*self.running, *fds])
+        finished = []
+        for reader in ready:
+            if reader in self.running:
+                job, process = self.running.pop(reader)
+                finished.append((job, _outcome(reader, process)))
+        return finished
+
+    def stop(self) -> list[str]:
+        """End every running clip's process (SIGTERM; SIGKILL after a grace period) -> the clips stopped."""
+        stopped, running = self.running_ids, list(self.running.items())
+        self.running.clear()
+        for _, (_, process) in running:
+            process.terminate()
+        for reader, (_, process) in running:
+            _end(process)
+            reader.close()
+        return stopped
+
+
+def _outcome(reader: Connection, process: BaseProcess) -> tuple[str, Any]:
+    """("done", result), ("failed", reason) or ("lost", why) for a clip process whose pipe became readable."""
+    try:
+        ok, detail = json.loads(reader.recv_bytes())
+    except (EOFError, OSError):  # the process ended without a (whole) result
+        ok = detail = None
+    _end(process)
+    reader.close()
+    if ok is None:
+        code = process.exitcode
+        why = f"killed by {_signal_name(-code)}" if code < 0 else f"exit status {code} without a result"
+        return "lost", f"worker process lost ({why})"
+    return ("done" if ok else "failed"), detail
+
+
+def _end(process: BaseProcess) -> None:
+    """Wait for a process that was told to end or has reported (it only has to exit), killing it after STOP_GRACE_S."""
+    process.join(STOP_GRACE_S)
+    if process.exitcode is None:
+        process.kill()
+        process.join()
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+@contextlib.contextmanager
+def _environment_added(values: dict[str, str]) -> Iterator[None]:
+    """`values` in os.environ meanwhile (a process started now inherits them), leaving variables already set."""
+    added = {name: value for name, value in values.items() if name not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT blocked meanwhile: a process started now starts with it blocked (the mask is inherited),
+    until it ignores it; one that arrives meanwhile is delivered here afterwards."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _clip_process(job_fn: Callable[[ClipJob], Any], job: ClipJob, result: Connection) -> None:
+    """A clip's process: run the clip, send [ok, result or reason] as JSON, exit."""
+    # Ctrl-C in a terminal reaches the whole process group; the batch decides what to stop (with SIGTERM),
+    # so a clip ignores it instead of dying with a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    result.send_bytes(json.dumps(_run_clip(job_fn, job)).encode())
+    result.close()
 
 
 def _run_clip(job_fn: Callable[[ClipJob], Any], job: ClipJob) -> tuple[bool, Any]:
-    """In a worker: run one clip; (True, result) or (False, reason). Never raises an Exception."""
+    """In a clip's process: run it; (True, result) or (False, reason). Never raises an Exception."""
     try:
         result = job_fn(job)
         json.dumps(result)  # the record must be able to hold it
@@ -225,12 +434,18 @@ def _run_clip(job_fn: Callable[[ClipJob], Any], job: ClipJob) -> tuple[bool, Any
         return False, f"{type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno})"
 
 
-def _write_status(path: Path, jobs: list[ClipJob], summary: BatchSummary) -> None:
+def _write_status(path: Path, jobs: list[ClipJob], summary: BatchSummary, running: Iterable[str] = ()) -> None:
     state = {job.id: "pending" for job in jobs}
+    state.update({c: "running" for c in running})
     state.update({c: "done" for c in summary.done})
     state.update({c: "skipped (finished earlier)" for c in summary.skipped})
     state.update({c: "failed" for c in summary.failed})
+    state.update({c: "interrupted" for c in summary.interrupted})
+    status = {"format": "emotalker-batch-status/1", "clips": state, "failed": summary.failed,
+              "retried": summary.retried}
+    if summary.interrupted_by:
+        status["interrupted_by"] = summary.interrupted_by
     try:
-        write_json(path, {"format": "emotalker-batch-status/1", "clips": state, "failed": summary.failed})
+        write_json(path, status)
     except OSError:
         pass  # a read-only manifest folder must not fail the batch; the summary is still returned

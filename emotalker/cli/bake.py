@@ -26,7 +26,8 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("bake-batch", help="bake many clips (a manifest of audio + tracks) in parallel processes, resumably")
     p.add_argument("manifest", help="batch manifest JSON (emotalker-batch/1; see emotalker/bake/batch.py)")
-    p.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="clips baked at once, each in a process of its own (default 1)")
     p.add_argument("--out", help="folder every clip's output must lie in (default: the manifest's folder)")
     # The manifest says what each clip is; how they run is the command line's, for every clip. The
     # clips' processes share the CPUs unless told otherwise.

@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from emotalker.core.base.errors import EmoTalkerError
+    from emotalker.core.base.errors import EmoTalkerError, Interrupted
 
     args = build_parser().parse_args(argv)
     try:
@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     except EmoTalkerError as exc:
         print(f"emotalker: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"emotalker: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except OSError as exc:
         # An I/O fault (a full disk, a folder made read-only mid-run): one line, status 1. Frames and
         # files already written are whole (atomic writes), so a re-run resumes.

@@ -11,7 +11,8 @@ the string literal on the line after the field, as in
 `field_docs` reads those strings from the source, so the command line's help
 (emotalker/cli/options.py) quotes the code itself;
 `from_dict` builds a config from JSON-like data (a worker request, a file),
-rejecting unknown fields and wrong types with one error naming the field.
+rejecting unknown fields and wrong types with one error naming the field
+(`check_fields` checks partial data, such as a manifest's defaults, the same way).
 """
 
 from __future__ import annotations
@@ -117,20 +118,25 @@ def _check(value: Any, tp: Any, where: str, source: Any) -> Any:
 def from_dict(cls: type[T], data: dict, source: Any = None, prefix: str = "") -> T:
     """`cls(**data)` with every field type-checked and nested configs built; unknown or missing
     fields are an InputError naming the field and `source` (a file, or a request)."""
+    values = check_fields(cls, data, source, prefix)
+    for f in dataclasses.fields(cls):
+        if (f.init and f.name not in values and f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING):
+            raise InputError(source, f"missing field {prefix}{f.name}")
+    return cls(**values)
+
+
+def check_fields(cls: type, data: dict, source: Any = None, prefix: str = "") -> dict[str, Any]:
+    """The fields `data` gives, each type-checked as a field of `cls` (converted where lossless);
+    an unknown field is an InputError. Missing fields are not: for partial data such as defaults."""
     if not isinstance(data, dict):
         raise InputError(source, f"{prefix.rstrip('.') or cls.__name__} must be an object, got {type(data).__name__}")
     types_ = field_types(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
+    known = sorted(f.name for f in dataclasses.fields(cls) if f.init)
+    unknown = sorted(set(data) - set(known))
     if unknown:
-        raise InputError(source, f"unknown field {prefix}{unknown[0]} (known: {', '.join(sorted(fields))})")
-    values = {}
-    for name, f in fields.items():
-        if name in data:
-            values[name] = _check(data[name], types_[name], prefix + name, source)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise InputError(source, f"missing field {prefix}{name}")
-    return cls(**values)
+        raise InputError(source, f"unknown field {prefix}{unknown[0]} (known: {', '.join(known)})")
+    return {name: _check(value, types_[name], prefix + name, source) for name, value in data.items()}
 
 
 def to_dict(config: Any) -> dict:

@@ -21,3 +21,15 @@ class InputError(EmoTalkerError):
         self.path = None if path is None else os.fspath(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped a command that stops its own child processes first (bake-batch).
+
+    A KeyboardInterrupt, so that code which cleans up after Ctrl-C does so here too; the CLI prints
+    the message as one line and exits with the shell's status for the signal, 128 + `signum`.
+    """
+
+    def __init__(self, signum: int, message: str):
+        self.signum = signum
+        super().__init__(message)
