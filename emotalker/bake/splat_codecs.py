@@ -119,12 +119,15 @@ def _spz_rotation_bits(values: np.ndarray) -> np.ndarray:
 
 
 def _spz_sh(rest: np.ndarray) -> np.ndarray:
-    """f_rest [N, 3, K-1] (RUB signs applied) -> uint8 [N, K-1, 3], each coefficient kept to its band's bits."""
-    n, _, m = rest.shape
-    q = np.round(rest.transpose(0, 2, 1) * 128.0) + 128.0
-    bucket = np.array([2 ** (8 - SPZ_SH_BITS[0 if j < 3 else 1]) for j in range(m)], dtype=np.float64)[None, :, None]
-    q = np.floor((q + bucket / 2) / bucket) * bucket
-    return np.clip(q, 0, 255).astype(np.uint8)
+    """f_rest [N, 3, K-1] (RUB signs applied) -> uint8 [N, K-1, 3], each coefficient kept to its band's bits.
+
+    Clamping to 0..255 before rounding to the band's steps gives what rounding first and clamping after
+    gives, and keeps the arithmetic in small integers (the steps are powers of two)."""
+    m = rest.shape[2]
+    q = np.clip(np.rint(rest.astype(np.float32) * np.float32(128.0)), -128, 127).astype(np.int16) + 128
+    step = np.array([1 << (8 - SPZ_SH_BITS[0 if j < 3 else 1]) for j in range(m)], dtype=np.int16)
+    q = (q + step // 2) & ~(step - 1)
+    return np.minimum(q, 255).astype(np.uint8).transpose(0, 2, 1)
 
 
 def encode_spz(rows: np.ndarray) -> bytes:
@@ -143,7 +146,7 @@ def encode_spz(rows: np.ndarray) -> bytes:
     sh = _spz_sh(c["rest"] * spz_sh_signs(c["rest"].shape[2] + 1)[None, None, :])
     header = struct.pack("<IIIBBBB", SPZ_MAGIC, SPZ_VERSION, n, c["degree"], bits, 0, 0)
     payload = b"".join([header, positions.tobytes(), alphas.tobytes(), colors.tobytes(), scales.tobytes(),
-                        rotations.tobytes(), sh.tobytes()])
+                        rotations.tobytes(), np.ascontiguousarray(sh).tobytes()])
     return gzip.compress(payload, compresslevel=6, mtime=0)  # mtime 0: the same frame gives the same bytes
 
 
