@@ -283,7 +283,7 @@ def check_clip_fields(clip: ClipSpec) -> str:
     if clip.preset not in (None, "unity"):
         raise InputError("--preset", f"must be unity, got {clip.preset!r}")
     if clip.preset == "unity" and (clip.sh_degree not in (None, 3) or clip.up_axis != "y"):
-        raise InputError("--preset", "unity writes SH degree 3, y up (Unity's importer converts the axes itself); "
+        raise InputError("--preset", "unity writes SH degree 3, y up (the layout of aras-p's importer); "
                                      "drop --sh-degree / --up-axis or the preset")
     name = clip.name or default_name(clip.audio)
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
