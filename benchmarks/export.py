@@ -95,7 +95,10 @@ def write_all(frames: list, folder: Path) -> dict[str, dict]:
 def decoded_by_splat_transform(path: Path, folder: Path) -> PlyFrame:
     """The frame as splat-transform converts it to PLY, its columns put in our PLY's order (normals zero)."""
     out = folder / (path.name.replace(".", "_") + "_decoded.ply")
-    subprocess.run(["node", str(SPLAT_TRANSFORM), "-q", "-w", str(path), str(out)], check=True, timeout=300)
+    run = subprocess.run(["node", str(SPLAT_TRANSFORM), "-q", "-w", str(path), str(out)], capture_output=True,
+                         text=True, timeout=300)  # its SPZ decoder logs to stdout even with -q
+    if run.returncode != 0:
+        sys.exit(f"splat-transform could not convert {path}: {run.stderr.strip()}")
     decoded = read_ply(out)
     degree = {0: 0, 9: 1, 24: 2, 45: 3}[sum(n.startswith("f_rest_") for n in decoded.names)]
     names = ply_property_names(degree)
