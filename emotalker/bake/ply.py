@@ -112,15 +112,19 @@ def write_ply(path: str | os.PathLike, gaussians: Any, *, sh_degree: int | None 
     `sh_degree` None keeps the container's degree. `atomic=False` writes `path`
     directly (for callers that already write to a temporary file).
     """
+    return write_rows(path, frame_rows(gaussians, sh_degree=sh_degree, up_axis=up_axis), atomic=atomic)
+
+
+def frame_rows(gaussians: Any, *, sh_degree: int | None = None, up_axis: str = "y") -> np.ndarray:
+    """The PLY rows [N, P] of one frame of `Gaussians` (what every encoding is made from)."""
     arrays = [_numpy(getattr(gaussians, f)) for f in ("means", "quats", "log_scales", "opacity_logits", "sh")]
-    rows = gaussian_rows(*arrays, sh_degree=sh_degree, up_axis=up_axis)
-    return write_rows(path, rows, atomic=atomic)
+    return gaussian_rows(*arrays, sh_degree=sh_degree, up_axis=up_axis)
 
 
 def write_rows(path: str | os.PathLike, rows: np.ndarray, atomic: bool = True) -> int:
     """Write PLY rows [N, P] float32 (P fixes the SH degree); returns the bytes written."""
     n, p = rows.shape
-    header = ply_header(n, _degree_for_columns(p))
+    header = ply_header(n, degree_for_columns(p))
     rows = np.ascontiguousarray(rows, dtype="<f4")
     if not atomic:
         _write_file(path, header, rows)
@@ -145,7 +149,7 @@ class PlyFrame:
 
     @property
     def sh_degree(self) -> int:
-        return _degree_for_columns(len(self.names))
+        return degree_for_columns(len(self.names))
 
     def column(self, name: str) -> np.ndarray:
         return self.rows[:, self.names.index(name)]
@@ -225,8 +229,7 @@ def write_frame(path: str | os.PathLike, gaussians: Any, *, encoding: str = "ply
         return write_ply(path, gaussians, sh_degree=sh_degree, up_axis=up_axis, atomic=False)
     from emotalker.bake.splat_codecs import ENCODERS
 
-    arrays = [_numpy(getattr(gaussians, f)) for f in ("means", "quats", "log_scales", "opacity_logits", "sh")]
-    data = ENCODERS[encoding](gaussian_rows(*arrays, sh_degree=sh_degree, up_axis=up_axis))
+    data = ENCODERS[encoding](frame_rows(gaussians, sh_degree=sh_degree, up_axis=up_axis))
     Path(path).write_bytes(data)
     return len(data)
 
@@ -261,7 +264,8 @@ def ply_sink(out_dir: str | os.PathLike, name: str, *, sh_degree: int, up_axis: 
     return FrameSink(encoding, Path(out_dir), frame_pattern(name, encoding), write)
 
 
-def _degree_for_columns(p: int) -> int:
+def degree_for_columns(p: int) -> int:
+    """The SH degree 0..3 of a PLY frame with `p` columns; ValueError when none fits."""
     for degree in range(4):
         if len(ply_property_names(degree)) == p:
             return degree

@@ -34,7 +34,7 @@ import struct
 
 import numpy as np
 
-from emotalker.bake.ply import ply_property_names
+from emotalker.bake.ply import degree_for_columns
 
 SH_C0 = 0.28209479177387814
 SQRT1_2 = math.sqrt(0.5)
@@ -68,14 +68,13 @@ def spz_sh_signs(k: int) -> np.ndarray:
 def _columns(rows: np.ndarray) -> dict[str, np.ndarray]:
     """The rows' attributes by name, float64: position, dc, rest [N, 3, K-1], opacity, scale, rot (wxyz)."""
     n, p = rows.shape
-    k = next(((d + 1) ** 2 for d in range(4) if len(ply_property_names(d)) == p), None)
-    if k is None:
-        raise ValueError(f"{p} PLY columns match no SH degree 0..3")
+    degree = degree_for_columns(p)
+    k = (degree + 1) ** 2
     r = np.asarray(rows, dtype=np.float64)
     n_rest = 3 * (k - 1)
     return {"position": r[:, 0:3], "dc": r[:, 6:9], "rest": r[:, 9:9 + n_rest].reshape(n, 3, k - 1),
             "opacity": r[:, 9 + n_rest], "scale": r[:, 10 + n_rest:13 + n_rest], "rot": r[:, 13 + n_rest:17 + n_rest],
-            "degree": int(round(math.sqrt(k))) - 1}
+            "degree": degree}
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
