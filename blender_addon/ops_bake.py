@@ -151,19 +151,28 @@ class EMOTALKER_OT_rebake(_BakedJobOperator, bpy.types.Operator):
         self.report({"INFO"}, f"re-baked {result['written']} frames from the edited curves")
 
 
+def export_clip_fields(props) -> dict:
+    """The ClipSpec fields of the avatar's export format (properties.EXPORT_FORMATS) and settings."""
+    settings = {"sh_degree": int(props.sh_degree), "up_axis": props.up_axis.lower()}
+    return {"PLY": {"ply": True, **settings}, "UNITY": {"preset": "unity"},
+            "SPZ": {"spz": True, **settings}, "COMPRESSED_PLY": {"compressed_ply": True, **settings}}[props.export_format]
+
+
 class EMOTALKER_OT_export_ply(_ExportOperator, bpy.types.Operator):
-    """Export the baked avatar as a numbered PLY sequence (INRIA 3DGS) with a JSON sidecar"""
+    """Export the baked avatar as a numbered splat sequence (PLY, Unity PLY, SPZ or compressed PLY) with a JSON sidecar"""
 
     bl_idname = "emotalker.export_ply"
-    bl_label = "Export PLY Sequence"
+    bl_label = "Export Splat Sequence"
 
     def make_job(self, context, avatar):
-        props = avatar.emotalker
-        return BakeJob(context, avatar, Path(bpy.path.abspath(self.directory)), flame_curves=edited_curves_file(avatar),
-                       clip={"sh_degree": int(props.sh_degree), "up_axis": props.up_axis.lower(), "name": avatar.name})
+        return BakeJob(context, avatar, Path(bpy.path.abspath(self.directory)), exports=(),
+                       flame_curves=edited_curves_file(avatar),
+                       clip={**export_clip_fields(avatar.emotalker), "name": avatar.name})
 
     def finished(self, context, avatar, result):
-        self.report({"INFO"}, f"wrote {result['frame_end'] - result['frame_start'] + 1} PLY frames to {result['out']}")
+        n = result["frame_end"] - result["frame_start"] + 1
+        self.report({"INFO"}, f"wrote {n} {avatar.emotalker.export_format.replace('_', ' ').lower()} frames to "
+                              f"{result['out']}")
 
 
 def write_camera_file(context, avatar, path: Path) -> str:

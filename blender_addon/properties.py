@@ -12,6 +12,13 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, PointerProperty
 # A copy of emotalker/core/base/emotions.py (the add-on cannot import emotalker); tests/test_emotions.py checks they agree.
 EMOTIONS = ("neutral", "angry", "contempt", "disgusted", "fear", "happy", "sad", "surprised")
 MAX_INTENSITY = 3.0
+# The export formats: (identifier, label, description); ops_bake.export_clip_fields says what each asks the bake for.
+EXPORT_FORMATS = [
+    ("PLY", "PLY", "INRIA 3DGS PLY, one a frame, at the SH degree and up axis set here"),
+    ("UNITY", "Unity PLY", "PLY at SH degree 3, Y up: aras-p's UnityGaussianSplatting importer (ignores the settings)"),
+    ("SPZ", "SPZ", "Niantic SPZ, one a frame: about 10x smaller (web viewers, Spark, Babylon.js)"),
+    ("COMPRESSED_PLY", "Compressed PLY", "PlayCanvas compressed PLY, one a frame (SuperSplat, PlayCanvas)"),
+]
 
 
 def _emotion(name: str) -> FloatProperty:
@@ -32,6 +39,8 @@ class EmoTalkerAvatarProps(bpy.types.PropertyGroup):
     sh_degree: EnumProperty(name="SH degree", items=[(str(d), str(d), "") for d in range(4)], default="3")
     up_axis: EnumProperty(name="Up axis", items=[("Z", "Z up", "Blender, Unreal"), ("Y", "Y up", "FLAME, Unity, glTF")],
                           default="Z")
+    export_format: EnumProperty(name="Format", items=EXPORT_FORMATS, default="PLY",
+                                description="How the exported frames are stored (docs/exports.md)")
     __annotations__.update({name: _emotion(name) for name in EMOTIONS})
 
 

@@ -43,7 +43,9 @@ class EMOTALKER_PT_main(bpy.types.Panel):
         box.label(text="Preview: set the render engine to EmoTalker Splats", icon="SHADING_RENDERED")
         box = layout.box()
         box.label(text="Export", icon="EXPORT")
+        box.prop(props, "export_format")
         row = box.row(align=True)
+        row.enabled = props.export_format != "UNITY"  # the preset fixes both
         row.prop(props, "sh_degree")
         row.prop(props, "up_axis", text="")
         box.operator("emotalker.export_ply", icon="POINTCLOUD_DATA")

@@ -287,6 +287,26 @@ def test_export_operator_writes_a_valid_ply_sequence(baked_scene):
         assert str(edited["format"]) == CURVES_FORMAT
 
 
+def test_export_operator_offers_unity_spz_and_compressed_ply(baked_scene):
+    from emotalker.bake.ply import ply_property_names, read_ply
+
+    avatar, tmp_path = baked_scene
+    assert bpy.ops.emotalker.bake() == {"FINISHED"}
+    avatar.emotalker.sh_degree, avatar.emotalker.up_axis = "0", "Z"  # the Unity preset overrides both
+    expected = {"UNITY": ("Ava_{:06d}.ply", "Ava.json", "emotalker-plyseq/1", 3, "y"),
+                "SPZ": ("Ava_{:06d}.spz", "Ava.spz.json", "emotalker-spzseq/1", 0, "z"),
+                "COMPRESSED_PLY": ("Ava_{:06d}.compressed.ply", "Ava.compressed-ply.json",
+                                   "emotalker-compressed-plyseq/1", 0, "z")}
+    for fmt, (pattern, sidecar_name, sidecar_format, degree, up) in expected.items():
+        avatar.emotalker.export_format = fmt
+        out = tmp_path / f"export_{fmt.lower()}"
+        assert bpy.ops.emotalker.export_ply(directory=str(out)) == {"FINISHED"}
+        assert sorted(p.name for p in out.glob("Ava_0*")) == [pattern.format(i) for i in range(1, 11)]
+        sidecar = __import__("json").loads((out / sidecar_name).read_text())
+        assert (sidecar["format"], sidecar["sh_degree"], sidecar["up_axis"]) == (sidecar_format, degree, up)
+    assert read_ply(tmp_path / "export_unity" / "Ava_000001.ply").names == ply_property_names(3)
+
+
 def test_cancelling_a_bake_leaves_only_whole_frames(baked_scene):
     from blender_addon.bake_job import BakeJob
 

@@ -14,11 +14,13 @@ threads, batch size, progress, starting over). Steps:
 3. the resumable frame loop (emotalker.bake.sequence) over the frame range:
    per-frame Gaussians (core.models.avatar.Avatar: Stage 1, + Stage 2 when present, which
    also reads the frame's audio window and the camera's direction) to
-   `<name>_NNNNNN.ply` and/or rendered `<name>_NNNNNN.png`;
-4. the sidecar `<name>.json` (PLY), then `<name>.mp4` with the audio (from the PNGs).
+   `<name>_NNNNNN.ply` (and/or `.spz`, `.compressed.ply`) and/or rendered `<name>_NNNNNN.png`;
+4. the sidecars `<name>.json` (PLY), `<name>.spz.json`, `<name>.compressed-ply.json`, then
+   `<name>.mp4` with the audio (from the PNGs).
 
-Outputs in `out`: `<name>_flame.npz`, `<name>_NNNNNN.ply`, `<name>.json`,
-`<name>_NNNNNN.png`, `<name>_camera.json`, `<name>.mp4`. `--mp4` renders the PNG
+Outputs in `out`: `<name>_flame.npz`, `<name>_NNNNNN.ply`, `<name>.json`, the compressed
+frames and their sidecars (docs/exports.md), `<name>_NNNNNN.png`, `<name>_camera.json`,
+`<name>.mp4`. `--preset unity` is `--ply --sh-degree 3 --up-axis y`. `--mp4` renders the PNG
 frames too (they are what the video is made of, and what a re-run resumes from).
 """
 
@@ -70,6 +72,13 @@ class ClipSpec:
     """The shorthand's constant intensity, 0..3 (default 1)."""
     ply: bool = False
     """Write the PLY sequence <name>_NNNNNN.ply and its <name>.json sidecar."""
+    spz: bool = False
+    """Write the SPZ sequence <name>_NNNNNN.spz (Niantic SPZ v3) and its <name>.spz.json sidecar."""
+    compressed_ply: bool = False
+    """Write PlayCanvas compressed PLY frames <name>_NNNNNN.compressed.ply and their <name>.compressed-ply.json sidecar."""
+    preset: Literal["unity"] | None = None
+    """A consumer's PLY preset: unity = the PLY sequence at SH degree 3 (all 45 f_rest, zero-padded), y up, for
+    aras-p's UnityGaussianSplatting importer (docs/exports.md)."""
     png: bool = False
     """Write RGBA PNG frames <name>_NNNNNN.png."""
     mp4: bool = False
@@ -97,7 +106,22 @@ class ClipSpec:
 
     def with_default_export(self) -> ClipSpec:
         """This clip, asking for the PLY sequence (the bake's main product) when it asks for no output."""
-        return self if self.ply or self.png or self.mp4 else replace(self, ply=True)
+        return self if self.exports_anything() else replace(self, ply=True)
+
+    def exports_anything(self) -> bool:
+        return any((self.ply, self.spz, self.compressed_ply, self.preset, self.png, self.mp4))
+
+    def with_preset(self) -> ClipSpec:
+        """This clip with its preset's fields set (the unity preset: --ply --sh-degree 3 --up-axis y)."""
+        if self.preset is None:
+            return self
+        return replace(self, ply=True, sh_degree=3, up_axis="y", preset=None)
+
+    def encodings(self) -> list[str]:
+        """The Gaussian frame encodings asked for (emotalker.bake.ply.ENCODINGS), after the preset."""
+        clip = self.with_preset()
+        return [e for e, wanted in (("ply", clip.ply), ("spz", clip.spz), ("compressed-ply", clip.compressed_ply))
+                if wanted]
 
 
 @dataclass(frozen=True)
@@ -221,6 +245,7 @@ def open_clip(clip: ClipSpec, run: RunOptions) -> ClipInputs:
     from emotalker.core.rig.flame import FlameModel
 
     name = check_clip_fields(clip)
+    clip = clip.with_preset()
     _check_run(run)
     device = resolve_device(run.device)
     if run.threads is not None:
@@ -249,12 +274,17 @@ def open_clip(clip: ClipSpec, run: RunOptions) -> ClipInputs:
 def check_clip_fields(clip: ClipSpec) -> str:
     """The values of `clip` no type says are wrong (outputs, axis, degree, name, limits), checked before any
     file is read; returns the file name stem. A batch manifest's clips are checked with it as it is read."""
-    if not (clip.ply or clip.png or clip.mp4):
-        raise InputError(None, "nothing to export: give --ply, --png and/or --mp4")
+    if not clip.exports_anything():
+        raise InputError(None, "nothing to export: give --ply, --spz, --compressed-ply, --preset, --png and/or --mp4")
     if clip.up_axis not in ("y", "z"):
         raise InputError("--up-axis", f"must be y or z, got {clip.up_axis!r}")
     if clip.sh_degree is not None and not 0 <= clip.sh_degree <= 3:
         raise InputError("--sh-degree", f"must be 0..3, got {clip.sh_degree}")
+    if clip.preset not in (None, "unity"):
+        raise InputError("--preset", f"must be unity, got {clip.preset!r}")
+    if clip.preset == "unity" and (clip.sh_degree not in (None, 3) or clip.up_axis != "y"):
+        raise InputError("--preset", "unity writes SH degree 3, y up (the layout of aras-p's importer); "
+                                     "drop --sh-degree / --up-axis or the preset")
     name = clip.name or default_name(clip.audio)
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
         raise InputError("--name", f"{name!r} must be letters, digits, '.', '_' or '-'")
@@ -358,15 +388,13 @@ def _frame_producer(inputs: ClipInputs, curves: FlameCurves, chunk: int):
 
 
 def _frame_sinks(inputs: ClipInputs, threads: int | None) -> list:
-    """The per-frame outputs the clip asks for: PLY files, rendered PNGs."""
+    """The per-frame outputs the clip asks for: Gaussian frames (PLY, SPZ, compressed PLY), rendered PNGs."""
     from emotalker.bake.ply import ply_sink
     from emotalker.bake.video import png_sink
 
     clip, camera = inputs.clip, inputs.camera
-    sinks = []
-    if clip.ply:
-        sinks.append(ply_sink(inputs.out, inputs.name, sh_degree=inputs.sh_degree, up_axis=clip.up_axis,
-                              count=inputs.avatar.n_gaussians))
+    sinks = [ply_sink(inputs.out, inputs.name, sh_degree=inputs.sh_degree, up_axis=clip.up_axis,
+                      count=inputs.avatar.n_gaussians, encoding=encoding) for encoding in clip.encodings()]
     if clip.png or clip.mp4:
         sinks.append(png_sink(inputs.out, inputs.name, lambda g: render_rgba(g, camera, threads)))
     return sinks
@@ -396,9 +424,12 @@ def _write_outputs(inputs: ClipInputs, curves: FlameCurves) -> dict[str, str]:
     if clip.flame_curves is None or Path(clip.flame_curves).resolve() != curves_path.resolve():
         curves.save(curves_path, inputs.flame.expr_names, audio=str(clip.audio))
     outputs: dict[str, str] = {"flame_curves": str(curves_path)}
-    if clip.ply:
-        outputs["ply_sidecar"] = str(_write_sidecar(inputs))
-        outputs["ply"] = str(out / f"{name}_{{frame:06d}}.ply")
+    from emotalker.bake.ply import frame_pattern
+
+    for encoding in clip.encodings():
+        key = encoding.replace("-", "_")
+        outputs[f"{key}_sidecar"] = str(_write_sidecar(inputs, encoding))
+        outputs[key] = str(out / frame_pattern(name, encoding))
     if clip.png or clip.mp4:
         from emotalker.core.base.fileio import write_json
 
@@ -411,13 +442,13 @@ def _write_outputs(inputs: ClipInputs, curves: FlameCurves) -> dict[str, str]:
     return outputs
 
 
-def _write_sidecar(inputs: ClipInputs) -> Path:
+def _write_sidecar(inputs: ClipInputs, encoding: str) -> Path:
     from emotalker.bake.ply import write_sidecar
 
     clip = inputs.clip
     return write_sidecar(inputs.out, inputs.name, fps=inputs.fps, frame_start=inputs.frames[0],
                          frame_end=inputs.frames[1], count=inputs.avatar.n_gaussians, sh_degree=inputs.sh_degree,
-                         up_axis=clip.up_axis, audio=_relative(clip.audio, inputs.out))
+                         up_axis=clip.up_axis, audio=_relative(clip.audio, inputs.out), encoding=encoding)
 
 
 def _encode_video(inputs: ClipInputs) -> Path:

@@ -13,6 +13,10 @@ green, then blue). `sh_degree` truncates (or zero-pads) the SH bands;
 
 The writer builds one float32 [N, P] array and writes it after the header in a
 single call: no Python loop over Gaussians.
+
+A sequence's frames can also be written compressed (`ENCODINGS`): SPZ or
+PlayCanvas' compressed PLY, encoded from the same rows by
+emotalker.bake.splat_codecs, with their own frame suffix and sidecar.
 """
 
 from __future__ import annotations
@@ -33,6 +37,23 @@ SIDECAR_FORMAT = "emotalker-plyseq/1"
 FRAME_DIGITS = 6
 
 
+@dataclass(frozen=True)
+class SequenceEncoding:
+    """How a sequence's frames are stored: `<name>_NNNNNN<suffix>`, described by `<name><sidecar_suffix>`."""
+
+    suffix: str
+    sidecar_suffix: str
+    sidecar_format: str
+
+
+ENCODINGS = {
+    "ply": SequenceEncoding(".ply", ".json", SIDECAR_FORMAT),
+    "spz": SequenceEncoding(".spz", ".spz.json", "emotalker-spzseq/1"),
+    "compressed-ply": SequenceEncoding(".compressed.ply", ".compressed-ply.json", "emotalker-compressed-plyseq/1"),
+}
+"""Every per-frame Gaussian encoding a bake writes (docs/exports.md)."""
+
+
 def ply_property_names(sh_degree: int) -> list[str]:
     """The vertex property names, in file order, for SH degree 0..3."""
     n_rest = 3 * ((sh_degree + 1) ** 2 - 1)
@@ -49,14 +70,14 @@ def ply_header(count: int, sh_degree: int) -> bytes:
     return ("\n".join(lines) + "\n").encode("ascii")
 
 
-def frame_pattern(name: str) -> str:
-    """The frames' file name with the frame number left to fill: `<name>_{frame:06d}.ply`."""
-    return f"{name}_{{frame:0{FRAME_DIGITS}d}}.ply"
+def frame_pattern(name: str, encoding: str = "ply") -> str:
+    """The frames' file name with the frame number left to fill: `<name>_{frame:06d}.ply` (or the encoding's suffix)."""
+    return f"{name}_{{frame:0{FRAME_DIGITS}d}}{ENCODINGS[encoding].suffix}"
 
 
-def frame_path(out_dir: str | os.PathLike, name: str, frame: int) -> Path:
+def frame_path(out_dir: str | os.PathLike, name: str, frame: int, encoding: str = "ply") -> Path:
     """`<out_dir>/<name>_000001.ply` for timeline frame 1."""
-    return Path(out_dir) / frame_pattern(name).format(frame=frame)
+    return Path(out_dir) / frame_pattern(name, encoding).format(frame=frame)
 
 
 def gaussian_rows(means: np.ndarray, quats: np.ndarray, log_scales: np.ndarray, opacity_logits: np.ndarray,
@@ -91,15 +112,19 @@ def write_ply(path: str | os.PathLike, gaussians: Any, *, sh_degree: int | None 
     `sh_degree` None keeps the container's degree. `atomic=False` writes `path`
     directly (for callers that already write to a temporary file).
     """
+    return write_rows(path, frame_rows(gaussians, sh_degree=sh_degree, up_axis=up_axis), atomic=atomic)
+
+
+def frame_rows(gaussians: Any, *, sh_degree: int | None = None, up_axis: str = "y") -> np.ndarray:
+    """The PLY rows [N, P] of one frame of `Gaussians` (what every encoding is made from)."""
     arrays = [_numpy(getattr(gaussians, f)) for f in ("means", "quats", "log_scales", "opacity_logits", "sh")]
-    rows = gaussian_rows(*arrays, sh_degree=sh_degree, up_axis=up_axis)
-    return write_rows(path, rows, atomic=atomic)
+    return gaussian_rows(*arrays, sh_degree=sh_degree, up_axis=up_axis)
 
 
 def write_rows(path: str | os.PathLike, rows: np.ndarray, atomic: bool = True) -> int:
     """Write PLY rows [N, P] float32 (P fixes the SH degree); returns the bytes written."""
     n, p = rows.shape
-    header = ply_header(n, _degree_for_columns(p))
+    header = ply_header(n, degree_for_columns(p))
     rows = np.ascontiguousarray(rows, dtype="<f4")
     if not atomic:
         _write_file(path, header, rows)
@@ -124,7 +149,7 @@ class PlyFrame:
 
     @property
     def sh_degree(self) -> int:
-        return _degree_for_columns(len(self.names))
+        return degree_for_columns(len(self.names))
 
     def column(self, name: str) -> np.ndarray:
         return self.rows[:, self.names.index(name)]
@@ -181,19 +206,38 @@ def read_ply(path: str | os.PathLike) -> PlyFrame:
 
 
 def write_sidecar(out_dir: str | os.PathLike, name: str, *, fps: float, frame_start: int, frame_end: int, count: int,
-                  sh_degree: int, up_axis: str, audio: str | None, units: str = "metres") -> Path:
-    """Write `<out_dir>/<name>.json` describing the sequence (docs/architecture.md, "PLY sequence")."""
-    path = Path(out_dir) / f"{name}.json"
-    write_json(path, {"format": SIDECAR_FORMAT, "fps": fps, "frame_start": int(frame_start), "frame_end": int(frame_end),
-                      "count": int(count), "sh_degree": int(sh_degree), "up_axis": up_axis, "units": units,
-                      "audio": audio, "frame_pattern": frame_pattern(name),
-                      "properties": ply_property_names(sh_degree)})
+                  sh_degree: int, up_axis: str, audio: str | None, units: str = "metres", encoding: str = "ply") -> Path:
+    """Write `<out_dir>/<name>.json` (another encoding: `<name>.spz.json`, ...) describing the sequence
+    (docs/architecture.md, "PLY sequence"; docs/exports.md)."""
+    kind = ENCODINGS[encoding]
+    path = Path(out_dir) / f"{name}{kind.sidecar_suffix}"
+    sidecar = {"format": kind.sidecar_format, "fps": fps, "frame_start": int(frame_start), "frame_end": int(frame_end),
+               "count": int(count), "sh_degree": int(sh_degree), "up_axis": up_axis, "units": units,
+               "audio": audio, "frame_pattern": frame_pattern(name, encoding)}
+    if encoding == "ply":
+        sidecar["properties"] = ply_property_names(sh_degree)
+    else:  # what the frames decode to: the PLY frame of these properties, within the encoding's quantisation
+        sidecar["decodes_to"] = ply_property_names(sh_degree)
+    write_json(path, sidecar)
     return path
 
 
+def write_frame(path: str | os.PathLike, gaussians: Any, *, encoding: str = "ply", sh_degree: int | None = None,
+                up_axis: str = "y") -> int:
+    """Write one frame in `encoding` (ENCODINGS) to `path` directly (not atomically); returns the bytes written."""
+    if encoding == "ply":
+        return write_ply(path, gaussians, sh_degree=sh_degree, up_axis=up_axis, atomic=False)
+    from emotalker.bake.splat_codecs import ENCODERS
+
+    data = ENCODERS[encoding](frame_rows(gaussians, sh_degree=sh_degree, up_axis=up_axis))
+    Path(path).write_bytes(data)
+    return len(data)
+
+
 def ply_sink(out_dir: str | os.PathLike, name: str, *, sh_degree: int, up_axis: str = "y",
-             count: int | None = None, to_gaussians: Callable[[Any], Any] = lambda item: item):
-    """A FrameSink writing `<out_dir>/<name>_NNNNNN.ply` from each frame's item.
+             count: int | None = None, to_gaussians: Callable[[Any], Any] = lambda item: item,
+             encoding: str = "ply"):
+    """A FrameSink writing `<out_dir>/<name>_NNNNNN.ply` (or the encoding's suffix) from each frame's item.
 
     `to_gaussians(item)` picks the frame's `Gaussians` out of what the producer
     returns. Every frame must hold `count` Gaussians (when None, the first frame
@@ -205,6 +249,8 @@ def ply_sink(out_dir: str | os.PathLike, name: str, *, sh_degree: int, up_axis: 
         raise InputError("--up-axis", f"must be one of {', '.join(UP_AXES)}, got {up_axis!r}")
     if not 0 <= sh_degree <= 3:
         raise InputError("--sh-degree", f"must be 0..3, got {sh_degree}")
+    if encoding not in ENCODINGS:
+        raise ValueError(f"unknown encoding {encoding!r}; expected one of {', '.join(ENCODINGS)}")
     expected = [count]
 
     def write(item: Any, tmp: Path) -> None:
@@ -213,12 +259,13 @@ def ply_sink(out_dir: str | os.PathLike, name: str, *, sh_degree: int, up_axis: 
             expected[0] = len(gaussians)
         if len(gaussians) != expected[0]:
             raise ValueError(f"a frame has {len(gaussians)} Gaussians, the sequence {expected[0]}")
-        write_ply(tmp, gaussians, sh_degree=sh_degree, up_axis=up_axis, atomic=False)
+        write_frame(tmp, gaussians, encoding=encoding, sh_degree=sh_degree, up_axis=up_axis)
 
-    return FrameSink("ply", Path(out_dir), frame_pattern(name), write)
+    return FrameSink(encoding, Path(out_dir), frame_pattern(name, encoding), write)
 
 
-def _degree_for_columns(p: int) -> int:
+def degree_for_columns(p: int) -> int:
+    """The SH degree 0..3 of a PLY frame with `p` columns; ValueError when none fits."""
     for degree in range(4):
         if len(ply_property_names(degree)) == p:
             return degree

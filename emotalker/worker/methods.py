@@ -46,7 +46,7 @@ class BakeParams:
     """`bake`: one clip, as `emotalker bake` bakes it."""
 
     clip: ClipSpec
-    """What to bake (emotalker/bake/clip.py ClipSpec); with none of ply, png, mp4, the PLY sequence."""
+    """What to bake (emotalker/bake/clip.py ClipSpec); with no output asked for, the PLY sequence."""
     run: RunOptions = field(default_factory=RunOptions)
     """How (RunOptions); its `progress` is the protocol's own: progress events on the job's id."""
 
