@@ -26,8 +26,23 @@ pytestmark = [pytest.mark.gui, pytest.mark.skipif(not (shutil.which("blender") a
                                                   reason="needs Blender and xvfb-run (apt-get install blender xvfb)")]
 
 
+def blender_problem() -> str | None:
+    """Why this machine's `blender` cannot run the session (too old, or no numpy in its Python), if so."""
+    probe = ("import sys, bpy; ok = bpy.app.version >= (3, 4, 0)\n"
+             "try:\n    import numpy\nexcept ImportError:\n    ok = False\nprint('USABLE' if ok else 'UNUSABLE', "
+             "bpy.app.version_string)")
+    proc = subprocess.run(["blender", "--background", "--factory-startup", "--python-expr", probe],
+                          capture_output=True, text=True, timeout=120)
+    if any(line.startswith("USABLE ") for line in proc.stdout.splitlines()):
+        return None
+    return f"this Blender cannot run the add-on's window test (needs 3.4+ with numpy): {proc.stdout[-300:]}"
+
+
 @pytest.fixture(scope="module")
 def session(tmp_path_factory) -> tuple[Path, dict]:
+    problem = blender_problem()
+    if problem:
+        pytest.skip(problem)
     out = tmp_path_factory.mktemp("gui")
     env = {**os.environ, "EMOTALKER_ENV": sys.prefix, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 1280x800x24", "blender", "--factory-startup",
