@@ -64,3 +64,21 @@ def test_frames_are_byte_identical_across_thread_counts_and_a_cold_kernel_cache(
               for run, frames in (("1 thread", one), ("2 threads", two))}
     assert differ == {"1 thread": [], "2 threads": []}, "frames that differ from the cold-cache run"
     assert cold["speech_000001.ply"] != cold["speech_000030.ply"]  # the frames really move
+
+
+def test_single_threaded_region_runs_torch_on_one_thread_and_the_kernels_on_the_runs_count():
+    import torch
+
+    from emotalker.core.base.threads import kernel_threads, single_threaded
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        with single_threaded():
+            assert torch.get_num_threads() == 1 and kernel_threads() == 3
+            with single_threaded():  # nested: still the outer count for the kernels
+                assert torch.get_num_threads() == 1 and kernel_threads() == 3
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 3 and kernel_threads() == 3
+    finally:
+        torch.set_num_threads(before)
