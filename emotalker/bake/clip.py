@@ -111,7 +111,8 @@ class RunOptions:
     device: str = "auto"
     """auto | cpu | cuda (auto: CUDA when PyTorch sees a GPU)."""
     threads: int | None = None
-    """torch CPU threads (default: torch's; 1 is fastest on a busy machine)."""
+    """CPU threads for torch and the compiled kernels (default: torch's); the frames are the same whatever
+    the count."""
     chunk: int = 8
     """Frames evaluated at once (more is faster and takes more memory); a resumed bake keeps its chunk."""
     overwrite: bool = False
