@@ -191,8 +191,7 @@ def model_figures(n: int, repeats: int, eval_only: bool = False) -> dict:
 
     camera = front_camera(rig.v_template, 256)
     gaussians = FrameProducer(stage1_only, curves, curves.emotion_weights, curves.intensity, z(T), chunk=1)(1)
-    threads = torch.get_num_threads()  # numba's first parallel launch resets torch's OpenMP count
-    seconds = timed(lambda i: render_rgba(gaussians, camera, threads), max(3, repeats // 2))
+    seconds = timed(lambda i: render_rgba(gaussians, camera), max(3, repeats // 2))
     out["render_fps_256"] = 1.0 / statistics.median(seconds)
 
     with tempfile.TemporaryDirectory() as tmp:

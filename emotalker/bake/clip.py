@@ -135,7 +135,8 @@ class RunOptions:
     device: str = "auto"
     """auto | cpu | cuda (auto: CUDA when PyTorch sees a GPU)."""
     threads: int | None = None
-    """torch CPU threads (default: torch's; 1 is fastest on a busy machine)."""
+    """CPU threads for torch and the compiled kernels (default: torch's); the frames are the same whatever
+    the count."""
     chunk: int = 8
     """Frames evaluated at once (more is faster and takes more memory); a resumed bake keeps its chunk."""
     overwrite: bool = False
@@ -235,11 +236,10 @@ def bake_clip(clip: ClipSpec, run: RunOptions = RunOptions(),
 
 def open_clip(clip: ClipSpec, run: RunOptions) -> ClipInputs:
     """Step 1: every input of `clip` read and checked; InputError naming the input at fault."""
-    import torch
-
     from emotalker.core.models.avatar import Avatar
     from emotalker.core.audio.waveform import check_audio_length, duration_frames, load_audio
     from emotalker.core.base.device import resolve_device
+    from emotalker.core.base.threads import use_threads
     from emotalker.core.models.bundle import AvatarBundle
     from emotalker.core.render.camera import Camera, front_camera
     from emotalker.core.rig.flame import FlameModel
@@ -248,8 +248,7 @@ def open_clip(clip: ClipSpec, run: RunOptions) -> ClipInputs:
     clip = clip.with_preset()
     _check_run(run)
     device = resolve_device(run.device)
-    if run.threads is not None:
-        torch.set_num_threads(run.threads)
+    use_threads(run.threads)  # before any work, for torch and numba alike
     bundle = AvatarBundle.open(clip.avatar)
     bundle.require_stage("neutral")
     flame = FlameModel.load(bundle.flame_path)
@@ -362,7 +361,7 @@ def _bake_frames(inputs: ClipInputs, curves: FlameCurves, run: RunOptions,
     from emotalker.bake.sequence import run_sequence
 
     producer = _frame_producer(inputs, curves, run.chunk)
-    return run_sequence(inputs.frame_list, producer, _frame_sinks(inputs, run.threads), out_dir=inputs.out,
+    return run_sequence(inputs.frame_list, producer, _frame_sinks(inputs), out_dir=inputs.out,
                         fingerprint=_fingerprint(inputs, run.chunk), overwrite=run.overwrite, progress=run.progress,
                         stage="bake", progress_sink=progress_sink)
 
@@ -387,7 +386,7 @@ def _frame_producer(inputs: ClipInputs, curves: FlameCurves, chunk: int):
                          chunk=chunk, device=inputs.device, source=inputs.bundle.root, **stage2)
 
 
-def _frame_sinks(inputs: ClipInputs, threads: int | None) -> list:
+def _frame_sinks(inputs: ClipInputs) -> list:
     """The per-frame outputs the clip asks for: Gaussian frames (PLY, SPZ, compressed PLY), rendered PNGs."""
     from emotalker.bake.ply import ply_sink
     from emotalker.bake.video import png_sink
@@ -396,7 +395,7 @@ def _frame_sinks(inputs: ClipInputs, threads: int | None) -> list:
     sinks = [ply_sink(inputs.out, inputs.name, sh_degree=inputs.sh_degree, up_axis=clip.up_axis,
                       count=inputs.avatar.n_gaussians, encoding=encoding) for encoding in clip.encodings()]
     if clip.png or clip.mp4:
-        sinks.append(png_sink(inputs.out, inputs.name, lambda g: render_rgba(g, camera, threads)))
+        sinks.append(png_sink(inputs.out, inputs.name, lambda g: render_rgba(g, camera)))
     return sinks
 
 
@@ -462,21 +461,16 @@ def _encode_video(inputs: ClipInputs) -> Path:
     return video
 
 
-def render_rgba(gaussians, camera, threads: int | None = None) -> np.ndarray:
-    """Render Gaussians (raw) from `camera` on the CPU -> uint8 RGBA [H,W,4] (straight alpha).
-
-    `threads`: torch's thread count to restore afterwards: starting numba's parallel
-    kernels resets the OpenMP thread count that torch shares.
-    """
+def render_rgba(gaussians, camera) -> np.ndarray:
+    """Render Gaussians (raw) from `camera` on the CPU -> uint8 RGBA [H,W,4] (straight alpha)."""
     import torch
 
     from emotalker.bake.video import to_rgba8
+    from emotalker.core.base.threads import kernel_launch
     from emotalker.core.models.avatar import render_avatar
 
-    with torch.inference_mode():
+    with torch.inference_mode(), kernel_launch():  # the renderer's kernels are numba's
         out = render_avatar(gaussians, camera)
-    if threads is not None:
-        torch.set_num_threads(threads)
     return to_rgba8(out.rgb[0], out.alpha[0], premultiplied=True)
 
 

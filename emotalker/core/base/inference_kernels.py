@@ -10,17 +10,20 @@ of the differentiable torch code, which stays the specification:
 and `emotion.apply_offsets` (Stage 2); tests compare the two paths.
 
 Callers use them where `applicable` (under torch.inference_mode, on the CPU) and call
-them through `run_parallel`, which runs them on torch's thread count.
+them through `run_parallel`, which runs them on the run's thread count (`threads.kernel_launch`).
+Each output element is computed by one thread in a fixed order, so the results do not depend
+on that count (see threads.py).
 """
 
 from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 import torch
 from numba import njit, prange
+
+from emotalker.core.base.threads import kernel_launch
 
 # Float32 throughout, as the torch code; "contract" lets LLVM fuse multiply-adds.
 JIT = dict(cache=True, nogil=True, fastmath={"contract"})
@@ -37,16 +40,9 @@ def applicable(*tensors: torch.Tensor) -> bool:
 
 
 def run_parallel(kernel, *args) -> None:
-    """Run a parallel kernel on as many threads as torch uses (`--threads` limits both).
-
-    numba and torch share one OpenMP runtime and its worker threads; numba's first launch
-    resets the runtime's thread count, which is torch's too, so it is put back afterwards.
-    """
-    threads = torch.get_num_threads()
-    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-    kernel(*args)
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
+    """Run a parallel kernel on the run's thread count (`--threads`), also inside a `single_threaded` region."""
+    with kernel_launch():
+        kernel(*args)
 
 
 @njit(**JIT)

@@ -41,6 +41,7 @@ from emotalker.core.base.emotions import EMOTIONS, MAX_INTENSITY, NEUTRAL_INDEX,
 from emotalker.core.models.bundle import load_stage_model
 from emotalker.core.base.errors import InputError
 from emotalker.core.base.fileio import save_tensors
+from emotalker.core.base.threads import single_threaded
 
 FORMAT = "emotalker-a2e/1"
 
@@ -280,7 +281,8 @@ def infer_curves(model: A2EModel, samples: np.ndarray, weights, intensity, fps: 
     if w.shape != (T, len(EMOTIONS)) or s.shape != (T,):
         raise InputError(None, f"emotion weights {list(w.shape)} and intensity {list(s.shape)} must cover the audio's {T} frames")
     check_intensity(s)
-    seq = AudioFeaturizer(model.cfg.features)(samples, fps, T)
     t = lambda x: torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(device)  # noqa: E731
-    expr, jaw, neck = (x.cpu().numpy() for x in split_params(model.predict(t(seq), t(w), t(s))))
+    with single_threaded():  # the same curves whatever the thread count (threads.py)
+        seq = AudioFeaturizer(model.cfg.features)(samples, fps, T)
+        expr, jaw, neck = (x.cpu().numpy() for x in split_params(model.predict(t(seq), t(w), t(s))))
     return {"expr": expr, "jaw": jaw, "neck": neck, "emotion_weights": np.array(w), "intensity": np.array(s)}

@@ -31,6 +31,7 @@ import torch
 
 from emotalker.core.base.emotions import check_intensity
 from emotalker.core.base.errors import InputError
+from emotalker.core.base.threads import single_threaded
 from emotalker.core.models.blendshapes import FrameBatch, GaussianBlendshapes
 from emotalker.core.models.bundle import AvatarBundle
 from emotalker.core.models.emotion_deformer import (EmotionDeformer, EmotionInputs, apply_offsets,
@@ -116,8 +117,10 @@ class Avatar:
         return None if self.stage2 is None else self.stage2.cfg.features
 
     def evaluate(self, conditions: FrameConditions) -> FrameBatch:
-        """The inference path: B frames' raw Gaussians [B, N+M, ...], computed under torch.inference_mode."""
-        with torch.inference_mode():
+        """The inference path: B frames' raw Gaussians [B, N+M, ...], computed under torch.inference_mode
+        with torch on one thread, so that the same conditions give the same bits whatever the thread count
+        (threads.single_threaded; the compiled kernels keep the run's threads)."""
+        with torch.inference_mode(), single_threaded():
             batch = self.stage1.evaluate(conditions.params, self.sh_degree)
             active = self._emotional_frames(conditions)
             if active:
