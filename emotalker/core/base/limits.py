@@ -1,7 +1,7 @@
 """What one input may ask for, checked before anything is allocated (docs/architecture.md, "Limits").
 
 A bake allocates in proportion to its frame count (the tracks' per-frame values,
-A2E's curves, Stage 2's audio windows: about 7 KB a frame) and a render in
+A2E's curves, Stage 2's audio features: about 2 KB a frame) and a render in
 proportion to its pixels, so a few bytes of input (a tracks file's fps, a WAV
 header's sample rate, --resolution) must not be able to ask for gigabytes. Each
 limit is checked where the value is first read, with one InputError naming the
@@ -21,7 +21,7 @@ MAX_FPS = 240.0
 """Frame rates a bake accepts: every real video rate (23.976 .. 240) and slow previews down to 1 fps."""
 MAX_FRAMES = 100_000
 """Frames one clip may have by default (its whole audio at the bake's fps; an hour at 25 fps is 90,000):
-Stage 2's audio windows for them take about 0.7 GB. `--max-frames` raises it."""
+Stage 2's audio features for them take about 0.13 GB. `--max-frames` raises it."""
 MAX_AUDIO_SECONDS = 3600.0
 """Audio one clip may last by default, read from the file's header before decoding (an hour of 16 kHz
 float32 samples is 230 MB). `--max-seconds` raises it."""
