@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from numba import njit, prange
 
 from emotalker.core.base.errors import InputError
 from emotalker.core.base.fileio import atomic_path
@@ -47,10 +48,34 @@ def srgb_to_linear(c: np.ndarray) -> np.ndarray:
 def blender_rgba(rgb: Any, alpha: Any) -> np.ndarray:
     """A splat render (premultiplied display colours) as Blender's buffers take it: float32 [H,W,4],
     scene-linear, premultiplied alpha, bottom row first. Made in the worker, so that Blender's UI
-    thread only copies it (with the Standard view transform it shows the avatar's own colours)."""
-    straight = straight_rgba(rgb, alpha)
-    alpha = straight[..., 3:]
-    return np.ascontiguousarray(np.concatenate([srgb_to_linear(straight[..., :3]) * alpha, alpha], -1)[::-1])
+    thread only copies it (with the Standard view transform it shows the avatar's own colours).
+    The arithmetic of `straight_rgba` and `srgb_to_linear`, in one compiled pass over the pixels
+    (numpy's passes took 200 ms at 1280x720)."""
+    from emotalker.core.base.inference_kernels import run_parallel
+
+    rgb = np.ascontiguousarray(_numpy(rgb), np.float32)
+    alpha = np.ascontiguousarray(_numpy(alpha), np.float32).reshape(rgb.shape[:2])
+    out = np.empty((*alpha.shape, 4), np.float32)
+    run_parallel(_blender_pixels, rgb, alpha, out)
+    return out
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _blender_pixels(rgb, alpha, out):
+    height, width = alpha.shape
+    zero, one = np.float32(0.0), np.float32(1.0)
+    for y in prange(height):
+        row = height - 1 - y  # Blender's buffers start at the bottom row
+        for x in range(width):
+            a = alpha[y, x]
+            for c in range(3):
+                v = min(max(rgb[y, x, c] / max(a, np.float32(1e-6)) if a > 1e-6 else zero, zero), one)
+                if v <= 0.04045:
+                    linear = v / np.float32(12.92)
+                else:
+                    linear = ((v + np.float32(0.055)) / np.float32(1.055)) ** np.float32(2.4)
+                out[row, x, c] = linear * min(max(a, zero), one)
+            out[row, x, 3] = min(max(a, zero), one)
 
 
 def to_rgba8(rgb: Any, alpha: Any, premultiplied: bool = True) -> np.ndarray:
