@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -65,11 +66,16 @@ def render_avatar(context_like, avatar, frame: int, viewmat, K, width: int, heig
                         frame_params(context_like, avatar, frame, viewmat, K, width, height, cache))
 
 
-def preview_cache(avatar) -> Path:
-    """Where the preview lane's pixels pass: a RAM-backed folder where the system has one."""
+def preview_root() -> Path:
+    """Where the preview lane's pixels pass: a RAM-backed folder where the system has one, this
+    Blender's own (removed when the add-on is)."""
     ram = Path("/dev/shm")
     base = ram if ram.is_dir() and os.access(ram, os.W_OK) else Path(tempfile.gettempdir())
-    return base / f"emotalker-preview-{os.getpid()}" / bpy.path.clean_name(avatar.name)
+    return base / f"emotalker-preview-{os.getpid()}"
+
+
+def preview_cache(avatar) -> Path:
+    return preview_root() / bpy.path.clean_name(avatar.name)
 
 
 def viewport_camera(region, rv3d) -> np.ndarray:
@@ -93,7 +99,7 @@ class EmoTalkerRenderEngine(bpy.types.RenderEngine):
 
     def __del__(self):
         lane = getattr(self, "_lane", None)
-        if lane is not None:
+        if lane is not None and lane in LANES:
             LANES.remove(lane)
             lane.close()
 
@@ -238,6 +244,10 @@ def register() -> None:
 
 
 def unregister() -> None:
+    for lane in LANES:
+        lane.close()
+    LANES.clear()
+    shutil.rmtree(preview_root(), ignore_errors=True)
     if bpy.app.timers.is_registered(_redraw_rendered_viewports):
         bpy.app.timers.unregister(_redraw_rendered_viewports)
     for panel in panels():
