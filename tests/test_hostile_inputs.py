@@ -410,6 +410,7 @@ def test_a_full_disk_mid_bake_is_one_line_and_leaves_whole_frames(baked, tmp_pat
     (["make-head", "OUT/h.npz", "--seed", "-1"], "--seed: the seed must be an integer in 0..4294967295, got -1"),
     (["convert-flame", "USERFILE.pkl", "FOLDER"], "FOLDER: is a folder; name a .npz file to write"),
     (["convert-flame", "USERFILE.npz", "USERFILE.npz"], "USERFILE.npz: is also the input file"),
+    (["convert-flame", "USERFILE.pkl", "USERFILE.pkl"], "USERFILE.pkl: the file to write must end in .npz"),
     (["show-head", "USERFILE.pkl"], "USERFILE.pkl: the file to write must end in .png"),
     (["show-head", "OUT/h.png", "--size", "100000"], "--size must be 64..4096 pixels a panel"),
 ])
