@@ -35,7 +35,8 @@ def blender_problem() -> str | None:
                           capture_output=True, text=True, timeout=120)
     if any(line.startswith("USABLE ") for line in proc.stdout.splitlines()):
         return None
-    return f"this Blender cannot run the add-on's window test (needs 3.4+ with numpy): {proc.stdout[-300:]}"
+    return (f"this Blender cannot run the add-on's window test (needs 3.4+ with numpy): status {proc.returncode}, "
+            f"{(proc.stdout + proc.stderr)[-400:]!r}")
 
 
 @pytest.fixture(scope="module")
