@@ -26,13 +26,20 @@ pytestmark = [pytest.mark.gui, pytest.mark.skipif(not (shutil.which("blender") a
                                                   reason="needs Blender and xvfb-run (apt-get install blender xvfb)")]
 
 
+def blender_env(**extra: str) -> dict:
+    """The environment to start Blender in: its own folder first on PATH, so that its embedded Python finds
+    the system Python it was built against (with its numpy), not a pyenv or venv `python3` earlier on PATH."""
+    folder = os.path.dirname(shutil.which("blender"))
+    return {**os.environ, "PATH": os.pathsep.join([folder, os.environ.get("PATH", "")]), **extra}
+
+
 def blender_problem() -> str | None:
     """Why this machine's `blender` cannot run the session (too old, or no numpy in its Python), if so."""
     probe = ("import sys, bpy; ok = bpy.app.version >= (3, 4, 0)\n"
              "try:\n    import numpy\nexcept ImportError:\n    ok = False\nprint('USABLE' if ok else 'UNUSABLE', "
              "bpy.app.version_string)")
     proc = subprocess.run(["blender", "--background", "--factory-startup", "--python-expr", probe],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=blender_env())
     if any(line.startswith("USABLE ") for line in proc.stdout.splitlines()):
         return None
     return (f"this Blender cannot run the add-on's window test (needs 3.4+ with numpy): status {proc.returncode}, "
@@ -45,7 +52,7 @@ def session(tmp_path_factory) -> tuple[Path, dict]:
     if problem:
         pytest.skip(problem)
     out = tmp_path_factory.mktemp("gui")
-    env = {**os.environ, "EMOTALKER_ENV": sys.prefix, "PYTHONPATH": str(REPO)}
+    env = blender_env(EMOTALKER_ENV=sys.prefix, PYTHONPATH=str(REPO))
     proc = subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 1280x800x24", "blender", "--factory-startup",
                            "--python", str(REPO / "tests" / "gui" / "blender_session.py"), "--",
                            str(out), str(DEMO / "demo_avatar"), str(DEMO / "demo_speech.wav")],
