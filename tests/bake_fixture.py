@@ -80,12 +80,13 @@ def make_speech(path: Path, seconds: float = 1.2, seed: int = 0, rate: int = SR)
 
 def core_blender_pixels(avatar_dir: Path, curves_file: Path, audio: Path, frame: int, viewmat, K, width: int,
                         height: int) -> np.ndarray:
-    """The core's own render of a baked frame from a camera, independent of the worker: scene-linear
-    premultiplied RGBA [height, width, 4], top row first (what Blender shows, before its view transform)."""
+    """The core's own render of a baked frame from a camera, independent of the worker and the add-on:
+    scene-linear premultiplied RGBA [height, width, 4], top row first (what Blender shows, before its view
+    transform)."""
     import torch
 
     from emotalker.bake.engine import FlameCurves, FrameProducer
-    from emotalker.bake.video import srgb_to_linear
+    from emotalker.bake.video import blender_rgba
     from emotalker.core.audio.features import AudioWindows
     from emotalker.core.audio.waveform import load_audio
     from emotalker.core.models.avatar import Avatar, render_avatar
@@ -105,6 +106,5 @@ def core_blender_pixels(avatar_dir: Path, curves_file: Path, audio: Path, frame:
                       camera=camera_code(np.asarray(viewmat)))(frame)
     with torch.inference_mode():
         out = render_avatar(g, Camera(np.asarray(viewmat), np.asarray(K), width, height))
-    rgb, alpha = out.rgb[0].numpy(), out.alpha[0].numpy()
-    straight = np.where(alpha > 1e-6, rgb / np.maximum(alpha, 1e-6), 0.0)
-    return np.concatenate([srgb_to_linear(np.clip(straight, 0, 1)) * alpha, alpha], -1)
+    return blender_rgba(out.rgb[0], out.alpha[0])[::-1]  # the conversion is tested against its formula in test_video
+

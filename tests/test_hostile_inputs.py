@@ -26,12 +26,40 @@ REPO = Path(__file__).resolve().parent.parent
 MEMORY_LIMIT = 3 << 30
 
 
+def cli_env() -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+def memory_limit() -> None:
+    """preexec_fn: the child's address space capped at MEMORY_LIMIT."""
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
 def run_cli(*args: str, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """`python -m emotalker ARGS` under MEMORY_LIMIT."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))  # noqa: E731
     return subprocess.run([sys.executable, "-m", "emotalker", *args], input=stdin, capture_output=True, text=True,
-                          env=env, preexec_fn=limit, timeout=timeout)
+                          env=cli_env(), preexec_fn=memory_limit, timeout=timeout)
+
+
+def worker_replies(payload: bytes) -> list[dict]:
+    """Every line a real worker (under MEMORY_LIMIT) writes for `payload` followed by an `environment`
+    request with id "alive", up to that request's reply; the worker must then shut down cleanly."""
+    proc = subprocess.Popen([sys.executable, "-m", "emotalker", "worker"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=cli_env(), preexec_fn=memory_limit)
+    try:
+        proc.stdin.write(payload + b'\n{"id": "alive", "method": "environment"}\n')
+        proc.stdin.flush()
+        replies = []
+        for raw in proc.stdout:
+            replies.append(json.loads(raw))
+            if replies[-1].get("id") == "alive":
+                break
+        proc.stdin.write(b'{"method": "shutdown"}\n')
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+    return replies
 
 
 def digests(folder: Path) -> dict[str, str]:
@@ -147,10 +175,8 @@ def test_a_batch_manifest_beyond_the_limits_is_refused_before_any_clip_runs(bake
 def ask_worker(requests: list[dict], timeout: float = 120) -> dict:
     """Send each request to a `python -m emotalker worker` (under MEMORY_LIMIT) and wait for its answer
     before the next; -> {id: reply}. Ends with a shutdown and checks the worker exits cleanly."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))  # noqa: E731
-    proc = subprocess.Popen([sys.executable, "-m", "emotalker", "worker"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, preexec_fn=limit)
+    proc = subprocess.Popen([sys.executable, "-m", "emotalker", "worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=cli_env(), preexec_fn=memory_limit)
     replies = {}
     try:
         for request in requests:
@@ -285,22 +311,7 @@ def test_one_bad_request_line_never_ends_the_worker():
            '{"method": "cancel", "params": [1]}', '{"id": 5, "method": "cancel", "params": {"target": [1]}}',
            '{"id": 6, "method": "bake", "params": {}}', '{"id": 7, "method": "bake", "params": {"clip": {"avatar": 1}}}',
            'not json at all', '[]']
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "emotalker", "worker"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    try:
-        proc.stdin.write("\n".join(bad) + '\n{"id": "alive", "method": "environment"}\n')
-        proc.stdin.flush()
-        replies = []
-        for line in proc.stdout:
-            replies.append(json.loads(line))
-            if replies[-1].get("id") == "alive":
-                break
-        proc.stdin.write('{"method": "shutdown"}\n')
-        proc.stdin.close()
-        assert proc.wait(timeout=60) == 0
-    finally:
-        proc.kill()
+    replies = worker_replies("\n".join(bad).encode())
     errors = [r["error"] for r in replies if "error" in r]
     assert len(errors) == len(bad), replies
     assert [e["kind"] for e in errors] == ["protocol"] * 4 + ["input"] * 2 + ["protocol"] * 2
@@ -331,7 +342,7 @@ def bake_into(baked: Path, out: Path, *extra: str, preexec=None) -> subprocess.C
     args = bake_args(baked, "--emotion", "happy", "--ply", "--png", "--resolution", "64", *extra)
     args[args.index("--out") + 1] = str(out)
     return subprocess.run([sys.executable, "-m", "emotalker", *args], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, preexec_fn=preexec, timeout=300)
+                          env=cli_env(), preexec_fn=preexec, timeout=300)
 
 
 def test_an_out_that_is_a_file_is_refused_and_left_alone(baked, tmp_path):
@@ -355,7 +366,7 @@ def test_a_read_only_output_folder_is_refused_before_any_work():
     try:
         root.chmod(0o555)
         proc = subprocess.run([sys.executable, "-m", "emotalker", "make-head", str(root / "sub" / "head.npz")],
-                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+                              capture_output=True, text=True, env=cli_env(),
                               preexec_fn=as_nobody, timeout=120)
         assert_refused(proc, f"{root}: is read-only for this user")
         assert list(root.iterdir()) == []
@@ -567,23 +578,7 @@ def test_an_npz_whose_arrays_exceed_the_limit_is_refused_from_its_directory(tmp_
      "bad request line: not a valid JSON line: the number 1e999 is out of range"),
 ])
 def test_the_worker_answers_a_hostile_line_with_one_protocol_error_and_keeps_serving(line, expected):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))  # noqa: E731
-    proc = subprocess.Popen([sys.executable, "-m", "emotalker", "worker"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, preexec_fn=limit)
-    try:
-        proc.stdin.write(line + b'\n{"id": "alive", "method": "environment"}\n')
-        proc.stdin.flush()
-        replies = []
-        for raw in proc.stdout:
-            replies.append(json.loads(raw))
-            if replies[-1].get("id") == "alive":
-                break
-        proc.stdin.write(b'{"method": "shutdown"}\n')
-        proc.stdin.close()
-        assert proc.wait(timeout=60) == 0
-    finally:
-        proc.kill()
+    replies = worker_replies(line)
     assert len(replies) == 3 and replies[0]["event"] == "ready", replies
     assert replies[1]["id"] is None and replies[1]["error"]["kind"] == "protocol"
     assert replies[1]["error"]["message"].startswith(expected), replies[1]
@@ -696,7 +691,7 @@ def interrupt_batch(baked: Path, tmp_path: Path, signame: str, to_group: bool) -
 
     manifest = batch_manifest(tmp_path, baked, [{"id": "a"}, {"id": "b"}, {"id": "c"}])
     args = ["bake-batch", str(manifest), "--workers", "2", "--progress", "none", "--chunk", "1"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env = cli_env()
     # A session of its own: every process the batch starts (clips, resource tracker) can be found in it.
     proc = subprocess.Popen([sys.executable, "-m", "emotalker", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)

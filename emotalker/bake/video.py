@@ -39,18 +39,13 @@ def straight_rgba(rgb: Any, alpha: Any, premultiplied: bool = True) -> np.ndarra
     return np.clip(np.concatenate([rgb, alpha], -1), 0.0, 1.0)
 
 
-def srgb_to_linear(c: np.ndarray) -> np.ndarray:
-    """The sRGB transfer function inverted: avatars learn display (sRGB) colours from their training
-    images, while Blender's render buffers hold scene-linear light."""
-    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4).astype(np.float32)
-
-
 def blender_rgba(rgb: Any, alpha: Any) -> np.ndarray:
     """A splat render (premultiplied display colours) as Blender's buffers take it: float32 [H,W,4],
     scene-linear, premultiplied alpha, bottom row first. Made in the worker, so that Blender's UI
     thread only copies it (with the Standard view transform it shows the avatar's own colours).
-    The arithmetic of `straight_rgba` and `srgb_to_linear`, in one compiled pass over the pixels
-    (numpy's passes took 200 ms at 1280x720)."""
+    `straight_rgba`'s arithmetic, then the inverse sRGB transfer function (avatars learn display colours
+    from their training images; Blender's buffers hold scene-linear light), in one compiled pass over
+    the pixels (numpy's passes took 200 ms at 1280x720)."""
     from emotalker.core.base.inference_kernels import run_parallel
 
     rgb = np.ascontiguousarray(_numpy(rgb), np.float32)
