@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 import torch
 
@@ -92,42 +93,52 @@ def bin_gaussians(means2d, conics, opacities, depths, radii, width, height):
     return tile_start, isect_gauss
 
 
+def _tile_lists(means2d, conics, opacities, feats, depths, radii, width, height):
+    """bin_gaussians, then each intersection's parameters in tile order (gp, see cpu_raster.GU..R1)
+    and the tiles dealt out to the kernel threads."""
+    c, n = radii.shape
+    tiles_x, tiles_y = math.ceil(width / TILE_SIZE), math.ceil(height / TILE_SIZE)
+    tile_start, isect_gauss = bin_gaussians(means2d, conics, opacities, depths, radii, width, height)
+    gp = np.empty((isect_gauss.shape[0], kr.GP_COLS), np.float32)
+    kr.gather_isects(tile_start, isect_gauss, tiles_x, tiles_y, height, _np(means2d).reshape(c * n, 2),
+                     _np(conics).reshape(c * n, 3), _np(opacities).reshape(c * n), _np(feats).reshape(c * n, 4), gp)
+    schedule = kr.tile_schedule(tile_start, numba.get_num_threads())
+    return tile_start, isect_gauss, gp, schedule
+
+
 class _Rasterize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means2d, conics, opacities, feats, backgrounds, depths, radii, width, height):
-        c, n = radii.shape
+        c = radii.shape[0]
         tiles_x, tiles_y = math.ceil(width / TILE_SIZE), math.ceil(height / TILE_SIZE)
-        tile_start, isect_gauss = bin_gaussians(means2d, conics, opacities, depths, radii, width, height)
+        tile_start, isect_gauss, gp, schedule = _tile_lists(means2d, conics, opacities, feats, depths, radii,
+                                                            width, height)
         rgb = torch.empty(c, height, width, 3)
         alpha = torch.empty(c, height, width, 1)
         depth = torch.empty(c, height, width, 1)
         trans = torch.empty(c, height, width)
         count = torch.empty(c, height, width, dtype=torch.int32)
-        flat = (_np(means2d).reshape(c * n, 2), _np(conics).reshape(c * n, 3), _np(opacities).reshape(c * n),
-                _np(feats).reshape(c * n, 4))
-        kr.raster_fwd(tile_start, isect_gauss, *flat, _np(backgrounds), width, height, tiles_x, tiles_y,
+        kr.raster_fwd(tile_start, schedule, gp, _np(backgrounds), width, height, tiles_x, tiles_y,
                       rgb.numpy(), alpha.numpy()[..., 0], depth.numpy()[..., 0], trans.numpy(), count.numpy())
-        ctx.save_for_backward(means2d, conics, opacities, feats, backgrounds, depth, trans, count)
-        ctx.bins = (tile_start, isect_gauss)
+        ctx.save_for_backward(opacities, backgrounds, depth, trans, count)
+        ctx.bins = (tile_start, isect_gauss, gp, schedule)
         ctx.size = (width, height)
         return rgb, alpha, depth
 
     @staticmethod
     def backward(ctx, v_rgb, v_alpha, v_depth):
-        means2d, conics, opacities, feats, backgrounds, depth, trans, count = ctx.saved_tensors
-        tile_start, isect_gauss = ctx.bins
+        opacities, backgrounds, depth, trans, count = ctx.saved_tensors
+        tile_start, isect_gauss, gp, schedule = ctx.bins
         width, height = ctx.size
         c, n = opacities.shape
         tiles_x, tiles_y = math.ceil(width / TILE_SIZE), math.ceil(height / TILE_SIZE)
-        isect_grad = np.empty((isect_gauss.shape[0], 10), np.float32)
-        flat = (_np(means2d).reshape(c * n, 2), _np(conics).reshape(c * n, 3), _np(opacities).reshape(c * n),
-                _np(feats).reshape(c * n, 4))
-        kr.raster_bwd(tile_start, isect_gauss, *flat, _np(backgrounds), width, height, tiles_x, tiles_y,
+        isect_grad = np.empty((isect_gauss.shape[0], kr.NG), np.float32)
+        kr.raster_bwd(tile_start, schedule, gp, _np(backgrounds), width, height, tiles_x, tiles_y,
                       _np(depth)[..., 0], _np(trans), _np(count), _np(v_rgb), _np(v_alpha)[..., 0],
                       _np(v_depth)[..., 0], isect_grad)
-        per_gauss = torch.empty(c * n, 10)
+        per_gauss = torch.empty(c * n, kr.NG)
         kr.gather_grads(isect_gauss, isect_grad, per_gauss.numpy())
-        per_gauss = per_gauss.reshape(c, n, 10)
+        per_gauss = per_gauss.reshape(c, n, kr.NG)
         v_bg = None
         if ctx.needs_input_grad[4]:
             v_bg = torch.einsum("chwk,chw->ck", v_rgb, trans)

@@ -153,237 +153,297 @@ def exp_neg(s):
     return p * p
 
 
+# One row of `gp` per intersection (tile slot), in tile order: the Gaussian's screen-space
+# parameters and features, and the tile rows [R0, R1) its alpha = 1/255 contour can reach.
+# One cache line a Gaussian: the blending loops read them as scalars, one Gaussian at a time.
+GU, GV, GA, GB, GC, GO, GF, R0, R1 = 0, 1, 2, 3, 4, 5, 6, 10, 11
+GP_COLS = 12
+
+
+@njit(parallel=True, **JIT)
+def gather_isects(tile_start, isect_gauss, tiles_x, tiles_y, height, means2d, conics, opacities, feats, gp):
+    """Fill gp [M, GP_COLS] float32 from the flattened per-Gaussian arrays (see GU..R1); the row
+    range is exact pruning: rows whose centres lie beyond the contour's vertical extent are left out."""
+    n_tiles = tiles_x * tiles_y
+    for t in prange(tile_start.shape[0] - 1):
+        ty = (t % n_tiles) // tiles_x
+        rows = min(TILE_SIZE, height - ty * TILE_SIZE)
+        for i in range(tile_start[t], tile_start[t + 1]):
+            g = isect_gauss[i]
+            gp[i, GU] = means2d[g, 0]
+            gp[i, GV] = means2d[g, 1]
+            gp[i, GA] = conics[g, 0]
+            gp[i, GB] = conics[g, 1]
+            gp[i, GC] = conics[g, 2]
+            gp[i, GO] = opacities[g]
+            for ch in range(NF):
+                gp[i, GF + ch] = feats[g, ch]
+            a, b, c, o = float(conics[g, 0]), float(conics[g, 1]), float(conics[g, 2]), float(opacities[g])
+            det = a * c - b * b
+            r0, r1 = 0, 0
+            if o >= ALPHA_MIN * 0.999 and det > 0.0:
+                # rows where 0.5 d^T Q d <= log(o / ALPHA_MIN) is possible: |dy| <= sqrt(2 smax cov_yy)
+                smax = max(math.log(o / ALPHA_MIN), 0.0)
+                ey = math.sqrt(2.0 * smax * a / det) * 1.001 + 0.01
+                v = float(np.float32(means2d[g, 1]))
+                lo = v - ey - 0.5 - ty * TILE_SIZE     # row r has its centre at r + 0.5
+                hi = v + ey - 0.5 - ty * TILE_SIZE
+                r0 = min(max(int(math.ceil(lo)), 0), rows)
+                r1 = min(max(int(math.floor(hi)) + 1, r0), rows)
+            gp[i, R0] = r0
+            gp[i, R1] = r1
+
+
 @njit(**JIT)
-def _gather_tile(s0, n, ty, height, isect_gauss, means2d, conics, opacities, feats):
-    """The tile's Gaussians as contiguous arrays, with the pixel range [p0, p1) of the tile (row-major,
-    16 a row) that holds every row the Gaussian's alpha = 1/255 contour can reach."""
-    gu = np.empty(n, np.float32)
-    gv = np.empty(n, np.float32)
-    ga = np.empty(n, np.float32)
-    gb = np.empty(n, np.float32)
-    gc = np.empty(n, np.float32)
-    go = np.empty(n, np.float32)
-    gf = np.empty((n, NF), np.float32)
-    p0 = np.empty(n, np.int64)
-    p1 = np.empty(n, np.int64)
-    rows = min(TILE_SIZE, height - ty * TILE_SIZE)
+def tile_schedule(tile_start, n_workers):
+    """Tiles for each of n_workers (rows of [n_workers, per]; -1 pads): tiles sorted by their list
+    length, longest first, dealt out in a snake (0, 1, .., w-1, w-1, .., 0, ..) so that the workers'
+    shares of work are even. Which worker draws a tile changes only the speed, never a value."""
+    n = tile_start.shape[0] - 1
+    order = np.argsort(-(tile_start[1:] - tile_start[:-1]), kind="mergesort")
+    per = (n + n_workers - 1) // n_workers
+    out = np.full((n_workers, per), -1, np.int64)
+    for q in range(n):
+        rnd, pos = q // n_workers, q % n_workers
+        w = pos if rnd % 2 == 0 else n_workers - 1 - pos
+        out[w, rnd] = order[q]
+    return out
+
+
+# per-pixel state rows of the forward pass (one tile row of 16 pixels at a time)
+S_T, S_R, S_G, S_B, S_Z, S_CNT, S_LIVE = 0, 1, 2, 3, 4, 5, 6
+NS_FWD = 7
+
+
+@njit(fastmath={"contract"}, **JIT)
+def _blend_row(st, gp, s0, n, r, px0, py, n_live):
+    """Blend the tile's list front to back over one row of 16 pixels (state st [NS_FWD, 16]).
+    Gaussian-outer, pixel-inner with selects instead of branches, so the 16 pixels are one vector."""
     for k in range(n):
-        g = isect_gauss[s0 + k]
-        gu[k] = means2d[g, 0]
-        gv[k] = means2d[g, 1]
-        ga[k] = conics[g, 0]
-        gb[k] = conics[g, 1]
-        gc[k] = conics[g, 2]
-        go[k] = opacities[g]
-        for ch in range(NF):
-            gf[k, ch] = feats[g, ch]
-        a, b, c, o = float(ga[k]), float(gb[k]), float(gc[k]), float(go[k])
-        det = a * c - b * b
-        if o < ALPHA_MIN * 0.999 or det <= 0.0:
-            p0[k] = 0
-            p1[k] = 0
+        i = s0 + k
+        if r < gp[i, R0] or r >= gp[i, R1]:
             continue
-        # rows where 0.5 d^T Q d <= log(o / ALPHA_MIN) is possible: |dy| <= sqrt(2 smax cov_yy)
-        smax = max(math.log(o / ALPHA_MIN), 0.0)
-        ey = math.sqrt(2.0 * smax * a / det) * 1.001 + 0.01
-        lo = float(gv[k]) - ey - 0.5 - ty * TILE_SIZE     # row r has its centre at r + 0.5
-        hi = float(gv[k]) + ey - 0.5 - ty * TILE_SIZE
-        r0 = min(max(int(math.ceil(lo)), 0), rows)
-        r1 = min(max(int(math.floor(hi)) + 1, r0), rows)
-        p0[k] = r0 * TILE_SIZE
-        p1[k] = r1 * TILE_SIZE
-    return gu, gv, ga, gb, gc, go, gf, p0, p1
-
-
-@njit(**JIT)
-def _tile_pixels(tx, ty, width, height):
-    """Pixel centres of the tile [256] and whether each lies inside the image."""
-    pxs = np.empty(TILE_SIZE * TILE_SIZE, np.float32)
-    pys = np.empty(TILE_SIZE * TILE_SIZE, np.float32)
-    inside = np.empty(TILE_SIZE * TILE_SIZE, np.int32)
-    for p in range(TILE_SIZE * TILE_SIZE):
-        x = tx * TILE_SIZE + p % TILE_SIZE
-        y = ty * TILE_SIZE + p // TILE_SIZE
-        pxs[p] = np.float32(x) + F_HALF
-        pys[p] = np.float32(y) + F_HALF
-        inside[p] = 1 if (x < width and y < height) else 0
-    return pxs, pys, inside
+        u, v, a, b, c, o = gp[i, GU], gp[i, GV], gp[i, GA], gp[i, GB], gp[i, GC], gp[i, GO]
+        f0, f1, f2, f3 = gp[i, GF], gp[i, GF + 1], gp[i, GF + 2], gp[i, GF + 3]
+        kf = np.float32(k + 1)
+        dy = v - py
+        stopped = 0
+        for j in range(TILE_SIZE):
+            dx = u - (np.float32(px0 + j) + F_HALF)
+            sigma = F_HALF * (a * dx * dx + c * dy * dy) + b * dx * dy
+            e = o * exp_neg(sigma)
+            alpha = e if e < F_ALPHA_MAX else F_ALPHA_MAX
+            tr = st[S_T, j]
+            nt = tr * (F_ONE - alpha)
+            ok = (sigma >= F_ZERO) & (alpha >= F_ALPHA_MIN) & (st[S_LIVE, j] != F_ZERO)
+            stop = ok & (nt <= F_T_MIN)
+            take = np.float32(ok & (nt > F_T_MIN))
+            # selects as exact arithmetic on 0/1 masks: Python's `a if c else b` is a branch, which
+            # the vectoriser turns into masked stores, and a masked store stalls the next
+            # Gaussian's loads of the same pixels (no store forwarding)
+            w = alpha * tr * take
+            st[S_R, j] += w * f0
+            st[S_G, j] += w * f1
+            st[S_B, j] += w * f2
+            st[S_Z, j] += w * f3
+            st[S_T, j] = tr * (F_ONE - alpha * take)
+            cnt = st[S_CNT, j]
+            st[S_CNT, j] = cnt + (kf - cnt) * take
+            st[S_LIVE, j] *= F_ONE - np.float32(stop)
+            stopped += stop
+        n_live -= stopped
+        if n_live == 0:
+            break
 
 
 @njit(parallel=True, fastmath={"contract"}, **JIT)
-def raster_fwd(tile_start, isect_gauss, means2d, conics, opacities, feats, backgrounds, width, height, tiles_x,
-               tiles_y, out_rgb, out_alpha, out_depth, out_trans, out_count):
-    """Blend each tile's sorted list front to back.
+def raster_fwd(tile_start, schedule, gp, backgrounds, width, height, tiles_x, tiles_y,
+               out_rgb, out_alpha, out_depth, out_trans, out_count):
+    """Blend each tile's sorted list front to back, one row of 16 pixels at a time.
 
-    means2d [G,2], conics [G,3], opacities [G], feats [G,4] (G = C*N), backgrounds [C,3] ->
+    gp [M, GP_COLS] (gather_isects), schedule [workers, per] (tile_schedule), backgrounds [C,3] ->
     out_rgb [C,H,W,3] (over the background), out_alpha [C,H,W], out_depth [C,H,W] (alpha-weighted
     z / alpha, 0 where alpha is 0), out_trans [C,H,W] final transmittance, out_count [C,H,W]
     (list entries walked, i.e. 1 + the index of the last contributing entry; 0 if none).
-    Gaussian-outer, pixel-inner with selects instead of branches, so the pixel loop vectorises.
+    Each pixel is blended by one thread in list order, whichever worker draws its tile.
     """
     n_tiles = tiles_x * tiles_y
-    npix = TILE_SIZE * TILE_SIZE
-    for t in prange(tile_start.shape[0] - 1):
-        cam, tt = t // n_tiles, t % n_tiles
-        ty, tx = tt // tiles_x, tt % tiles_x
-        s0, n = tile_start[t], tile_start[t + 1] - tile_start[t]
-        gu, gv, ga, gb, gc, go, gf, p0, p1 = _gather_tile(s0, n, ty, height, isect_gauss, means2d, conics,
-                                                          opacities, feats)
-        pxs, pys, live = _tile_pixels(tx, ty, width, height)
-        trans = np.ones(npix, np.float32)
-        count = np.zeros(npix, np.int32)
-        acc = np.zeros((NF, npix), np.float32)
-        n_live = 0
-        for p in range(npix):
-            n_live += live[p]
-        for k in range(n):
-            u, v, a, b, c, o = gu[k], gv[k], ga[k], gb[k], gc[k], go[k]
-            f0, f1, f2, f3 = gf[k, 0], gf[k, 1], gf[k, 2], gf[k, 3]
-            stopped = 0
-            for p in range(p0[k], p1[k]):
-                dx = u - pxs[p]
-                dy = v - pys[p]
-                sigma = F_HALF * (a * dx * dx + c * dy * dy) + b * dx * dy
-                alpha = min(F_ALPHA_MAX, o * exp_neg(sigma))
-                tr = trans[p]
-                nt = tr * (F_ONE - alpha)
-                ok = (sigma >= F_ZERO) & (alpha >= F_ALPHA_MIN) & (live[p] != 0)
-                stop = ok & (nt <= F_T_MIN)
-                take = ok & (nt > F_T_MIN)
-                w = alpha * tr if take else F_ZERO
-                acc[0, p] += w * f0
-                acc[1, p] += w * f1
-                acc[2, p] += w * f2
-                acc[3, p] += w * f3
-                trans[p] = nt if take else tr
-                count[p] = k + 1 if take else count[p]
-                live[p] = 0 if stop else live[p]
-                stopped += 1 if stop else 0
-            n_live -= stopped
-            if n_live == 0:
-                break
-        for p in range(npix):
-            x = tx * TILE_SIZE + p % TILE_SIZE
-            y = ty * TILE_SIZE + p // TILE_SIZE
-            if x < width and y < height:
-                tr = trans[p]
-                for ch in range(3):
-                    out_rgb[cam, y, x, ch] = acc[ch, p] + tr * backgrounds[cam, ch]
-                a = F_ONE - tr
-                out_alpha[cam, y, x] = a
-                out_depth[cam, y, x] = acc[3, p] / max(a, F_TINY) if a > F_ZERO else F_ZERO
-                out_trans[cam, y, x] = tr
-                out_count[cam, y, x] = count[p]
+    for wk in prange(schedule.shape[0]):
+        st = np.empty((NS_FWD, TILE_SIZE), np.float32)
+        for q in range(schedule.shape[1]):
+            t = schedule[wk, q]
+            if t < 0:
+                continue
+            cam, tt = t // n_tiles, t % n_tiles
+            ty, tx = tt // tiles_x, tt % tiles_x
+            s0, n = tile_start[t], tile_start[t + 1] - tile_start[t]
+            cols = min(TILE_SIZE, width - tx * TILE_SIZE)
+            for r in range(min(TILE_SIZE, height - ty * TILE_SIZE)):
+                for j in range(TILE_SIZE):
+                    st[S_T, j] = F_ONE
+                    for ch in range(S_R, S_CNT + 1):
+                        st[ch, j] = F_ZERO
+                    st[S_LIVE, j] = F_ONE if j < cols else F_ZERO
+                y = ty * TILE_SIZE + r
+                _blend_row(st, gp, s0, n, r, tx * TILE_SIZE, np.float32(y) + F_HALF, cols)
+                for j in range(cols):
+                    x = tx * TILE_SIZE + j
+                    tr = st[S_T, j]
+                    for ch in range(3):
+                        out_rgb[cam, y, x, ch] = st[S_R + ch, j] + tr * backgrounds[cam, ch]
+                    a = F_ONE - tr
+                    out_alpha[cam, y, x] = a
+                    out_depth[cam, y, x] = st[S_Z, j] / max(a, F_TINY) if a > F_ZERO else F_ZERO
+                    out_trans[cam, y, x] = tr
+                    out_count[cam, y, x] = np.int32(st[S_CNT, j])
 
 
-@njit(parallel=True, fastmath={"contract", "reassoc", "nsz"}, **JIT)
-def raster_bwd(tile_start, isect_gauss, means2d, conics, opacities, feats, backgrounds, width, height, tiles_x,
-               tiles_y, out_depth, out_trans, out_count, v_rgb, v_alpha, v_depth, isect_grad):
+# per-pixel state of the backward pass, one flat array of rows of the tile's 256 pixels (flat, so
+# that the rows' distances are constants and the pixel loop vectorises without alias checks):
+# transmittance, the sum behind, the gradients of the features and of alpha, and the count
+NPIX = TILE_SIZE * TILE_SIZE
+B_T, B_BEH, B_VF, B_VA, B_CNT = 0, NPIX, 2 * NPIX, 6 * NPIX, 7 * NPIX
+NS_BWD = 8
+NG = 10   # gradient columns: d means2d (2), d conics (3), d opacity, d feats (4)
+U_T, U_BEH, U_VA, U_CNT = np.uint64(B_T), np.uint64(B_BEH), np.uint64(B_VA), np.uint64(B_CNT)
+U_VF0, U_VF1, U_VF2, U_VF3 = (np.uint64(B_VF + ch * NPIX) for ch in range(4))
+assert TILE_SIZE in (8, 16, 32)
+U_COL, U_ROW_SHIFT = np.uint64(TILE_SIZE - 1), np.uint64(TILE_SIZE.bit_length() - 1)   # p = row * TILE_SIZE + column
+
+
+@njit(**JIT)
+def _load_bwd_state(st, row_max, cam, tx, ty, width, height, backgrounds, out_depth, out_trans, out_count,
+                    v_rgb, v_alpha, v_depth):
+    """The tile's pixels' final state and output gradients into st [NS_BWD * NPIX]; row_max [16]
+    the largest count of each row. Returns the tile's largest count."""
+    st[:] = F_ZERO
+    k_max = 0
+    for r in range(TILE_SIZE):
+        row_max[r] = 0
+        for j in range(TILE_SIZE):
+            x, y, p = tx * TILE_SIZE + j, ty * TILE_SIZE + r, r * TILE_SIZE + j
+            if x >= width or y >= height:
+                continue
+            cnt = out_count[cam, y, x]
+            tr = out_trans[cam, y, x]
+            st[B_CNT + p] = np.float32(cnt)
+            st[B_T + p] = tr
+            # rgb = acc + T bg, alpha = 1 - T, depth = acc_z / alpha: gradients of acc and alpha
+            a = F_ONE - tr
+            v_a = v_alpha[cam, y, x]
+            for ch in range(3):
+                st[B_VF + ch * NPIX + p] = v_rgb[cam, y, x, ch]
+                v_a -= v_rgb[cam, y, x, ch] * backgrounds[cam, ch]
+            if a > F_ZERO:
+                vd = v_depth[cam, y, x]
+                st[B_VF + 3 * NPIX + p] = vd / max(a, F_TINY)
+                if a >= F_TINY:
+                    v_a -= vd * out_depth[cam, y, x] / a
+            st[B_VA + p] = v_a * tr
+            row_max[r] = max(row_max[r], cnt)
+        k_max = max(k_max, row_max[r])
+    return k_max
+
+
+@njit(fastmath={"contract", "reassoc", "nsz"}, error_model="numpy", **JIT)
+def _unblend_gaussian(st, row_max, gp, i, k, px0, py0, out):
+    """Entry k (gp row i) of a tile, back to front: update the pixels' state st and write the
+    entry's gradient, summed over the pixels, to out [NG]. Only the rows the Gaussian can reach
+    and that have pixels whose count is above k are walked, as one run of pixels."""
+    u, v, a, b, c, o = gp[i, GU], gp[i, GV], gp[i, GA], gp[i, GB], gp[i, GC], gp[i, GO]
+    f0, f1, f2, f3 = gp[i, GF], gp[i, GF + 1], gp[i, GF + 2], gp[i, GF + 3]
+    kf = np.float32(k)
+    r0, r1 = max(int(gp[i, R0]), 0), min(int(gp[i, R1]), TILE_SIZE)
+    while r0 < r1 and row_max[r0] <= k:
+        r0 += 1
+    while r1 > r0 and row_max[r1 - 1] <= k:
+        r1 -= 1
+    g_u = g_v = g_a = g_b = g_c = g_o = g_f0 = g_f1 = g_f2 = g_f3 = F_ZERO
+    fx0, fy0 = np.float32(px0) + F_HALF, np.float32(py0) + F_HALF
+    # unsigned pixel indices: numba then adds no negative-index wraparound, whose selects would
+    # make the addresses non-affine and stop the loop from vectorising
+    for p in range(np.uint64(r0 * TILE_SIZE), np.uint64(r1 * TILE_SIZE)):
+        dx = u - (fx0 + np.float32(p & U_COL))      # exact: small integers and halves
+        dy = v - (fy0 + np.float32(p >> U_ROW_SHIFT))
+        sigma = F_HALF * (a * dx * dx + c * dy * dy) + b * dx * dy
+        vis = exp_neg(sigma)
+        raw = o * vis
+        alpha = raw if raw < F_ALPHA_MAX else F_ALPHA_MAX
+        # selects as arithmetic on 0/1 masks, as in _blend_row
+        ok = np.float32((sigma >= F_ZERO) & (alpha >= F_ALPHA_MIN) & (kf < st[U_CNT + p]))
+        ra = F_ONE / (F_ONE - alpha)
+        t_in = st[U_T + p]
+        tr = t_in * ra * ok + t_in * (F_ONE - ok)     # transmittance in front of entry k
+        w = alpha * tr * ok
+        vf0, vf1, vf2, vf3 = st[U_VF0 + p], st[U_VF1 + p], st[U_VF2 + p], st[U_VF3 + p]
+        fdot = f0 * vf0 + f1 * vf1 + f2 * vf2 + f3 * vf3
+        beh = st[U_BEH + p]
+        v_al = tr * fdot - ra * beh + st[U_VA + p] * ra
+        st[U_T + p] = tr
+        st[U_BEH + p] = beh + w * fdot
+        g_f0 += w * vf0
+        g_f1 += w * vf1
+        g_f2 += w * vf2
+        g_f3 += w * vf3
+        # a capped alpha passes no gradient to opacity or shape
+        live = ok * np.float32(raw <= F_ALPHA_MAX)
+        v_sigma = -alpha * v_al * live
+        g_u += v_sigma * (a * dx + b * dy)
+        g_v += v_sigma * (c * dy + b * dx)
+        g_a += v_sigma * dx * dx
+        g_b += v_sigma * dx * dy
+        g_c += v_sigma * dy * dy
+        g_o += vis * v_al * live
+    out[0] = g_u
+    out[1] = g_v
+    out[2] = F_HALF * g_a
+    out[3] = g_b
+    out[4] = F_HALF * g_c
+    out[5] = g_o
+    out[6] = g_f0
+    out[7] = g_f1
+    out[8] = g_f2
+    out[9] = g_f3
+
+
+@njit(parallel=True, **JIT)
+def raster_bwd(tile_start, schedule, gp, backgrounds, width, height, tiles_x, tiles_y,
+               out_depth, out_trans, out_count, v_rgb, v_alpha, v_depth, isect_grad):
     """Backward of raster_fwd. v_rgb [C,H,W,3], v_alpha [C,H,W], v_depth [C,H,W] -> isect_grad
-    [M,10] per intersection: d means2d (2), d conics (3), d opacity (1), d feats (4).
+    [M,NG] per intersection: d means2d (2), d conics (3), d opacity (1), d feats (4).
     (The background's gradient, sum of v_rgb * transmittance, is left to the caller.)
 
     Walks each tile's list back to front over all its pixels at once; a pixel joins once the
     walk reaches its last contributing entry. Transmittance is recovered by division from the
     final one, and `behind` holds sum_j w_j (f_j . v_f) over the entries behind the current one.
+    Each intersection's row is written by the one worker that draws its tile, with its sums in
+    the compiled code's fixed order, so no value depends on the thread count.
     """
     n_tiles = tiles_x * tiles_y
-    npix = TILE_SIZE * TILE_SIZE
-    for t in prange(tile_start.shape[0] - 1):
-        cam, tt = t // n_tiles, t % n_tiles
-        ty, tx = tt // tiles_x, tt % tiles_x
-        s0, n = tile_start[t], tile_start[t + 1] - tile_start[t]
-        gu, gv, ga, gb, gc, go, gf, p0, p1 = _gather_tile(s0, n, ty, height, isect_gauss, means2d, conics,
-                                                          opacities, feats)
-        pxs, pys, inside = _tile_pixels(tx, ty, width, height)
-        trans = np.zeros(npix, np.float32)
-        count = np.zeros(npix, np.int32)
-        vf = np.zeros((NF, npix), np.float32)
-        va = np.zeros(npix, np.float32)
-        behind = np.zeros(npix, np.float32)
-        k_max = 0
-        for p in range(npix):
-            if inside[p] == 0:
+    for wk in prange(schedule.shape[0]):
+        st = np.empty(NS_BWD * NPIX, np.float32)
+        row_max = np.empty(TILE_SIZE, np.int64)
+        for q in range(schedule.shape[1]):
+            t = schedule[wk, q]
+            if t < 0:
                 continue
-            x = tx * TILE_SIZE + p % TILE_SIZE
-            y = ty * TILE_SIZE + p // TILE_SIZE
-            count[p] = out_count[cam, y, x]
-            tr = out_trans[cam, y, x]
-            trans[p] = tr
-            # rgb = acc + T bg, alpha = 1 - T, depth = acc_z / alpha: gradients of acc and alpha
-            a = F_ONE - tr
-            v_a = v_alpha[cam, y, x]
-            for ch in range(3):
-                vf[ch, p] = v_rgb[cam, y, x, ch]
-                v_a -= v_rgb[cam, y, x, ch] * backgrounds[cam, ch]
-            if a > F_ZERO:
-                vd = v_depth[cam, y, x]
-                vf[3, p] = vd / max(a, F_TINY)
-                if a >= F_TINY:
-                    v_a -= vd * out_depth[cam, y, x] / a
-            va[p] = v_a * tr
-            k_max = max(k_max, count[p])
-        for k in range(k_max - 1, -1, -1):
-            u, v, a, b, c, o = gu[k], gv[k], ga[k], gb[k], gc[k], go[k]
-            f0, f1, f2, f3 = gf[k, 0], gf[k, 1], gf[k, 2], gf[k, 3]
-            g_u = F_ZERO
-            g_v = F_ZERO
-            g_a = F_ZERO
-            g_b = F_ZERO
-            g_c = F_ZERO
-            g_o = F_ZERO
-            g_f0 = F_ZERO
-            g_f1 = F_ZERO
-            g_f2 = F_ZERO
-            g_f3 = F_ZERO
-            for p in range(p0[k], p1[k]):
-                dx = u - pxs[p]
-                dy = v - pys[p]
-                sigma = F_HALF * (a * dx * dx + c * dy * dy) + b * dx * dy
-                vis = exp_neg(sigma)
-                raw = o * vis
-                alpha = min(F_ALPHA_MAX, raw)
-                ok = (sigma >= F_ZERO) & (alpha >= F_ALPHA_MIN) & (k < count[p])
-                ra = F_ONE / (F_ONE - alpha)
-                tr = trans[p] * ra if ok else trans[p]       # transmittance in front of entry k
-                w = alpha * tr if ok else F_ZERO
-                fdot = f0 * vf[0, p] + f1 * vf[1, p] + f2 * vf[2, p] + f3 * vf[3, p]
-                v_al = tr * fdot - ra * behind[p] + va[p] * ra
-                trans[p] = tr
-                behind[p] += w * fdot
-                g_f0 += w * vf[0, p]
-                g_f1 += w * vf[1, p]
-                g_f2 += w * vf[2, p]
-                g_f3 += w * vf[3, p]
-                # a capped alpha passes no gradient to opacity or shape
-                v_sigma = -alpha * v_al if ok & (raw <= F_ALPHA_MAX) else F_ZERO
-                g_u += v_sigma * (a * dx + b * dy)
-                g_v += v_sigma * (c * dy + b * dx)
-                g_a += v_sigma * dx * dx
-                g_b += v_sigma * dx * dy
-                g_c += v_sigma * dy * dy
-                g_o += vis * v_al if ok & (raw <= F_ALPHA_MAX) else F_ZERO
-            row = s0 + k
-            isect_grad[row, 0] = g_u
-            isect_grad[row, 1] = g_v
-            isect_grad[row, 2] = F_HALF * g_a
-            isect_grad[row, 3] = g_b
-            isect_grad[row, 4] = F_HALF * g_c
-            isect_grad[row, 5] = g_o
-            isect_grad[row, 6] = g_f0
-            isect_grad[row, 7] = g_f1
-            isect_grad[row, 8] = g_f2
-            isect_grad[row, 9] = g_f3
-        for k in range(k_max, n):
-            for j in range(10):
-                isect_grad[s0 + k, j] = F_ZERO
+            cam, tt = t // n_tiles, t % n_tiles
+            ty, tx = tt // tiles_x, tt % tiles_x
+            s0, n = tile_start[t], tile_start[t + 1] - tile_start[t]
+            k_max = _load_bwd_state(st, row_max, cam, tx, ty, width, height, backgrounds, out_depth, out_trans,
+                                    out_count, v_rgb, v_alpha, v_depth)
+            for k in range(k_max - 1, -1, -1):
+                _unblend_gaussian(st, row_max, gp, s0 + k, k, tx * TILE_SIZE, ty * TILE_SIZE, isect_grad[s0 + k])
+            for k in range(k_max, n):
+                isect_grad[s0 + k, :] = F_ZERO
 
 
 @njit(**JIT)
 def gather_grads(isect_gauss, isect_grad, out):
-    """Sum per-intersection gradients [M,10] into per-Gaussian rows out [G,10] (zeroed here)."""
+    """Sum per-intersection gradients [M,NG] into per-Gaussian rows out [G,NG] (zeroed here), in
+    intersection order: the same sums in the same order on any thread count."""
     out[:] = 0.0
     for k in range(isect_gauss.shape[0]):
         g = isect_gauss[k]
-        for j in range(10):
+        for j in range(NG):
             out[g, j] += isect_grad[k, j]
