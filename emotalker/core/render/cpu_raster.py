@@ -96,16 +96,22 @@ def count_tiles(means2d, conics, opacities, radii, width, height, tiles_x, tiles
 
 @njit(parallel=True, **JIT)
 def list_tiles(means2d, conics, opacities, radii, width, height, tiles_x, tiles_y, n_per_cam, offsets,
-               isect_tile):
+               isect_tile, reach):
     """Write, for each Gaussian, the global tile ids (camera * tiles + tile) it reaches into
-    isect_tile[offsets[g]:offsets[g+1]] (same order and test as count_tiles)."""
+    isect_tile[offsets[g]:offsets[g+1]] (same order and test as count_tiles), and into reach [G]
+    the half-height of its alpha = 1/255 contour in pixels (-1: no pixel; see gather_isects)."""
     n_tiles = tiles_x * tiles_y
     for g in prange(radii.shape[0]):
+        reach[g] = -1.0
         if offsets[g + 1] == offsets[g]:
             continue
         sigma_max = math.log(float(opacities[g]) / ALPHA_MIN)
         u, v = float(means2d[g, 0]), float(means2d[g, 1])
         a, b, c = float(conics[g, 0]), float(conics[g, 1]), float(conics[g, 2])
+        det = a * c - b * b
+        if det > 0.0:
+            # rows where 0.5 d^T Q d <= log(o / ALPHA_MIN) is possible: |dy| <= sqrt(2 smax cov_yy)
+            reach[g] = math.sqrt(2.0 * max(sigma_max, 0.0) * a / det) * 1.001 + 0.01
         x0, x1, y0, y1 = _tile_box(u, v, float(radii[g]), tiles_x, tiles_y)
         base = (g // n_per_cam) * n_tiles
         k = offsets[g]
@@ -114,6 +120,45 @@ def list_tiles(means2d, conics, opacities, radii, width, height, tiles_x, tiles_
                 if _tile_reached(u, v, a, b, c, sigma_max, tx, ty, width, height):
                     isect_tile[k] = base + ty * tiles_x + tx
                     k += 1
+
+
+@njit(**JIT)
+def depth_order(depths, counts):
+    """Flat indices of the Gaussians with tiles (counts > 0), sorted by depth, ties by index (as a
+    stable argsort): an LSD radix sort of the float32 depths' bits made order-preserving."""
+    m = 0
+    for g in range(counts.shape[0]):
+        m += counts[g] > 0
+    keys = np.empty(m, np.uint32)
+    idx = np.empty(m, np.int64)
+    bits = depths.view(np.uint32)
+    m = 0
+    for g in range(counts.shape[0]):
+        if counts[g] > 0:
+            b = bits[g]
+            keys[m] = ~b if b >> np.uint32(31) else b | np.uint32(0x80000000)
+            idx[m] = g
+            m += 1
+    keys2 = np.empty_like(keys)
+    idx2 = np.empty_like(idx)
+    hist = np.empty(2048, np.int64)
+    for shift in (0, 11, 22):
+        hist[:] = 0
+        for i in range(m):
+            hist[(keys[i] >> np.uint32(shift)) & np.uint32(2047)] += 1
+        total = 0
+        for d in range(2048):
+            h = hist[d]
+            hist[d] = total
+            total += h
+        for i in range(m):
+            d = (keys[i] >> np.uint32(shift)) & np.uint32(2047)
+            keys2[hist[d]] = keys[i]
+            idx2[hist[d]] = idx[i]
+            hist[d] += 1
+        keys, keys2 = keys2, keys
+        idx, idx2 = idx2, idx
+    return idx
 
 
 @njit(**JIT)
@@ -161,9 +206,9 @@ GP_COLS = 12
 
 
 @njit(parallel=True, **JIT)
-def gather_isects(tile_start, isect_gauss, tiles_x, tiles_y, height, means2d, conics, opacities, feats, gp):
+def gather_isects(tile_start, isect_gauss, tiles_x, tiles_y, height, means2d, conics, opacities, feats, reach, gp):
     """Fill gp [M, GP_COLS] float32 from the flattened per-Gaussian arrays (see GU..R1); the row
-    range is exact pruning: rows whose centres lie beyond the contour's vertical extent are left out."""
+    range is exact pruning: rows whose centres lie beyond the contour's reach (list_tiles) are left out."""
     n_tiles = tiles_x * tiles_y
     for t in prange(tile_start.shape[0] - 1):
         ty = (t % n_tiles) // tiles_x
@@ -178,13 +223,9 @@ def gather_isects(tile_start, isect_gauss, tiles_x, tiles_y, height, means2d, co
             gp[i, GO] = opacities[g]
             for ch in range(NF):
                 gp[i, GF + ch] = feats[g, ch]
-            a, b, c, o = float(conics[g, 0]), float(conics[g, 1]), float(conics[g, 2]), float(opacities[g])
-            det = a * c - b * b
             r0, r1 = 0, 0
-            if o >= ALPHA_MIN * 0.999 and det > 0.0:
-                # rows where 0.5 d^T Q d <= log(o / ALPHA_MIN) is possible: |dy| <= sqrt(2 smax cov_yy)
-                smax = max(math.log(o / ALPHA_MIN), 0.0)
-                ey = math.sqrt(2.0 * smax * a / det) * 1.001 + 0.01
+            ey = reach[g]
+            if ey >= 0.0:
                 v = float(np.float32(means2d[g, 1]))
                 lo = v - ey - 0.5 - ty * TILE_SIZE     # row r has its centre at r + 0.5
                 hi = v + ey - 0.5 - ty * TILE_SIZE
