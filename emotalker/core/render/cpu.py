@@ -81,17 +81,19 @@ def bin_gaussians(means2d, conics, opacities, depths, radii, width, height):
     tiles_x, tiles_y = math.ceil(width / TILE_SIZE), math.ceil(height / TILE_SIZE)
     flat = lambda t, k: _np(t).reshape(c * n, k) if k else _np(t).reshape(c * n)  # noqa: E731
     m2d, con, opa, rad = flat(means2d, 2), flat(conics, 3), flat(opacities, 0), flat(radii, 0)
-    counts = np.empty(c * n, np.int64)
-    kr.count_tiles(m2d, con, opa, rad, float(width), float(height), tiles_x, tiles_y, counts)
+    room = np.empty(c * n, np.int64)
+    kr.count_tiles(m2d, con, opa, rad, float(width), float(height), tiles_x, tiles_y, room)
     offsets = np.zeros(c * n + 1, np.int64)
-    np.cumsum(counts, out=offsets[1:])
+    np.cumsum(room, out=offsets[1:])
     isect_tile = np.empty(int(offsets[-1]), np.int64)
+    hits = np.empty(c * n, np.int64)
     reach = np.empty(c * n, np.float64)
-    kr.list_tiles(m2d, con, opa, rad, float(width), float(height), tiles_x, tiles_y, n, offsets, isect_tile, reach)
-    order = kr.depth_order(flat(depths, 0), counts)
+    kr.list_tiles(m2d, con, opa, rad, float(width), float(height), tiles_x, tiles_y, n, offsets, isect_tile, hits,
+                  reach)
+    order = kr.depth_order(flat(depths, 0), hits)
     tile_start = np.empty(c * tiles_x * tiles_y + 1, np.int64)
-    isect_gauss = np.empty_like(isect_tile)
-    kr.sort_by_tile(order, offsets, isect_tile, c * tiles_x * tiles_y, tile_start, isect_gauss)
+    isect_gauss = np.empty(int(hits.sum()), np.int64)
+    kr.sort_by_tile(order, offsets, hits, isect_tile, c * tiles_x * tiles_y, tile_start, isect_gauss)
     return tile_start, isect_gauss, reach
 
 

@@ -75,34 +75,27 @@ def _tile_reached(u, v, a, b, c, sigma_max, tx, ty, width, height):
 
 @njit(parallel=True, **JIT)
 def count_tiles(means2d, conics, opacities, radii, width, height, tiles_x, tiles_y, counts):
-    """Tiles each Gaussian reaches. means2d [G,2], conics [G,3], opacities [G], radii [G]
-    (G = C*N flattened) -> counts [G]."""
+    """Room for each Gaussian's tiles: the tiles of its radius box (list_tiles keeps those its
+    contour reaches). means2d [G,2], conics [G,3], opacities [G], radii [G] (G = C*N flattened)
+    -> counts [G]."""
     for g in prange(radii.shape[0]):
         counts[g] = 0
-        o = float(opacities[g])
-        if radii[g] <= 0 or o < ALPHA_MIN * 0.999:
+        if radii[g] <= 0 or float(opacities[g]) < ALPHA_MIN * 0.999:
             continue        # alpha = o * exp(-sigma) <= o never reaches ALPHA_MIN
-        sigma_max = math.log(o / ALPHA_MIN)
-        u, v = float(means2d[g, 0]), float(means2d[g, 1])
-        a, b, c = float(conics[g, 0]), float(conics[g, 1]), float(conics[g, 2])
-        x0, x1, y0, y1 = _tile_box(u, v, float(radii[g]), tiles_x, tiles_y)
-        n = 0
-        for ty in range(y0, y1):
-            for tx in range(x0, x1):
-                if _tile_reached(u, v, a, b, c, sigma_max, tx, ty, width, height):
-                    n += 1
-        counts[g] = n
+        x0, x1, y0, y1 = _tile_box(float(means2d[g, 0]), float(means2d[g, 1]), float(radii[g]), tiles_x, tiles_y)
+        counts[g] = (x1 - x0) * (y1 - y0)
 
 
 @njit(parallel=True, **JIT)
 def list_tiles(means2d, conics, opacities, radii, width, height, tiles_x, tiles_y, n_per_cam, offsets,
-               isect_tile, reach):
-    """Write, for each Gaussian, the global tile ids (camera * tiles + tile) it reaches into
-    isect_tile[offsets[g]:offsets[g+1]] (same order and test as count_tiles), and into reach [G]
-    the half-height of its alpha = 1/255 contour in pixels (-1: no pixel; see gather_isects)."""
+               isect_tile, hits, reach):
+    """Write, for each Gaussian, the global tile ids (camera * tiles + tile) of the radius box's tiles
+    that its alpha = 1/255 contour can reach into isect_tile[offsets[g]:offsets[g] + hits[g]] (row
+    by row), and into reach [G] the contour's half-height in pixels (-1: no pixel; gather_isects)."""
     n_tiles = tiles_x * tiles_y
     for g in prange(radii.shape[0]):
         reach[g] = -1.0
+        hits[g] = 0
         if offsets[g + 1] == offsets[g]:
             continue
         sigma_max = math.log(float(opacities[g]) / ALPHA_MIN)
@@ -120,6 +113,7 @@ def list_tiles(means2d, conics, opacities, radii, width, height, tiles_x, tiles_
                 if _tile_reached(u, v, a, b, c, sigma_max, tx, ty, width, height):
                     isect_tile[k] = base + ty * tiles_x + tx
                     k += 1
+        hits[g] = k - offsets[g]
 
 
 @njit(**JIT)
@@ -162,18 +156,21 @@ def depth_order(depths, counts):
 
 
 @njit(**JIT)
-def sort_by_tile(order, offsets, isect_tile, n_tiles_total, tile_start, isect_gauss):
+def sort_by_tile(order, offsets, hits, isect_tile, n_tiles_total, tile_start, isect_gauss):
     """Stable counting sort of intersections by tile, taking Gaussians in `order` (depth order,
-    flattened indices). Fills tile_start [T+1] and isect_gauss [M] (Gaussian of each slot)."""
+    flattened indices). Fills tile_start [T+1] and isect_gauss [:tile_start[T]] (Gaussian of each
+    slot); Gaussian g's tiles are isect_tile[offsets[g]:offsets[g] + hits[g]]."""
     tile_start[:] = 0
-    for k in range(isect_tile.shape[0]):
-        tile_start[isect_tile[k] + 1] += 1
+    for i in range(order.shape[0]):
+        g = order[i]
+        for k in range(offsets[g], offsets[g] + hits[g]):
+            tile_start[isect_tile[k] + 1] += 1
     for t in range(n_tiles_total):
         tile_start[t + 1] += tile_start[t]
     cursor = tile_start[:-1].copy()
     for i in range(order.shape[0]):
         g = order[i]
-        for k in range(offsets[g], offsets[g + 1]):
+        for k in range(offsets[g], offsets[g] + hits[g]):
             t = isect_tile[k]
             isect_gauss[cursor[t]] = g
             cursor[t] += 1
