@@ -73,10 +73,11 @@ class _SHColors(torch.autograd.Function):
         return v_sh, v_means, None, None
 
 
-def bin_gaussians(means2d, conics, opacities, depths, radii, width, height):
-    """Tile lists. means2d [C,N,2], conics [C,N,3], opacities [C,N], depths [C,N], radii [C,N] ->
-    (tile_start [C*T+1] int64, isect_gauss [M] int64 flat C*N indices, depth-sorted within each tile,
-    reach [C*N] float64: each Gaussian's vertical reach in pixels, see cpu_raster.list_tiles)."""
+def bin_gaussians(means2d, conics, opacities, feats, depths, radii, width, height):
+    """Tile lists. means2d [C,N,2], conics [C,N,3], opacities [C,N], feats [C,N,4], depths [C,N],
+    radii [C,N] -> (tile_start [C*T+1] int64, isect_gauss [M] int64 flat C*N indices, depth-sorted
+    within each tile, and per flat Gaussian pack [C*N, GP_COLS] and reach [C*N, 3]: see
+    cpu_raster.list_tiles)."""
     c, n = radii.shape
     tiles_x, tiles_y = math.ceil(width / TILE_SIZE), math.ceil(height / TILE_SIZE)
     flat = lambda t, k: _np(t).reshape(c * n, k) if k else _np(t).reshape(c * n)  # noqa: E731
@@ -87,26 +88,25 @@ def bin_gaussians(means2d, conics, opacities, depths, radii, width, height):
     np.cumsum(room, out=offsets[1:])
     isect_tile = np.empty(int(offsets[-1]), np.int64)
     hits = np.empty(c * n, np.int64)
-    reach = np.empty(c * n, np.float64)
-    kr.list_tiles(m2d, con, opa, rad, float(width), float(height), tiles_x, tiles_y, n, offsets, isect_tile, hits,
-                  reach)
+    pack = np.empty((c * n, kr.GP_COLS), np.float32)
+    reach = np.empty((c * n, 3), np.float64)
+    kr.list_tiles(m2d, con, opa, flat(feats, 4), rad, float(width), float(height), tiles_x, tiles_y, n, offsets,
+                  isect_tile, hits, pack, reach)
     order = kr.depth_order(flat(depths, 0), hits)
     tile_start = np.empty(c * tiles_x * tiles_y + 1, np.int64)
     isect_gauss = np.empty(int(hits.sum()), np.int64)
     kr.sort_by_tile(order, offsets, hits, isect_tile, c * tiles_x * tiles_y, tile_start, isect_gauss)
-    return tile_start, isect_gauss, reach
+    return tile_start, isect_gauss, pack, reach
 
 
 def _tile_lists(means2d, conics, opacities, feats, depths, radii, width, height):
     """bin_gaussians, then each intersection's parameters in tile order (gp, see cpu_raster.GU..R1)
     and the tiles dealt out to the kernel threads."""
-    c, n = radii.shape
     tiles_x, tiles_y = math.ceil(width / TILE_SIZE), math.ceil(height / TILE_SIZE)
-    tile_start, isect_gauss, reach = bin_gaussians(means2d, conics, opacities, depths, radii, width, height)
+    tile_start, isect_gauss, pack, reach = bin_gaussians(means2d, conics, opacities, feats, depths, radii, width,
+                                                         height)
     gp = np.empty((isect_gauss.shape[0], kr.GP_COLS), np.float32)
-    kr.gather_isects(tile_start, isect_gauss, tiles_x, tiles_y, height, _np(means2d).reshape(c * n, 2),
-                     _np(conics).reshape(c * n, 3), _np(opacities).reshape(c * n), _np(feats).reshape(c * n, 4),
-                     reach, gp)
+    kr.gather_isects(tile_start, isect_gauss, tiles_x, tiles_y, height, pack, reach, gp)
     schedule = kr.tile_schedule(tile_start, numba.get_num_threads())
     return tile_start, isect_gauss, gp, schedule
 

@@ -87,24 +87,33 @@ def count_tiles(means2d, conics, opacities, radii, width, height, tiles_x, tiles
 
 
 @njit(parallel=True, **JIT)
-def list_tiles(means2d, conics, opacities, radii, width, height, tiles_x, tiles_y, n_per_cam, offsets,
-               isect_tile, hits, reach):
+def list_tiles(means2d, conics, opacities, feats, radii, width, height, tiles_x, tiles_y, n_per_cam, offsets,
+               isect_tile, hits, pack, reach):
     """Write, for each Gaussian, the global tile ids (camera * tiles + tile) of the radius box's tiles
     that its alpha = 1/255 contour can reach into isect_tile[offsets[g]:offsets[g] + hits[g]] (row
-    by row), and into reach [G] the contour's half-height in pixels (-1: no pixel; gather_isects)."""
+    by row); its parameters (GU..GF+3) into pack [G, GP_COLS], one cache line for gather_isects;
+    and into reach [G, 3] the contour's vertical extent: the lowest and highest pixel-centre
+    offset v - ey - 0.5, v + ey - 0.5, and ey (the half-height; -1: no pixel)."""
     n_tiles = tiles_x * tiles_y
     for g in prange(radii.shape[0]):
-        reach[g] = -1.0
+        reach[g, 2] = -1.0
         hits[g] = 0
         if offsets[g + 1] == offsets[g]:
             continue
         sigma_max = math.log(float(opacities[g]) / ALPHA_MIN)
         u, v = float(means2d[g, 0]), float(means2d[g, 1])
         a, b, c = float(conics[g, 0]), float(conics[g, 1]), float(conics[g, 2])
+        pack[g, GU], pack[g, GV], pack[g, GO] = means2d[g, 0], means2d[g, 1], opacities[g]
+        pack[g, GA], pack[g, GB], pack[g, GC] = conics[g, 0], conics[g, 1], conics[g, 2]
+        for ch in range(NF):
+            pack[g, GF + ch] = feats[g, ch]
         det = a * c - b * b
         if det > 0.0:
             # rows where 0.5 d^T Q d <= log(o / ALPHA_MIN) is possible: |dy| <= sqrt(2 smax cov_yy)
-            reach[g] = math.sqrt(2.0 * max(sigma_max, 0.0) * a / det) * 1.001 + 0.01
+            ey = math.sqrt(2.0 * max(sigma_max, 0.0) * a / det) * 1.001 + 0.01
+            reach[g, 0] = v - ey - 0.5
+            reach[g, 1] = v + ey - 0.5
+            reach[g, 2] = ey
         x0, x1, y0, y1 = _tile_box(u, v, float(radii[g]), tiles_x, tiles_y)
         base = (g // n_per_cam) * n_tiles
         k = offsets[g]
@@ -203,29 +212,21 @@ GP_COLS = 12
 
 
 @njit(parallel=True, **JIT)
-def gather_isects(tile_start, isect_gauss, tiles_x, tiles_y, height, means2d, conics, opacities, feats, reach, gp):
-    """Fill gp [M, GP_COLS] float32 from the flattened per-Gaussian arrays (see GU..R1); the row
-    range is exact pruning: rows whose centres lie beyond the contour's reach (list_tiles) are left out."""
+def gather_isects(tile_start, isect_gauss, tiles_x, tiles_y, height, pack, reach, gp):
+    """Fill gp [M, GP_COLS] float32 from the Gaussians' packed rows (list_tiles); the row range is
+    exact pruning: rows whose centres lie beyond the contour's reach are left out."""
     n_tiles = tiles_x * tiles_y
     for t in prange(tile_start.shape[0] - 1):
         ty = (t % n_tiles) // tiles_x
         rows = min(TILE_SIZE, height - ty * TILE_SIZE)
         for i in range(tile_start[t], tile_start[t + 1]):
             g = isect_gauss[i]
-            gp[i, GU] = means2d[g, 0]
-            gp[i, GV] = means2d[g, 1]
-            gp[i, GA] = conics[g, 0]
-            gp[i, GB] = conics[g, 1]
-            gp[i, GC] = conics[g, 2]
-            gp[i, GO] = opacities[g]
-            for ch in range(NF):
-                gp[i, GF + ch] = feats[g, ch]
+            for col in range(GF + NF):
+                gp[i, col] = pack[g, col]
             r0, r1 = 0, 0
-            ey = reach[g]
-            if ey >= 0.0:
-                v = float(np.float32(means2d[g, 1]))
-                lo = v - ey - 0.5 - ty * TILE_SIZE     # row r has its centre at r + 0.5
-                hi = v + ey - 0.5 - ty * TILE_SIZE
+            if reach[g, 2] >= 0.0:
+                lo = reach[g, 0] - ty * TILE_SIZE     # row r has its centre at r + 0.5
+                hi = reach[g, 1] - ty * TILE_SIZE
                 r0 = min(max(int(math.ceil(lo)), 0), rows)
                 r1 = min(max(int(math.floor(hi)) + 1, r0), rows)
             gp[i, R0] = r0
