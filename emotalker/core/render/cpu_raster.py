@@ -249,56 +249,53 @@ def tile_schedule(tile_start, n_workers):
     return out
 
 
-# per-pixel state rows of the forward pass (one tile row of 16 pixels at a time)
-S_T, S_R, S_G, S_B, S_Z, S_CNT, S_LIVE = 0, 1, 2, 3, 4, 5, 6
-NS_FWD = 7
+assert TILE_SIZE in (8, 16, 32)
+U_COL, U_ROW_SHIFT = np.uint64(TILE_SIZE - 1), np.uint64(TILE_SIZE.bit_length() - 1)   # p = row * TILE_SIZE + column
+
+# per-pixel state of the forward pass by Gaussian: rows of the tile's 256 pixels in one flat array
+NPIX_F = TILE_SIZE * TILE_SIZE
+U_FT, U_FR, U_FG, U_FB, U_FZ, U_FCNT, U_FLIVE = (np.uint64(ch * NPIX_F) for ch in range(7))
+U_TILE = np.uint64(TILE_SIZE)
 
 
-@njit(fastmath={"contract"}, **JIT)
-def _blend_row(st, gp, s0, n, r, px0, py, n_live):
-    """Blend the tile's list front to back over one row of 16 pixels (state st [NS_FWD, 16]).
-    Gaussian-outer, pixel-inner with selects instead of branches, so the 16 pixels are one vector."""
-    for k in range(n):
-        i = s0 + k
-        if r < gp[i, R0] or r >= gp[i, R1]:
-            continue
-        u, v, a, b, c, o = gp[i, GU], gp[i, GV], gp[i, GA], gp[i, GB], gp[i, GC], gp[i, GO]
-        f0, f1, f2, f3 = gp[i, GF], gp[i, GF + 1], gp[i, GF + 2], gp[i, GF + 3]
-        kf = np.float32(k + 1)
-        dy = v - py
-        stopped = 0
-        for j in range(TILE_SIZE):
-            dx = u - (np.float32(px0 + j) + F_HALF)
-            sigma = F_HALF * (a * dx * dx + c * dy * dy) + b * dx * dy
-            e = o * exp_neg(sigma)
-            alpha = e if e < F_ALPHA_MAX else F_ALPHA_MAX
-            tr = st[S_T, j]
-            nt = tr * (F_ONE - alpha)
-            ok = (sigma >= F_ZERO) & (alpha >= F_ALPHA_MIN) & (st[S_LIVE, j] != F_ZERO)
-            stop = ok & (nt <= F_T_MIN)
-            take = np.float32(ok & (nt > F_T_MIN))
-            # selects as exact arithmetic on 0/1 masks: Python's `a if c else b` is a branch, which
-            # the vectoriser turns into masked stores, and a masked store stalls the next
-            # Gaussian's loads of the same pixels (no store forwarding)
-            w = alpha * tr * take
-            st[S_R, j] += w * f0
-            st[S_G, j] += w * f1
-            st[S_B, j] += w * f2
-            st[S_Z, j] += w * f3
-            st[S_T, j] = tr * (F_ONE - alpha * take)
-            cnt = st[S_CNT, j]
-            st[S_CNT, j] = cnt + (kf - cnt) * take
-            st[S_LIVE, j] *= F_ONE - np.float32(stop)
-            stopped += stop
-        n_live -= stopped
-        if n_live == 0:
-            break
+@njit(fastmath={"contract"}, error_model="numpy", **JIT)
+def _blend_gaussian(st, gp, i, kf, fx0, fy0):
+    """Blend gp row i (list entry kf - 1) over the rows of the tile it can reach, as one run of
+    pixels with unsigned indices (see _unblend_gaussian). Returns how many pixels it stopped."""
+    u, v, a, b, c, o = gp[i, GU], gp[i, GV], gp[i, GA], gp[i, GB], gp[i, GC], gp[i, GO]
+    f0, f1, f2, f3 = gp[i, GF], gp[i, GF + 1], gp[i, GF + 2], gp[i, GF + 3]
+    stopped = 0
+    for p in range(np.uint64(int(gp[i, R0])) * U_TILE, np.uint64(int(gp[i, R1])) * U_TILE):
+        dx = u - (fx0 + np.float32(p & U_COL))      # exact: small integers and halves
+        dy = v - (fy0 + np.float32(p >> U_ROW_SHIFT))
+        sigma = F_HALF * (a * dx * dx + c * dy * dy) + b * dx * dy
+        e = o * exp_neg(sigma)
+        alpha = e if e < F_ALPHA_MAX else F_ALPHA_MAX
+        tr = st[U_FT + p]
+        nt = tr * (F_ONE - alpha)
+        ok = (sigma >= F_ZERO) & (alpha >= F_ALPHA_MIN) & (st[U_FLIVE + p] != F_ZERO)
+        stop = ok & (nt <= F_T_MIN)
+        take = np.float32(ok & (nt > F_T_MIN))
+        # selects as exact arithmetic on 0/1 masks: Python's `a if c else b` is a branch, which
+        # the vectoriser turns into masked stores, and a masked store stalls the next
+        # Gaussian's loads of the same pixels (no store forwarding)
+        w = alpha * tr * take
+        st[U_FR + p] += w * f0
+        st[U_FG + p] += w * f1
+        st[U_FB + p] += w * f2
+        st[U_FZ + p] += w * f3
+        st[U_FT + p] = tr * (F_ONE - alpha * take)
+        cnt = st[U_FCNT + p]
+        st[U_FCNT + p] = cnt + (kf - cnt) * take
+        st[U_FLIVE + p] *= F_ONE - np.float32(stop)
+        stopped += stop
+    return stopped
 
 
 @njit(parallel=True, fastmath={"contract"}, **JIT)
 def raster_fwd(tile_start, schedule, gp, backgrounds, width, height, tiles_x, tiles_y,
                out_rgb, out_alpha, out_depth, out_trans, out_count):
-    """Blend each tile's sorted list front to back, one row of 16 pixels at a time.
+    """Blend each tile's sorted list front to back, a Gaussian at a time over the rows it reaches.
 
     gp [M, GP_COLS] (gather_isects), schedule [workers, per] (tile_schedule), backgrounds [C,3] ->
     out_rgb [C,H,W,3] (over the background), out_alpha [C,H,W], out_depth [C,H,W] (alpha-weighted
@@ -308,7 +305,7 @@ def raster_fwd(tile_start, schedule, gp, backgrounds, width, height, tiles_x, ti
     """
     n_tiles = tiles_x * tiles_y
     for wk in prange(schedule.shape[0]):
-        st = np.empty((NS_FWD, TILE_SIZE), np.float32)
+        st = np.empty(7 * NPIX_F, np.float32)
         for q in range(schedule.shape[1]):
             t = schedule[wk, q]
             if t < 0:
@@ -317,24 +314,32 @@ def raster_fwd(tile_start, schedule, gp, backgrounds, width, height, tiles_x, ti
             ty, tx = tt // tiles_x, tt % tiles_x
             s0, n = tile_start[t], tile_start[t + 1] - tile_start[t]
             cols = min(TILE_SIZE, width - tx * TILE_SIZE)
-            for r in range(min(TILE_SIZE, height - ty * TILE_SIZE)):
-                for j in range(TILE_SIZE):
-                    st[S_T, j] = F_ONE
-                    for ch in range(S_R, S_CNT + 1):
-                        st[ch, j] = F_ZERO
-                    st[S_LIVE, j] = F_ONE if j < cols else F_ZERO
+            rows = min(TILE_SIZE, height - ty * TILE_SIZE)
+            st[:] = F_ZERO
+            n_live = 0
+            for p in range(NPIX_F):
+                st[p] = F_ONE
+                if p % TILE_SIZE < cols and p // TILE_SIZE < rows:
+                    st[6 * NPIX_F + p] = F_ONE
+                    n_live += 1
+            fx0 = np.float32(tx * TILE_SIZE) + F_HALF
+            fy0 = np.float32(ty * TILE_SIZE) + F_HALF
+            for k in range(n):
+                n_live -= _blend_gaussian(st, gp, s0 + k, np.float32(k + 1), fx0, fy0)
+                if n_live == 0:
+                    break
+            for r in range(rows):
                 y = ty * TILE_SIZE + r
-                _blend_row(st, gp, s0, n, r, tx * TILE_SIZE, np.float32(y) + F_HALF, cols)
                 for j in range(cols):
-                    x = tx * TILE_SIZE + j
-                    tr = st[S_T, j]
+                    x, p = tx * TILE_SIZE + j, r * TILE_SIZE + j
+                    tr = st[p]
                     for ch in range(3):
-                        out_rgb[cam, y, x, ch] = st[S_R + ch, j] + tr * backgrounds[cam, ch]
+                        out_rgb[cam, y, x, ch] = st[(1 + ch) * NPIX_F + p] + tr * backgrounds[cam, ch]
                     a = F_ONE - tr
                     out_alpha[cam, y, x] = a
-                    out_depth[cam, y, x] = st[S_Z, j] / max(a, F_TINY) if a > F_ZERO else F_ZERO
+                    out_depth[cam, y, x] = st[4 * NPIX_F + p] / max(a, F_TINY) if a > F_ZERO else F_ZERO
                     out_trans[cam, y, x] = tr
-                    out_count[cam, y, x] = np.int32(st[S_CNT, j])
+                    out_count[cam, y, x] = np.int32(st[5 * NPIX_F + p])
 
 
 # per-pixel state of the backward pass, one flat array of rows of the tile's 256 pixels (flat, so
@@ -346,8 +351,6 @@ NS_BWD = 8
 NG = 10   # gradient columns: d means2d (2), d conics (3), d opacity, d feats (4)
 U_T, U_BEH, U_VA, U_CNT = np.uint64(B_T), np.uint64(B_BEH), np.uint64(B_VA), np.uint64(B_CNT)
 U_VF0, U_VF1, U_VF2, U_VF3 = (np.uint64(B_VF + ch * NPIX) for ch in range(4))
-assert TILE_SIZE in (8, 16, 32)
-U_COL, U_ROW_SHIFT = np.uint64(TILE_SIZE - 1), np.uint64(TILE_SIZE.bit_length() - 1)   # p = row * TILE_SIZE + column
 
 
 @njit(**JIT)
@@ -408,7 +411,7 @@ def _unblend_gaussian(st, row_max, gp, i, k, px0, py0, out):
         vis = exp_neg(sigma)
         raw = o * vis
         alpha = raw if raw < F_ALPHA_MAX else F_ALPHA_MAX
-        # selects as arithmetic on 0/1 masks, as in _blend_row
+        # selects as arithmetic on 0/1 masks, as in _blend_gaussian
         ok = np.float32((sigma >= F_ZERO) & (alpha >= F_ALPHA_MIN) & (kf < st[U_CNT + p]))
         ra = F_ONE / (F_ONE - alpha)
         t_in = st[U_T + p]
