@@ -1,12 +1,16 @@
 """Compiled (numba) tile rasteriser: binning, front-to-back blending and its backward pass.
 
 Gaussians are binned into 16x16 tiles; each tile's list is depth-sorted (a stable
-counting sort by tile of the Gaussians taken in depth order). Tiles run in parallel.
-The backward pass walks each pixel's list back to front, recovering transmittance by
-division as gsplat does, so nothing per pair is stored by the forward pass. Its
-per-pair gradients go to one row per (tile, Gaussian) intersection, which one
-thread owns, and are summed per Gaussian afterwards: no atomics, and the result
-does not depend on the thread count.
+counting sort by tile of the Gaussians taken in depth order, from a radix sort of the
+depths), and each intersection's parameters are gathered into one row of `gp`.
+Tiles are dealt to the threads longest first (tile_schedule). The blending loops take
+a Gaussian at a time over the pixels of the tile rows it reaches, as one vectorised
+run (see docs/renderer.md for what keeps them vectorised: no branches, no masked
+stores, unsigned indices). The backward pass walks each pixel's list back to front,
+recovering transmittance by division as gsplat does, so nothing per pair is stored by
+the forward pass. Its per-pair gradients go to one row per (tile, Gaussian)
+intersection, which one thread owns, and are summed per Gaussian afterwards: no
+atomics, and the result does not depend on the thread count.
 
 Features are 4 channels: rgb and camera z (for the expected depth).
 """
