@@ -81,7 +81,8 @@ def run(scene, grad: bool, repeats: int) -> tuple[dict[str, float], float]:
     return {k: statistics.median(v) for k, v in per_phase.items()}, statistics.median(totals)
 
 
-ORDER = ("project+SH fwd", "binning", "sort", "tile gather", "blend fwd", "blend bwd", "gather", "project+SH bwd", "other")
+ORDER = ("project+SH fwd", "binning", "sort", "tile gather", "blend fwd", "blend bwd", "gather", "project+SH bwd",
+         "other")
 
 
 def main(argv=None):
@@ -95,7 +96,8 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     install()
-    cases = [("fwd 512x512 50k", head_scene(50_000, 512), False), ("fwd+bwd 256x256 20k", head_scene(20_000, 256), True)]
+    cases = [("fwd 512x512 50k", head_scene(50_000, 512), False),
+             ("fwd+bwd 256x256 20k", head_scene(20_000, 256), True)]
     for _, scene, grad in cases:
         _render(scene, "cpu", grad)   # compile or load the cache
     print(f"load average {os.getloadavg()[0]:.2f}, torch threads {torch.get_num_threads()}, {args.clock} time (ms)")

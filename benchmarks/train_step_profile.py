@@ -23,7 +23,6 @@ import argparse
 import collections
 import math
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -155,8 +154,8 @@ def main(argv=None):
         for k, v in rp._times.items():
             kernel_t[k] += v
     total = sum(t.values())
-    print(f"{type(frames).__name__}: {args.steps} steps, {model.n_gaussians + model.n_teeth} Gaussians, {frames.width}x{frames.height}, "
-          f"torch threads {torch.get_num_threads()}, {args.clock} time, load average {os.getloadavg()[0]:.1f}")
+    print(f"{type(frames).__name__}: {args.steps} steps, {model.n_gaussians + model.n_teeth} Gaussians, "
+          f"{frames.width}x{frames.height}, torch threads {torch.get_num_threads()}, {args.clock} time, load average {os.getloadavg()[0]:.1f}")
     for k, v in t.items():
         print(f"  {k:44s} {v / args.steps * 1e3:8.1f} ms  {100 * v / total:5.1f}%")
     print(f"  {'total':44s} {total / args.steps * 1e3:8.1f} ms")
