@@ -76,7 +76,7 @@ class _SHColors(torch.autograd.Function):
 def bin_gaussians(means2d, conics, opacities, feats, depths, radii, width, height):
     """Tile lists. means2d [C,N,2], conics [C,N,3], opacities [C,N], feats [C,N,4], depths [C,N],
     radii [C,N] -> (tile_start [C*T+1] int64, isect_gauss [M] int64 flat C*N indices, depth-sorted
-    within each tile, and per flat Gaussian pack [C*N, GP_COLS] and reach [C*N, 3]: see
+    within each tile, and per flat Gaussian pack [C*N, GP_COLS] and reach [C*N, 5]: see
     cpu_raster.list_tiles)."""
     c, n = radii.shape
     tiles_x, tiles_y = math.ceil(width / TILE_SIZE), math.ceil(height / TILE_SIZE)
@@ -89,7 +89,7 @@ def bin_gaussians(means2d, conics, opacities, feats, depths, radii, width, heigh
     isect_tile = np.empty(int(offsets[-1]), np.int64)
     hits = np.empty(c * n, np.int64)
     pack = np.empty((c * n, kr.GP_COLS), np.float32)
-    reach = np.empty((c * n, 3), np.float64)
+    reach = np.empty((c * n, 5), np.float64)
     kr.list_tiles(m2d, con, opa, flat(feats, 4), rad, float(width), float(height), tiles_x, tiles_y, n, offsets,
                   isect_tile, hits, pack, reach)
     order = kr.depth_order(flat(depths, 0), hits)

@@ -96,8 +96,8 @@ def list_tiles(means2d, conics, opacities, feats, radii, width, height, tiles_x,
     """Write, for each Gaussian, the global tile ids (camera * tiles + tile) of the radius box's tiles
     that its alpha = 1/255 contour can reach into isect_tile[offsets[g]:offsets[g] + hits[g]] (row
     by row); its parameters (GU..GF+3) into pack [G, GP_COLS], one cache line for gather_isects;
-    and into reach [G, 3] the contour's vertical extent: the lowest and highest pixel-centre
-    offset v - ey - 0.5, v + ey - 0.5, and ey (the half-height; -1: no pixel)."""
+    and into reach [G, 5] the contour's extent: the lowest and highest pixel-centre offsets
+    v - ey - 0.5, v + ey - 0.5, ey (the half-height; -1: no pixel), u - ex - 0.5, u + ex - 0.5."""
     n_tiles = tiles_x * tiles_y
     for g in prange(radii.shape[0]):
         reach[g, 2] = -1.0
@@ -118,6 +118,9 @@ def list_tiles(means2d, conics, opacities, feats, radii, width, height, tiles_x,
             reach[g, 0] = v - ey - 0.5
             reach[g, 1] = v + ey - 0.5
             reach[g, 2] = ey
+            ex = math.sqrt(2.0 * max(sigma_max, 0.0) * c / det) * 1.001 + 0.01    # and |dx|, with cov_xx
+            reach[g, 3] = u - ex - 0.5
+            reach[g, 4] = u + ex - 0.5
         x0, x1, y0, y1 = _tile_box(u, v, float(radii[g]), tiles_x, tiles_y)
         base = (g // n_per_cam) * n_tiles
         k = offsets[g]
@@ -211,8 +214,8 @@ def exp_neg(s):
 # One row of `gp` per intersection (tile slot), in tile order: the Gaussian's screen-space
 # parameters and features, and the tile rows [R0, R1) its alpha = 1/255 contour can reach.
 # One cache line a Gaussian: the blending loops read them as scalars, one Gaussian at a time.
-GU, GV, GA, GB, GC, GO, GF, R0, R1 = 0, 1, 2, 3, 4, 5, 6, 10, 11
-GP_COLS = 12
+GU, GV, GA, GB, GC, GO, GF, R0, R1, C0, C1 = 0, 1, 2, 3, 4, 5, 6, 10, 11, 12, 13
+GP_COLS = 14
 
 
 @njit(parallel=True, **JIT)
@@ -221,7 +224,7 @@ def gather_isects(tile_start, isect_gauss, tiles_x, tiles_y, height, pack, reach
     exact pruning: rows whose centres lie beyond the contour's reach are left out."""
     n_tiles = tiles_x * tiles_y
     for t in prange(tile_start.shape[0] - 1):
-        ty = (t % n_tiles) // tiles_x
+        ty, tx = (t % n_tiles) // tiles_x, (t % n_tiles) % tiles_x
         rows = min(TILE_SIZE, height - ty * TILE_SIZE)
         for i in range(tile_start[t], tile_start[t + 1]):
             g = isect_gauss[i]
@@ -235,6 +238,12 @@ def gather_isects(tile_start, isect_gauss, tiles_x, tiles_y, height, pack, reach
                 r1 = min(max(int(math.floor(hi)) + 1, r0), rows)
             gp[i, R0] = r0
             gp[i, R1] = r1
+            c0, c1 = 0, 0
+            if reach[g, 2] >= 0.0:     # the columns likewise (clipped to the tile, not the image)
+                c0 = min(max(int(math.ceil(reach[g, 3] - tx * TILE_SIZE)), 0), TILE_SIZE)
+                c1 = min(max(int(math.floor(reach[g, 4] - tx * TILE_SIZE)) + 1, c0), TILE_SIZE)
+            gp[i, C0] = c0
+            gp[i, C1] = c1
 
 
 @njit(**JIT)
@@ -256,22 +265,50 @@ def tile_schedule(tile_start, n_workers):
 assert TILE_SIZE in (8, 16, 32)
 U_COL, U_ROW_SHIFT = np.uint64(TILE_SIZE - 1), np.uint64(TILE_SIZE.bit_length() - 1)   # p = row * TILE_SIZE + column
 
-# per-pixel state of the forward pass by Gaussian: rows of the tile's 256 pixels in one flat array
+# per-pixel state of the forward pass: rows of the tile's 256 pixels in one flat array, the pixels
+# in 4x4 blocks (16 pixels, one vector), the blocks row-major: a Gaussian walks only the blocks its
+# contour's box meets, a third fewer pixels than whole rows of the tile
 NPIX_F = TILE_SIZE * TILE_SIZE
 U_FT, U_FR, U_FG, U_FB, U_FZ, U_FCNT, U_FLIVE = (np.uint64(ch * NPIX_F) for ch in range(7))
-U_TILE = np.uint64(TILE_SIZE)
+BLK = 4                                      # block side
+NBX = TILE_SIZE // BLK                       # blocks a tile side
+U2, U3, U4, U15 = np.uint64(2), np.uint64(3), np.uint64(4), np.uint64(15)
+U_NBX_MASK, U_NBX_SHIFT = np.uint64(NBX - 1), np.uint64(NBX.bit_length() - 1)
+
+
+@njit(**JIT)
+def _block_xy(p):
+    """Column and row in the tile of state pixel p (4x4 blocks, row-major blocks)."""
+    blk, lane = p // (BLK * BLK), p % (BLK * BLK)
+    return (blk % NBX) * BLK + lane % BLK, (blk // NBX) * BLK + lane // BLK
 
 
 @njit(fastmath={"contract"}, error_model="numpy", **JIT)
 def _blend_gaussian(st, gp, i, kf, fx0, fy0):
-    """Blend gp row i (list entry kf - 1) over the rows of the tile it can reach, as one run of
-    pixels with unsigned indices (see _unblend_gaussian). Returns how many pixels it stopped."""
+    """Blend gp row i (list entry kf - 1) over the blocks of the tile its contour's box meets, a
+    run of pixels a row of blocks, with unsigned indices (see _unblend_gaussian). Returns how
+    many pixels it stopped."""
     u, v, a, b, c, o = gp[i, GU], gp[i, GV], gp[i, GA], gp[i, GB], gp[i, GC], gp[i, GO]
     f0, f1, f2, f3 = gp[i, GF], gp[i, GF + 1], gp[i, GF + 2], gp[i, GF + 3]
+    r0, r1, c0, c1 = int(gp[i, R0]), int(gp[i, R1]), int(gp[i, C0]), int(gp[i, C1])
     stopped = 0
-    for p in range(np.uint64(int(gp[i, R0])) * U_TILE, np.uint64(int(gp[i, R1])) * U_TILE):
-        dx = u - (fx0 + np.float32(p & U_COL))      # exact: small integers and halves
-        dy = v - (fy0 + np.float32(p >> U_ROW_SHIFT))
+    if r1 <= r0 or c1 <= c0:
+        return stopped
+    bc0, bc1 = c0 // BLK, (c1 - 1) // BLK + 1
+    for by in range(r0 // BLK, (r1 - 1) // BLK + 1):
+        lo, hi = (by * NBX + bc0) * BLK * BLK, (by * NBX + bc1) * BLK * BLK
+        stopped += _blend_run(st, np.uint64(lo), np.uint64(hi), u, v, a, b, c, o, f0, f1, f2, f3, kf, fx0, fy0)
+    return stopped
+
+
+@njit(fastmath={"contract"}, error_model="numpy", **JIT)
+def _blend_run(st, lo, hi, u, v, a, b, c, o, f0, f1, f2, f3, kf, fx0, fy0):
+    """_blend_gaussian's pixels lo..hi-1 (unsigned state indices) -> pixels stopped."""
+    stopped = 0
+    for p in range(lo, hi):
+        blk, lane = p >> U4, p & U15
+        dx = u - (fx0 + np.float32(((blk & U_NBX_MASK) << U2) | (lane & U3)))    # exact: small integers
+        dy = v - (fy0 + np.float32(((blk >> U_NBX_SHIFT) << U2) | (lane >> U2)))   # and halves
         sigma = F_HALF * (a * dx * dx + c * dy * dy) + b * dx * dy
         e = o * exp_neg(sigma)
         alpha = e if e < F_ALPHA_MAX else F_ALPHA_MAX
@@ -323,7 +360,8 @@ def raster_fwd(tile_start, schedule, gp, backgrounds, width, height, tiles_x, ti
             n_live = 0
             for p in range(NPIX_F):
                 st[p] = F_ONE
-                if p % TILE_SIZE < cols and p // TILE_SIZE < rows:
+                x, y = _block_xy(p)
+                if x < cols and y < rows:
                     st[6 * NPIX_F + p] = F_ONE
                     n_live += 1
             fx0 = np.float32(tx * TILE_SIZE) + F_HALF
@@ -332,18 +370,19 @@ def raster_fwd(tile_start, schedule, gp, backgrounds, width, height, tiles_x, ti
                 n_live -= _blend_gaussian(st, gp, s0 + k, np.float32(k + 1), fx0, fy0)
                 if n_live == 0:
                     break
-            for r in range(rows):
-                y = ty * TILE_SIZE + r
-                for j in range(cols):
-                    x, p = tx * TILE_SIZE + j, r * TILE_SIZE + j
-                    tr = st[p]
-                    for ch in range(3):
-                        out_rgb[cam, y, x, ch] = st[(1 + ch) * NPIX_F + p] + tr * backgrounds[cam, ch]
-                    a = F_ONE - tr
-                    out_alpha[cam, y, x] = a
-                    out_depth[cam, y, x] = st[4 * NPIX_F + p] / max(a, F_TINY) if a > F_ZERO else F_ZERO
-                    out_trans[cam, y, x] = tr
-                    out_count[cam, y, x] = np.int32(st[5 * NPIX_F + p])
+            for p in range(NPIX_F):
+                j, r = _block_xy(p)
+                if j >= cols or r >= rows:
+                    continue
+                x, y = tx * TILE_SIZE + j, ty * TILE_SIZE + r
+                tr = st[p]
+                for ch in range(3):
+                    out_rgb[cam, y, x, ch] = st[(1 + ch) * NPIX_F + p] + tr * backgrounds[cam, ch]
+                a = F_ONE - tr
+                out_alpha[cam, y, x] = a
+                out_depth[cam, y, x] = st[4 * NPIX_F + p] / max(a, F_TINY) if a > F_ZERO else F_ZERO
+                out_trans[cam, y, x] = tr
+                out_count[cam, y, x] = np.int32(st[5 * NPIX_F + p])
 
 
 # per-pixel state of the backward pass, one flat array of rows of the tile's 256 pixels (flat, so
