@@ -32,7 +32,7 @@ PHASES = {
     "project_fwd": "project+SH fwd", "sh_fwd": "project+SH fwd",
     "project_bwd": "project+SH bwd", "sh_bwd": "project+SH bwd",
     "count_tiles": "binning", "list_tiles": "binning", "bin_and_list": "binning", "gather_isects": "tile gather",
-    "tile_schedule": "tile gather",
+    "tile_order": "tile gather",
     "sort_by_tile": "sort", "sort_tiles": "sort",
     "raster_fwd": "blend fwd", "raster_bwd": "blend bwd", "gather_grads": "gather",
 }

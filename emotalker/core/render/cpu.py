@@ -101,14 +101,13 @@ def bin_gaussians(means2d, conics, opacities, feats, depths, radii, width, heigh
 
 def _tile_lists(means2d, conics, opacities, feats, depths, radii, width, height):
     """bin_gaussians, then each intersection's parameters in tile order (gp, see cpu_raster.GU..R1)
-    and the tiles dealt out to the kernel threads."""
+    and the order the kernel threads take the tiles in."""
     tiles_x, tiles_y = math.ceil(width / TILE_SIZE), math.ceil(height / TILE_SIZE)
     tile_start, isect_gauss, pack, reach = bin_gaussians(means2d, conics, opacities, feats, depths, radii, width,
                                                          height)
     gp = np.empty((isect_gauss.shape[0], kr.GP_COLS), np.float32)
     kr.gather_isects(tile_start, isect_gauss, tiles_x, tiles_y, height, pack, reach, gp)
-    schedule = kr.tile_schedule(tile_start, numba.get_num_threads())
-    return tile_start, isect_gauss, gp, schedule
+    return tile_start, isect_gauss, gp, kr.tile_order(tile_start)
 
 
 class _Rasterize(torch.autograd.Function):
@@ -116,31 +115,32 @@ class _Rasterize(torch.autograd.Function):
     def forward(ctx, means2d, conics, opacities, feats, backgrounds, depths, radii, width, height):
         c = radii.shape[0]
         tiles_x, tiles_y = math.ceil(width / TILE_SIZE), math.ceil(height / TILE_SIZE)
-        tile_start, isect_gauss, gp, schedule = _tile_lists(means2d, conics, opacities, feats, depths, radii,
+        tile_start, isect_gauss, gp, order = _tile_lists(means2d, conics, opacities, feats, depths, radii,
                                                             width, height)
         rgb = torch.empty(c, height, width, 3)
         alpha = torch.empty(c, height, width, 1)
         depth = torch.empty(c, height, width, 1)
         trans = torch.empty(c, height, width)
         count = torch.empty(c, height, width, dtype=torch.int32)
-        kr.raster_fwd(tile_start, schedule, gp, _np(backgrounds), width, height, tiles_x, tiles_y,
-                      rgb.numpy(), alpha.numpy()[..., 0], depth.numpy()[..., 0], trans.numpy(), count.numpy())
+        kr.raster_fwd(tile_start, order, numba.get_num_threads(), np.zeros(1, np.int64), gp, _np(backgrounds), width,
+                      height, tiles_x, tiles_y, rgb.numpy(), alpha.numpy()[..., 0], depth.numpy()[..., 0],
+                      trans.numpy(), count.numpy())
         ctx.save_for_backward(opacities, backgrounds, depth, trans, count)
-        ctx.bins = (tile_start, isect_gauss, gp, schedule)
+        ctx.bins = (tile_start, isect_gauss, gp, order)
         ctx.size = (width, height)
         return rgb, alpha, depth
 
     @staticmethod
     def backward(ctx, v_rgb, v_alpha, v_depth):
         opacities, backgrounds, depth, trans, count = ctx.saved_tensors
-        tile_start, isect_gauss, gp, schedule = ctx.bins
+        tile_start, isect_gauss, gp, order = ctx.bins
         width, height = ctx.size
         c, n = opacities.shape
         tiles_x, tiles_y = math.ceil(width / TILE_SIZE), math.ceil(height / TILE_SIZE)
         isect_grad = np.empty((isect_gauss.shape[0], kr.NG), np.float32)
-        kr.raster_bwd(tile_start, schedule, gp, _np(backgrounds), width, height, tiles_x, tiles_y,
-                      _np(depth)[..., 0], _np(trans), _np(count), _np(v_rgb), _np(v_alpha)[..., 0],
-                      _np(v_depth)[..., 0], isect_grad)
+        kr.raster_bwd(tile_start, order, numba.get_num_threads(), np.zeros(1, np.int64), gp, _np(backgrounds), width,
+                      height, tiles_x, tiles_y, _np(depth)[..., 0], _np(trans), _np(count), _np(v_rgb),
+                      _np(v_alpha)[..., 0], _np(v_depth)[..., 0], isect_grad)
         per_gauss = torch.empty(c * n, kr.NG)
         kr.gather_grads(isect_gauss, isect_grad, per_gauss.numpy())
         per_gauss = per_gauss.reshape(c, n, kr.NG)

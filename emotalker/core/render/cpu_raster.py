@@ -3,7 +3,7 @@
 Gaussians are binned into 16x16 tiles; each tile's list is depth-sorted (a stable
 counting sort by tile of the Gaussians taken in depth order, from a radix sort of the
 depths), and each intersection's parameters are gathered into one row of `gp`.
-Tiles are dealt to the threads longest first (tile_schedule). The blending loops take
+Threads take the tiles longest first, each the next one when it is done (next_tile). The blending loops take
 a Gaussian at a time over the pixels of the tile rows it reaches, as one vectorised
 run (see docs/renderer.md for what keeps them vectorised: no branches, no masked
 stores, unsigned indices). The backward pass walks each pixel's list back to front,
@@ -20,7 +20,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from emotalker.core.render.common import ALPHA_MAX, ALPHA_MIN, T_MIN, TILE_SIZE
 
@@ -247,19 +249,30 @@ def gather_isects(tile_start, isect_gauss, tiles_x, tiles_y, height, pack, reach
 
 
 @njit(**JIT)
-def tile_schedule(tile_start, n_workers):
-    """Tiles for each of n_workers (rows of [n_workers, per]; -1 pads): tiles sorted by their list
-    length, longest first, dealt out in a snake (0, 1, .., w-1, w-1, .., 0, ..) so that the workers'
-    shares of work are even. Which worker draws a tile changes only the speed, never a value."""
-    n = tile_start.shape[0] - 1
-    order = np.argsort(-(tile_start[1:] - tile_start[:-1]), kind="mergesort")
-    per = (n + n_workers - 1) // n_workers
-    out = np.full((n_workers, per), -1, np.int64)
-    for q in range(n):
-        rnd, pos = q // n_workers, q % n_workers
-        w = pos if rnd % 2 == 0 else n_workers - 1 - pos
-        out[w, rnd] = order[q]
-    return out
+def tile_order(tile_start):
+    """Tiles by their list length, longest first (ties by index): the order the threads take them
+    in (next_tile), so that the long tiles start early and the short ones fill in at the end."""
+    return np.argsort(-(tile_start[1:] - tile_start[:-1]), kind="mergesort")
+
+
+@intrinsic
+def _fetch_add(typingctx, counter, value):
+    """counter[0] += value, atomically; returns the old value (counter: an int64 array)."""
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, signature.args[0], ary, [context.get_constant(types.intp, 0)],
+                                       wraparound=False)
+        return builder.atomic_rmw("add", ptr, args[1], "monotonic")
+    return types.int64(counter, types.int64), codegen
+
+
+@njit(**JIT)
+def next_tile(order, counter):
+    """The next tile for the calling thread (-1 when none are left): threads take tiles from one
+    shared counter as they finish, so a thread that runs slower (a core shared with another
+    process) takes fewer. Which thread takes a tile changes only the speed, never a value."""
+    q = _fetch_add(counter, np.int64(1))
+    return order[q] if q < order.shape[0] else -1
 
 
 assert TILE_SIZE in (8, 16, 32)
@@ -334,23 +347,26 @@ def _blend_run(st, lo, hi, u, v, a, b, c, o, f0, f1, f2, f3, kf, fx0, fy0):
 
 
 @njit(parallel=True, fastmath={"contract"}, **JIT)
-def raster_fwd(tile_start, schedule, gp, backgrounds, width, height, tiles_x, tiles_y,
+def raster_fwd(tile_start, order, n_threads, counter, gp, backgrounds, width, height, tiles_x, tiles_y,
                out_rgb, out_alpha, out_depth, out_trans, out_count):
     """Blend each tile's sorted list front to back, a Gaussian at a time over the rows it reaches.
 
-    gp [M, GP_COLS] (gather_isects), schedule [workers, per] (tile_schedule), backgrounds [C,3] ->
+    gp [M, GP_COLS] (gather_isects), order [T] (tile_order), n_threads (numba's thread count),
+    counter [1] int64 (next_tile's; an argument, so that numba cannot give each thread its own),
+    backgrounds [C,3] ->
     out_rgb [C,H,W,3] (over the background), out_alpha [C,H,W], out_depth [C,H,W] (alpha-weighted
     z / alpha, 0 where alpha is 0), out_trans [C,H,W] final transmittance, out_count [C,H,W]
     (list entries walked, i.e. 1 + the index of the last contributing entry; 0 if none).
-    Each pixel is blended by one thread in list order, whichever worker draws its tile.
+    Each pixel is blended by one thread in list order, whichever thread takes its tile (next_tile).
     """
     n_tiles = tiles_x * tiles_y
-    for wk in prange(schedule.shape[0]):
+    counter[0] = 0
+    for _ in prange(n_threads):
         st = np.empty(7 * NPIX_F, np.float32)
-        for q in range(schedule.shape[1]):
-            t = schedule[wk, q]
+        while True:
+            t = next_tile(order, counter)
             if t < 0:
-                continue
+                break
             cam, tt = t // n_tiles, t % n_tiles
             ty, tx = tt // tiles_x, tt % tiles_x
             s0, n = tile_start[t], tile_start[t + 1] - tile_start[t]
@@ -492,7 +508,7 @@ def _unblend_gaussian(st, row_max, gp, i, k, px0, py0, out):
 
 
 @njit(parallel=True, **JIT)
-def raster_bwd(tile_start, schedule, gp, backgrounds, width, height, tiles_x, tiles_y,
+def raster_bwd(tile_start, order, n_threads, counter, gp, backgrounds, width, height, tiles_x, tiles_y,
                out_depth, out_trans, out_count, v_rgb, v_alpha, v_depth, isect_grad):
     """Backward of raster_fwd. v_rgb [C,H,W,3], v_alpha [C,H,W], v_depth [C,H,W] -> isect_grad
     [M,NG] per intersection: d means2d (2), d conics (3), d opacity (1), d feats (4).
@@ -501,17 +517,18 @@ def raster_bwd(tile_start, schedule, gp, backgrounds, width, height, tiles_x, ti
     Walks each tile's list back to front over all its pixels at once; a pixel joins once the
     walk reaches its last contributing entry. Transmittance is recovered by division from the
     final one, and `behind` holds sum_j w_j (f_j . v_f) over the entries behind the current one.
-    Each intersection's row is written by the one worker that draws its tile, with its sums in
+    Each intersection's row is written by the one thread that takes its tile, with its sums in
     the compiled code's fixed order, so no value depends on the thread count.
     """
     n_tiles = tiles_x * tiles_y
-    for wk in prange(schedule.shape[0]):
+    counter[0] = 0
+    for _ in prange(n_threads):
         st = np.empty(NS_BWD * NPIX, np.float32)
         row_max = np.empty(TILE_SIZE, np.int64)
-        for q in range(schedule.shape[1]):
-            t = schedule[wk, q]
+        while True:
+            t = next_tile(order, counter)
             if t < 0:
-                continue
+                break
             cam, tt = t // n_tiles, t % n_tiles
             ty, tx = tt // tiles_x, tt % tiles_x
             s0, n = tile_start[t], tile_start[t + 1] - tile_start[t]
