@@ -17,7 +17,9 @@ class EMOTALKER_PT_main(bpy.types.Panel):
 
     def draw(self, context):
         layout = self.layout
-        layout.operator("emotalker.import_avatar", icon="IMPORT")
+        row = layout.row(align=True)
+        row.operator("emotalker.import_avatar", icon="IMPORT")
+        row.operator("emotalker.train_avatar", text="Train", icon="OUTLINER_OB_ARMATURE")
         avatar = find_avatar(context)
         if avatar is None:
             layout.label(text="Select an avatar, or import one")

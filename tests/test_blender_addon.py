@@ -357,3 +357,42 @@ def test_audio_comes_from_a_sound_strip_when_no_file_is_set(baked_scene):
     assert audio_source(bpy.context, avatar.emotalker) == audio
     assert bpy.ops.emotalker.bake() == {"FINISHED"}
     assert (tmp_path / "cache" / "Ava" / "bake" / "bake_000010.ply").exists()
+
+
+# --- Training from Blender ---------------------------------------------------------------------------
+
+
+def test_train_job_shows_the_stage_its_step_and_the_held_out_psnr_of_stages_done():
+    from blender_addon.ops_train import TrainJob
+
+    job = TrainJob(client=None, dataset="/d", avatar="/a", steps={"neutral": 40})
+    assert job.params["config"] == {"neutral": {"steps": 40}} and job.paths == (("/d",), ("/a",))
+    job.on_progress({"stage": "train neutral", "step": 10, "total": 40, "psnr": 21.234})
+    assert job.message == "Stage 1 (1 of 3) step 10/40, PSNR 21.2 dB" and job.fraction == pytest.approx(0.25 / 3)
+    job.on_progress({"stage": "train neutral", "finished": True, "summary": "Stage 1: ...", "held_out_psnr": 31.5})
+    job.on_progress({"stage": "train a2e", "finished": True, "summary": "A2E: ...", "held_out_psnr": None})
+    job.on_progress({"stage": "train emotion", "step": 1, "total": 2, "psnr": 30.0})
+    assert job.message == "Stage 2 (3 of 3) step 1/2, PSNR 30.0 dB; held-out PSNR: Stage 1 31.50 dB"
+    assert job.fraction == pytest.approx(2.5 / 3) and job.summaries == ["Stage 1: ...", "A2E: ..."]
+    one = TrainJob(client=None, dataset="/d", avatar="/a", stage="emotion")
+    one.on_progress({"stage": "train emotion", "step": 1, "total": 4})
+    assert one.message == "Stage 2 (1 of 1) step 1/4" and one.fraction == 0.25
+
+
+def test_train_operator_trains_every_stage_and_imports_the_avatar(addon, tmp_path):
+    from emotion_fixture import make_emotion_dataset
+
+    dataset, _ = make_emotion_dataset(tmp_path / "data")
+    out = tmp_path / "trained"
+    assert bpy.ops.emotalker.train_avatar(dataset=str(dataset), directory=str(out), neutral_steps=3, a2e_steps=2,
+                                          emotion_steps=2, name="Trained") == {"FINISHED"}
+    bundle = AvatarBundle.open(out)
+    assert all(bundle.has_stage(s) for s in ("neutral", "a2e", "emotion"))
+    assert bundle.manifest()["stages"]["neutral"]["steps"] == 3
+    avatar = bpy.data.objects["Trained"]
+    assert Path(avatar.emotalker.avatar_path) == out
+
+
+def test_train_operator_reports_a_folder_that_is_no_dataset(addon, tmp_path):
+    with pytest.raises(RuntimeError, match="dataset.json"):
+        bpy.ops.emotalker.train_avatar(dataset=str(tmp_path), directory=str(tmp_path / "out"), neutral_steps=1)

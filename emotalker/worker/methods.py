@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from emotalker.core.models.bundle import STAGE_FILES, AvatarBundle
 from emotalker.core.base.errors import InputError
 from emotalker.core.base.fileio import atomic_path
 from emotalker.core.rig.flame import FlameModel
+from emotalker.core.training.pipeline import TrainAllConfig
 from emotalker.worker.server import Method, PathUse
 
 
@@ -78,6 +80,24 @@ class RenderFrameParams:
     """Stage 1 alone even when the avatar has Stage 2."""
 
 
+@dataclass(frozen=True)
+class TrainParams:
+    """`train`: train an avatar from a dataset, as `emotalker train` does."""
+
+    dataset: str
+    """Dataset folder (emotalker-dataset/1)."""
+    avatar: str
+    """Avatar bundle folder to train into (created when missing; `a2e` and `emotion` add to an existing one)."""
+    stage: Literal["all", "neutral", "a2e", "emotion"] = "all"
+    """Every stage in turn, or one."""
+    config: TrainAllConfig = field(default_factory=TrainAllConfig)
+    """Each stage's settings (emotalker/core/training/pipeline.py); one stage reads its own section."""
+    device: str = "auto"
+    """auto | cpu | cuda."""
+    resume: bool = True
+    """Continue each stage from its checkpoint, so that a cancelled run goes on from the step it stopped at."""
+
+
 def _out_dir(out: str) -> Path:
     if not out:
         raise InputError(None, "the request names no output folder ('out')")
@@ -129,6 +149,36 @@ def bake(params: BakeParams, ctx) -> dict:
 
     return bake_clip(params.clip.with_default_export(), replace(params.run, progress="json"),
                      progress_sink=ctx.progress).to_dict()
+
+
+def train(params: TrainParams, ctx) -> dict:
+    """Train as `emotalker train` does, with progress through the protocol, and an event as each stage
+    ends: {"stage": "train <stage>", "finished": true, "summary": one line, "held_out_psnr": dB or null}.
+
+    A cancel stops at the next step, which is checkpointed first; the same request again resumes.
+    Returns {"avatar": folder, "stages": {stage: {"summary", "held_out_psnr"}}}."""
+    from emotalker.core.training.pipeline import STAGES, held_out_psnr, stage_summary, train_all
+
+    outcome = {}
+
+    def finished(stage: str, metrics: dict) -> None:
+        outcome[stage] = {"summary": stage_summary(stage, metrics), "held_out_psnr": held_out_psnr(stage, metrics)}
+        ctx.progress({"stage": f"train {stage}", "finished": True, **outcome[stage]})
+
+    run = dict(device=params.device, progress="json", resume=params.resume, progress_sink=ctx.progress)
+    if params.stage == "all":
+        train_all(params.dataset, params.avatar, params.config, on_stage=finished, **run)
+    else:
+        finished(params.stage, dict(STAGES)[params.stage](params.dataset, params.avatar,
+                                                          getattr(params.config, params.stage), **run))
+    return {"avatar": params.avatar, "stages": outcome}
+
+
+def _train_paths(params: TrainParams) -> PathUse:
+    """The dataset, and the weights the config may name (CLIP text encoder, VGG, speech model), are read."""
+    config = params.config
+    return PathUse(read=(params.dataset, config.emotion.text_checkpoint, config.emotion.vgg_weights,
+                         config.a2e.features.model_dir), write=(params.avatar,))
 
 
 def _avatar(bundle: AvatarBundle, use_emotion: bool):
@@ -242,4 +292,5 @@ METHODS = {
     "bake": Method(BakeParams, bake, _bake_paths),
     "render_frame": Method(RenderFrameParams, render_frame,
                            lambda p: PathUse(read=(p.avatar, p.curves, p.audio), write=(p.cache,))),
+    "train": Method(TrainParams, train, _train_paths),
 }
