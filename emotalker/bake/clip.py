@@ -381,7 +381,7 @@ def _frame_producer(inputs: ClipInputs, curves: FlameCurves, chunk: int):
     if avatar.uses_emotion:
         windows = AudioWindows(inputs.samples, avatar.audio_features, inputs.fps)
         stage2 = {"audio": lambda frames: windows(frames - 1, hold_ends=True),  # timeline frame 1 is audio frame 0
-                  "camera": camera_code(inputs.camera.viewmat).to(inputs.device)}
+                  "camera": camera_code(inputs.camera.viewmat, inputs.camera.model).to(inputs.device)}
     return FrameProducer(avatar, curves, per_row.emotion, per_row.intensity, per_row.blink,
                          chunk=chunk, device=inputs.device, source=inputs.bundle.root, **stage2)
 

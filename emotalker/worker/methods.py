@@ -78,6 +78,9 @@ class RenderFrameParams:
     """The clip's audio, which Stage 2 reads (needed for an avatar with Stage 2 unless no_emotion)."""
     no_emotion: bool = False
     """Stage 1 alone even when the avatar has Stage 2."""
+    camera_model: str = "pinhole"
+    """The camera's model: "pinhole", or "ortho" for an orthographic camera (K's focal lengths then in
+    pixels per metre; emotalker.core.render.camera)."""
 
 
 @dataclass(frozen=True)
@@ -241,7 +244,8 @@ def render_frame(params: RenderFrameParams, ctx) -> dict:
     from emotalker.core.render.camera import Camera
 
     camera = Camera.from_dict({"format": "emotalker-camera/1", "viewmat": params.viewmat, "K": params.K,
-                               "width": params.width, "height": params.height}, source="render_frame camera")
+                               "width": params.width, "height": params.height, "model": params.camera_model},
+                              source="render_frame camera")
     bundle = AvatarBundle.open(params.avatar)
     avatar = _avatar(bundle, not params.no_emotion)
     frame = params.frame
