@@ -123,8 +123,11 @@ class EMOTALKER_OT_export_ply(_ExportOperator, bpy.types.Operator):
 
 def write_camera_file(context, avatar, path: Path) -> str:
     viewmat, K, width, height = camera_conv.scene_camera(context.scene, context.scene.camera, avatar)
-    path.write_text(json.dumps({"format": "emotalker-camera/1", "viewmat": viewmat.tolist(), "K": K.tolist(),
-                                "width": width, "height": height}))
+    camera = {"format": "emotalker-camera/1", "viewmat": viewmat.tolist(), "K": K.tolist(), "width": width,
+              "height": height}
+    if camera_conv.model(context.scene.camera) == "ortho":
+        camera["model"] = "ortho"
+    path.write_text(json.dumps(camera))
     return str(path)
 
 

@@ -144,6 +144,75 @@ def test_camera_conversion_matches_blenders_projection():
         assert abs(cam_pt[2] - ndc.z) < 1e-5
 
 
+def camera_scene(kind: str, sensor_fit: str = "AUTO"):
+    """An empty scene 320x240 with a camera of `kind` (PERSP or ORTHO) looking at an avatar object placed as
+    the add-on places one (FLAME_TO_BLENDER, moved a little)."""
+    from mathutils import Matrix
+
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    scene = bpy.context.scene
+    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = 320, 240, 100
+    cam = bpy.data.objects.new("cam", bpy.data.cameras.new("cam"))
+    scene.collection.objects.link(cam)
+    cam.data.type, cam.data.sensor_fit = kind, sensor_fit
+    cam.data.lens, cam.data.ortho_scale, cam.data.shift_x, cam.data.shift_y = 70.0, 0.4, 0.05, -0.03
+    cam.location = (0.1, -0.6, 0.05)
+    cam.rotation_euler = (np.radians(88), 0.0, np.radians(8))
+    avatar = bpy.data.objects.new("avatar", None)
+    scene.collection.objects.link(avatar)
+    avatar.matrix_world = Matrix(camera.FLAME_TO_BLENDER.tolist()) @ Matrix.Translation((0.01, 0.0, 0.02))
+    bpy.context.view_layer.update()
+    return scene, cam, avatar
+
+
+def project(V, K, model, p):
+    """Pixel (u, v) and camera z of the FLAME-space point p through viewmat V, intrinsics K and the model."""
+    x, y, z = (V @ np.append(p, 1.0))[:3]
+    if model == "pinhole":
+        x, y = x / z, y / z
+    return K[0, 0] * x + K[0, 2], K[1, 1] * y + K[1, 2], z
+
+
+@pytest.mark.parametrize("sensor_fit", ["AUTO", "VERTICAL"])
+def test_orthographic_scene_camera_matches_blenders_projection(sensor_fit):
+    from bpy_extras.object_utils import world_to_camera_view
+    from mathutils import Vector
+
+    assert camera.model(camera_scene("PERSP")[1]) == "pinhole"
+    scene, cam, avatar = camera_scene("ORTHO", sensor_fit)
+    V, K, W, H = camera.scene_camera(scene, cam, avatar)
+    assert camera.model(cam) == "ortho"
+    for p in np.random.default_rng(0).normal(scale=0.05, size=(10, 3)):
+        ndc = world_to_camera_view(scene, cam, avatar.matrix_world @ Vector(p.tolist()))
+        u, v, z = project(V, K, "ortho", p)
+        assert abs(u - ndc.x * W) < 1e-3 and abs(v - (1 - ndc.y) * H) < 1e-3
+        assert abs(z - ndc.z) < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["PERSP", "ORTHO"])
+def test_viewport_camera_from_blenders_own_matrices(kind):
+    """A viewport's camera from the window and view matrices Blender draws it with (here a camera's own,
+    as a viewport looking through it has): points land where Blender projects them; an orthographic view
+    becomes the orthographic camera, stepped back so that what lies behind its view point stays in front."""
+    from bpy_extras.object_utils import world_to_camera_view
+    from mathutils import Vector
+
+    scene, cam, avatar = camera_scene(kind)
+    W, H = 320, 240
+    window = np.array(cam.calc_matrix_camera(bpy.context.evaluated_depsgraph_get(), x=W, y=H))
+    view, K, model = camera.viewport_camera(W, H, window, np.array(cam.matrix_world.inverted()), kind == "PERSP",
+                                            1000.0)
+    assert model == {"PERSP": "pinhole", "ORTHO": "ortho"}[kind]
+    V = view @ np.array(avatar.matrix_world)
+    for p in np.random.default_rng(1).normal(scale=0.05, size=(10, 3)):
+        ndc = world_to_camera_view(scene, cam, avatar.matrix_world @ Vector(p.tolist()))
+        u, v, z = project(V, K, model, p)
+        assert abs(u - ndc.x * W) < 1e-3 and abs(v - (1 - ndc.y) * H) < 1e-3
+        assert abs(z - ndc.z - (500.0 if kind == "ORTHO" else 0.0)) < 1e-4
+    assert camera.layer_distance(V, model) == pytest.approx(
+        (V[2, 3] if kind == "ORTHO" else np.linalg.norm(V[:3, 3])))
+
+
 # --- Bake, render and export through the worker, on a tiny avatar built in the test -----------------
 
 from bake_fixture import core_blender_pixels, make_speech, make_tiny_avatar  # noqa: E402
@@ -234,7 +303,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
 
 
-def test_f12_render_matches_the_cores_own_render(baked_scene):
+@pytest.mark.parametrize("kind", ["PERSP", "ORTHO"])
+def test_f12_render_matches_the_cores_own_render(baked_scene, kind):
     avatar, tmp_path = baked_scene
     assert bpy.ops.emotalker.bake() == {"FINISHED"}
     scene = bpy.context.scene
@@ -243,7 +313,7 @@ def test_f12_render_matches_the_cores_own_render(baked_scene):
     cam = bpy.data.objects.new("cam", bpy.data.cameras.new("cam"))
     scene.collection.objects.link(cam)
     scene.camera = cam
-    cam.data.lens = 50
+    cam.data.lens, cam.data.type, cam.data.ortho_scale = 50, kind, 0.3
     cam.location = (0.02, -0.45, 0.01)
     cam.rotation_euler = (np.radians(90), 0, np.radians(3))
     scene.frame_set(6)
@@ -256,7 +326,7 @@ def test_f12_render_matches_the_cores_own_render(baked_scene):
     # The core's own render of the same frame from the same camera, through the bake engine.
     V, K, W, H = camera.scene_camera(scene, cam, avatar)
     core = core_blender_pixels(tmp_path / "avatar", tmp_path / "cache" / "Ava" / "bake" / "bake_flame.npz",
-                               Path(avatar.emotalker.audio_path), 6, V, K, W, H)
+                               Path(avatar.emotalker.audio_path), 6, V, K, W, H, camera.model(cam))
     alpha = core[..., 3]
     assert alpha.max() > 0.5, "the avatar should be in view"
     value = psnr(blender, core)

@@ -276,7 +276,7 @@ def render_frame(params: RenderFrameParams, ctx) -> dict:
         windows = _cached_audio_windows(_file_stamp(params.audio), avatar.audio_features, curves.fps)
         # Frames past the sound hold the nearest window it covers, as the bake's timeline does.
         stage2 = {"audio": lambda frames: windows(frames - 1, hold_ends=True),
-                  "camera": camera_code(camera.viewmat)}
+                  "camera": camera_code(camera.viewmat, camera.model)}
     gaussians = FrameProducer(avatar, curves, emotion, intensity, blink, chunk=1, **stage2)(frame)
     with torch.inference_mode():
         out = render_avatar(gaussians, camera)
