@@ -1,6 +1,6 @@
 """The add-on in a real Blender window (issue 14): Debian's Blender under Xvfb with software OpenGL runs
 tests/gui/blender_session.py, which imports the demo avatar, keys happy into sad, bakes, scrubs a Rendered
-viewport and renders F12. Here the screenshots and F12 are compared with the core's own render of the same
+viewport, turns it orthographic and renders F12. Here the screenshots and F12 are compared with the core's own render of the same
 frame and view, and the UI thread's stalls with Blender's own in Solid mode.
 
 Runs where `blender` (3.4 or later, with numpy in its Python) and `xvfb-run` exist; .ci/run installs both.
@@ -76,15 +76,16 @@ def linear_to_srgb(c: np.ndarray) -> np.ndarray:
 def core(out: Path, view: dict) -> np.ndarray:
     return core_blender_pixels(DEMO / "demo_avatar", out / "cache" / "Ava" / "bake" / "bake_flame.npz",
                                DEMO / "demo_speech.wav", view["frame"], view["viewmat"], view["K"], view["width"],
-                               view["height"])
+                               view["height"], view.get("model", "pinhole"))
 
 
-@pytest.mark.parametrize("shot", ["rendered", "scrubbed"])
+@pytest.mark.parametrize("shot", ["rendered", "scrubbed", "orthographic"])
 def test_the_rendered_viewport_shows_the_cores_render_of_that_frame_and_view(session, shot):
     from PIL import Image
 
     out, results = session
     view = results[f"{shot}_view"]
+    assert view["model"] == ("ortho" if shot == "orthographic" else "pinhole")
     area = np.asarray(Image.open(results[shot]).convert("RGB"), np.float32) / 255.0
     x0, y0 = view["region_offset"]
     top = area.shape[0] - (y0 + view["height"])  # the screenshot's rows go down, Blender's offsets up

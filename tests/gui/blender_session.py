@@ -108,13 +108,13 @@ def frame_the_head(avatar) -> None:
 def view_state(avatar) -> dict:
     """The viewport's frame and camera (as the engine computes them) and where its region sits in the
     area's screenshot, so that the test can render the same view with the core."""
-    from blender_addon import camera as camera_conv, engine
+    from blender_addon import engine
 
     _, area, region = view3d()
-    rv3d = region.data
-    viewmat = camera_conv.BLENDER_TO_OPENCV_CAMERA @ np.array(rv3d.view_matrix) @ np.array(avatar.matrix_world)
-    return {"frame": bpy.context.scene.frame_current, "viewmat": viewmat.tolist(),
-            "K": engine.viewport_camera(region, rv3d).tolist(), "width": region.width, "height": region.height,
+    view, K, model = engine.viewport_camera(area.spaces.active, region, region.data)
+    viewmat = view @ np.array(avatar.matrix_world)
+    return {"frame": bpy.context.scene.frame_current, "viewmat": viewmat.tolist(), "K": K.tolist(), "model": model,
+            "width": region.width, "height": region.height,
             "area": [area.width, area.height], "region_offset": [region.x - area.x, region.y - area.y]}
 
 
@@ -153,9 +153,11 @@ def steps():
     results["scrubbed_view"] = view_state(avatar)
 
     rv3d = area.spaces.active.region_3d
-    rv3d.view_perspective = "ORTHO"
-    yield 1.0
+    rv3d.view_perspective = "ORTHO"  # as a numpad view with Auto Perspective turns it
+    yield 0.05
+    yield from settle(time.perf_counter(), "orthographic_final_s")
     results["orthographic"] = screenshot("orthographic")
+    results["orthographic_view"] = view_state(avatar)
     rv3d.view_perspective = "PERSP"
 
     scene.render.image_settings.file_format = "OPEN_EXR"
