@@ -190,6 +190,22 @@ def test_orthographic_scene_camera_matches_blenders_projection(sensor_fit):
 
 
 @pytest.mark.parametrize("kind", ["PERSP", "ORTHO"])
+def test_render_mp4_camera_file_says_orthographic_only_for_an_orthographic_camera(kind, tmp_path):
+    import json
+
+    from blender_addon.ops_bake import write_camera_file
+    from emotalker.core.render.camera import Camera
+
+    scene, cam, avatar = camera_scene(kind)
+    scene.camera = cam
+    path = Path(write_camera_file(bpy.context, avatar, tmp_path / "camera.json"))
+    loaded = Camera.load(path)
+    assert ("model" in json.loads(path.read_text())) == (kind == "ORTHO")  # a pinhole's file is as before
+    assert loaded.model == camera.model(cam)
+    np.testing.assert_allclose(loaded.K, camera.scene_camera(scene, cam, avatar)[1])
+
+
+@pytest.mark.parametrize("kind", ["PERSP", "ORTHO"])
 def test_viewport_camera_from_blenders_own_matrices(kind):
     """A viewport's camera from the window and view matrices Blender draws it with (here a camera's own,
     as a viewport looking through it has): points land where Blender projects them; an orthographic view
