@@ -51,8 +51,11 @@ HALF_MAX = float(np.finfo(np.float16).max)
 def require_usd():
     """The pxr package, or an InputError saying how to install it."""
     # The audio's start is a timecode, which needs crate 0.9: write that version from the start rather than
-    # have USD warn, on every file, that it upgrades. (Read once, at the first crate write.)
-    os.environ.setdefault("USD_WRITE_NEW_USDC_FILES_AS_VERSION", "0.9.0")
+    # have USD warn, on every file, that it upgrades (read once, at the first crate write), and without the
+    # banner USD prints for a setting changed from its default. A user's own setting is left alone.
+    if "USD_WRITE_NEW_USDC_FILES_AS_VERSION" not in os.environ:
+        os.environ["USD_WRITE_NEW_USDC_FILES_AS_VERSION"] = "0.9.0"
+        os.environ.setdefault("TF_ENV_SETTING_ALERTS_ENABLED", "0")
     try:
         from pxr import Usd  # noqa: F401
     except ImportError:
