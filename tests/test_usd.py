@@ -10,6 +10,7 @@ skinning of the proxy mesh gives FLAME's vertices. Skipped without usd-core
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -158,6 +159,22 @@ def test_usd_without_usd_core_is_one_clear_error_before_anything_is_written(tmp_
     monkeypatch.setitem(sys.modules, "pxr", None)  # import pxr now raises ImportError
     clip = ClipSpec(avatar=str(DEMO_AVATAR), audio=str(DEMO_SPEECH), out=str(tmp_path / "o"), emotion="happy",
                     usd=True)
-    with pytest.raises(InputError, match=r"needs usd-core: pip install 'emotalker\[usd\]'"):
+    with pytest.raises(InputError, match=r"needs usd-core \(the usd extra\): python3 install.py --extras usd"):
         bake_clip(clip, RunOptions(device="cpu", progress="none"))
     assert not (tmp_path / "o").exists()
+
+
+def test_a_batch_manifest_asks_for_usd_like_any_clip_field(tmp_path):
+    from pxr import Usd
+
+    from emotalker.cli.main import main
+
+    manifest = tmp_path / "batch.json"
+    manifest.write_text(json.dumps({"format": "emotalker-batch/1",
+                                    "defaults": {"avatar": str(DEMO_AVATAR), "usd": True, "frames": "1:3",
+                                                 "emotion": "sad"},
+                                    "clips": [{"id": "line", "audio": str(DEMO_SPEECH)}]}))
+    assert main(["bake-batch", str(manifest), "--progress", "none"]) == 0
+    stage = Usd.Stage.Open(str(tmp_path / "bake" / "line" / "line.usdc"))
+    assert (stage.GetStartTimeCode(), stage.GetEndTimeCode()) == (1, 3)
+    assert stage.GetPrimAtPath("/line/Splats").GetAttribute("positions").GetTimeSamples() == [1.0, 2.0, 3.0]

@@ -59,7 +59,8 @@ def require_usd():
     try:
         from pxr import Usd  # noqa: F401
     except ImportError:
-        raise InputError("--usd", "needs usd-core: pip install 'emotalker[usd]'") from None
+        raise InputError("--usd", "needs usd-core (the usd extra): python3 install.py --extras usd, "
+                                  "or pip install 'emotalker[usd]'") from None
     import pxr
 
     return pxr
