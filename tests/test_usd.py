@@ -137,7 +137,8 @@ def test_usdskel_skins_the_proxy_mesh_as_flame_does(demo_usd):
 
 
 def test_usd_resumes_from_its_samples_and_writes_the_same_bytes(demo_usd, tmp_path):
-    """A bake stopped half way resumes from the frames' samples; the .usdc is the uninterrupted bake's bytes."""
+    """A bake stopped half way resumes from the frames' samples; the .usdc is the uninterrupted bake's bytes,
+    and a killed assembly's temporary folder is cleared."""
     from emotalker.core.base.fileio import write_json
 
     out, _ = demo_usd
@@ -150,8 +151,12 @@ def test_usd_resumes_from_its_samples_and_writes_the_same_bytes(demo_usd, tmp_pa
     for frame in range(60, 125):
         (resumed / "demo.usd-frames" / f"demo_{frame:06d}.npz").unlink()
     (resumed / "demo.usdc").unlink()
+    stale = resumed / ".demo.usd.killed"  # what a bake killed while assembling leaves: a temporary folder
+    stale.mkdir()
+    (stale / "demo.usdc").write_bytes(b"PXR-USDC partial")
     again = bake_clip(clip, run)
     assert (first.written, again.written, again.skipped) == (124, 65, 59)
+    assert not stale.exists() and not list(resumed.glob(".demo.usd.*"))
     assert (resumed / "demo.usdc").read_bytes() == (out / "demo.usdc").read_bytes()
 
 

@@ -23,8 +23,8 @@ Resume: one file holds the whole clip, so the frame loop writes each frame's
 samples (the values the layer will hold, already in half where it stores half)
 to `<out>/<name>.usd-frames/<name>_NNNNNN.npz`, atomically, as every other
 per-frame output; a re-run resumes from them as from PLY frames. After the loop
-the .usdc is assembled from those files, written to a temporary file and moved
-into place, so it is whole or absent. The samples are kept (like the PNG frames
+the .usdc is assembled from those files (a few frames in memory at a time),
+written to a temporary file and moved into place, so it is whole or absent. The samples are kept (like the PNG frames
 of an MP4): delete the folder when done; a later re-run then bakes them again.
 """
 
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,8 @@ USD_FORMAT = "emotalker-usd/1"
 SAMPLES_FORMAT = "emotalker-usd-samples/1"
 SAMPLE_KEYS = ("positions", "orientations", "scales", "opacities", "sh", "extent")
 HALF_MAX = float(np.finfo(np.float16).max)
+SAVE_EVERY = 16
+"""Frames of samples held in memory between the assembly's incremental saves."""
 
 
 def require_usd():
@@ -149,23 +152,44 @@ class UsdClip:
 
 
 def write_usd(clip: UsdClip) -> Path:
-    """Assemble `<out>/<name>.usdc` from the frames' samples, atomically; returns its path."""
+    """Assemble `<out>/<name>.usdc` from the frames' samples, atomically; returns its path.
+
+    The layer is created in a temporary folder beside it and saved every SAVE_EVERY frames: crate appends
+    each save's new values to the file and keeps only their offsets, so memory stays bounded however long
+    the clip (a 20k-Gaussian SH3 clip holds 2.5 MB a frame). Then the file is moved into place."""
     require_usd()
+    path = usd_path(clip.out, clip.name)
+    for stale in path.parent.glob(f".{path.stem}.usd.*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{path.stem}.usd.", dir=path.parent))
+    try:
+        tmp = scratch / path.name
+        _author(clip, tmp)
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return path
+
+
+def _author(clip: UsdClip, tmp: Path) -> None:
+    """Write the whole layer to `tmp` (its stage is gone when this returns)."""
     from pxr import Sdf, Usd, UsdGeom
 
     from emotalker.bake.usd_rig import define_rig
 
-    stage = Usd.Stage.CreateInMemory()
+    stage = Usd.Stage.CreateNew(str(tmp))
+    if not stage:
+        raise OSError(f"USD could not create {tmp}")
     _stage_metadata(stage, clip)
     root = UsdGeom.Xform.Define(stage, Sdf.Path(f"/{_identifier(clip.name)}"))
     stage.SetDefaultPrim(root.GetPrim())
-    _define_splats(stage, root.GetPath().AppendChild("Splats"), clip)
     define_rig(stage, root.GetPath().AppendChild("Rig"), clip.flame, clip.curves, clip.frames)
     if clip.audio is not None:
         _define_audio(stage, root.GetPath().AppendChild("Dialogue"), clip)
-    path = usd_path(clip.out, clip.name)
-    _export_atomically(stage.GetRootLayer(), path)
-    return path
+    _define_splats(stage, root.GetPath().AppendChild("Splats"), clip)
+    if not stage.GetRootLayer().Save():
+        raise OSError(f"USD could not write {tmp}")
 
 
 def _stage_metadata(stage, clip: UsdClip) -> None:
@@ -202,10 +226,12 @@ def _define_splats(stage, path, clip: UsdClip) -> None:
     UsdVol.ParticleFieldSphericalHarmonicsAttributeAPI(prim).CreateRadianceSphericalHarmonicsDegreeAttr(
         clip.sh_degree)
     folder = samples_folder(clip.out, clip.name)
-    for frame in range(clip.frames[0], clip.frames[1] + 1):
+    for i, frame in enumerate(range(clip.frames[0], clip.frames[1] + 1)):
         samples = read_samples(folder / f"{clip.name}_{frame:06d}.npz", clip.count, clip.sh_degree)
         for key, (attr, array) in attrs.items():
             attr.Set(array.FromNumpy(np.ascontiguousarray(samples[key])), float(frame))
+        if i % SAVE_EVERY == SAVE_EVERY - 1 and not stage.GetRootLayer().Save():
+            raise OSError(f"USD could not write {stage.GetRootLayer().realPath}")
     rig_path = path.GetParentPath().AppendChild("Rig").AppendChild("Proxy")
     UsdGeom.Imageable(prim).CreateProxyPrimRel().SetTargets([rig_path])
 
@@ -224,19 +250,3 @@ def _identifier(name: str) -> str:
     """`name` as a USD prim name (letters, digits, '_'; not starting with a digit)."""
     ident = re.sub(r"[^A-Za-z0-9_]", "_", name)
     return ident if re.match(r"[A-Za-z_]", ident) else f"_{ident}"
-
-
-def _export_atomically(layer, path: Path) -> None:
-    """Export the layer to a temporary .usdc beside `path` (USD picks the format by the suffix), then move it."""
-    for stale in path.parent.glob(f".{path.stem}.usd.*.usdc"):  # left by a killed run
-        stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.usd.", suffix=".usdc", dir=path.parent)
-    os.close(fd)
-    try:
-        if not layer.Export(tmp):
-            raise OSError(f"USD could not write {path}")
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
