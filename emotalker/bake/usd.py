@@ -24,8 +24,9 @@ samples (the values the layer will hold, already in half where it stores half)
 to `<out>/<name>.usd-frames/<name>_NNNNNN.npz`, atomically, as every other
 per-frame output; a re-run resumes from them as from PLY frames. After the loop
 the .usdc is assembled from those files (a few frames in memory at a time),
-written to a temporary file and moved into place, so it is whole or absent. The samples are kept (like the PNG frames
-of an MP4): delete the folder when done; a later re-run then bakes them again.
+written to a temporary file and moved into place, so it is whole or absent.
+The samples are kept (like the PNG frames of an MP4): delete the folder when
+done; a later re-run then bakes them again.
 """
 
 from __future__ import annotations
@@ -45,14 +46,13 @@ from emotalker.core.base.fileio import FILE_MODE
 
 USD_FORMAT = "emotalker-usd/1"
 SAMPLES_FORMAT = "emotalker-usd-samples/1"
-SAMPLE_KEYS = ("positions", "orientations", "scales", "opacities", "sh", "extent")
 HALF_MAX = float(np.finfo(np.float16).max)
 SAVE_EVERY = 16
 """Frames of samples held in memory between the assembly's incremental saves."""
 
 
-def require_usd():
-    """The pxr package, or an InputError saying how to install it."""
+def require_usd() -> None:
+    """usd-core importable, or an InputError saying how to install it."""
     # The audio's start is a timecode, which needs crate 0.9: write that version from the start rather than
     # have USD warn, on every file, that it upgrades (read once, at the first crate write), and without the
     # banner USD prints for a setting changed from its default. A user's own setting is left alone.
@@ -64,9 +64,6 @@ def require_usd():
     except ImportError:
         raise InputError("--usd", "needs usd-core (the usd extra): python3 install.py --extras usd, "
                                   "or pip install 'emotalker[usd]'") from None
-    import pxr
-
-    return pxr
 
 
 def usd_path(out_dir: str | os.PathLike, name: str) -> Path:
