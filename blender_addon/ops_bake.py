@@ -99,11 +99,14 @@ def export_clip_fields(props) -> dict:
     """The ClipSpec fields of the avatar's export format (properties.EXPORT_FORMATS) and settings."""
     settings = {"sh_degree": int(props.sh_degree), "up_axis": props.up_axis.lower()}
     return {"PLY": {"ply": True, **settings}, "UNITY": {"preset": "unity"},
-            "SPZ": {"spz": True, **settings}, "COMPRESSED_PLY": {"compressed_ply": True, **settings}}[props.export_format]
+            "SPZ": {"spz": True, **settings}, "COMPRESSED_PLY": {"compressed_ply": True, **settings},
+            # USD states its own axis (Y up, as FLAME): the up-axis setting does not apply.
+            "USD": {"usd": True, "sh_degree": settings["sh_degree"]}}[props.export_format]
 
 
 class EMOTALKER_OT_export_ply(_ExportOperator, bpy.types.Operator):
-    """Export the baked avatar as a numbered splat sequence (PLY, Unity PLY, SPZ or compressed PLY) with a JSON sidecar"""
+    """Export the baked avatar as a numbered splat sequence (PLY, Unity PLY, SPZ or compressed PLY) with a JSON sidecar,
+    or as one OpenUSD file with the rig and the audio"""
 
     bl_idname = "emotalker.export_ply"
     bl_label = "Export Splat Sequence"
@@ -117,6 +120,9 @@ class EMOTALKER_OT_export_ply(_ExportOperator, bpy.types.Operator):
     def finished(self, context, result):
         avatar = find_avatar(context)
         n = result["frame_end"] - result["frame_start"] + 1
+        if "usd" in result["outputs"]:
+            self.report({"INFO"}, f"wrote {n} frames to {result['outputs']['usd']}")
+            return
         self.report({"INFO"}, f"wrote {n} {avatar.emotalker.export_format.replace('_', ' ').lower()} frames to "
                               f"{result['out']}")
 

@@ -49,7 +49,9 @@ class EMOTALKER_PT_main(bpy.types.Panel):
         row = box.row(align=True)
         row.enabled = props.export_format != "UNITY"  # the preset fixes both
         row.prop(props, "sh_degree")
-        row.prop(props, "up_axis", text="")
+        axis = row.row(align=True)
+        axis.enabled = props.export_format != "USD"  # a USD stage states its own up axis (Y)
+        axis.prop(props, "up_axis", text="")
         box.operator("emotalker.export_ply", icon="POINTCLOUD_DATA")
         box.operator("emotalker.render_mp4", icon="FILE_MOVIE")
 

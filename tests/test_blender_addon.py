@@ -373,7 +373,7 @@ def test_export_operator_writes_a_valid_ply_sequence(baked_scene):
         assert str(edited["format"]) == CURVES_FORMAT
 
 
-def test_export_operator_offers_unity_spz_and_compressed_ply(baked_scene):
+def test_export_operator_offers_unity_spz_compressed_ply_and_usd(baked_scene):
     from emotalker.bake.ply import ply_property_names, read_ply
 
     avatar, tmp_path = baked_scene
@@ -391,6 +391,17 @@ def test_export_operator_offers_unity_spz_and_compressed_ply(baked_scene):
         sidecar = __import__("json").loads((out / sidecar_name).read_text())
         assert (sidecar["format"], sidecar["sh_degree"], sidecar["up_axis"]) == (sidecar_format, degree, up)
     assert read_ply(tmp_path / "export_unity" / "Ava_000001.ply").names == ply_property_names(3)
+    try:
+        from pxr import Usd, UsdGeom
+    except ImportError:
+        return  # the USD format needs usd-core in the worker's Python (tests/test_usd.py says so when it skips)
+    avatar.emotalker.export_format = "USD"
+    out = tmp_path / "export_usd"
+    assert bpy.ops.emotalker.export_ply(directory=str(out)) == {"FINISHED"}
+    stage = Usd.Stage.Open(str(out / "Ava.usdc"))
+    assert (stage.GetStartTimeCode(), stage.GetEndTimeCode(), UsdGeom.GetStageUpAxis(stage)) == (1, 10, "Y")
+    assert sorted(p.name for p in (out / "Ava.usd-frames").iterdir()) == [f"Ava_{i:06d}.npz" for i in range(1, 11)]
+    assert stage.GetPrimAtPath("/Ava/Splats").GetAttribute("radiance:sphericalHarmonicsDegree").Get() == 0
 
 
 def test_cancelling_a_bake_leaves_only_whole_frames(baked_scene):

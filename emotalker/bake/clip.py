@@ -14,12 +14,13 @@ threads, batch size, progress, starting over). Steps:
 3. the resumable frame loop (emotalker.bake.sequence) over the frame range:
    per-frame Gaussians (core.models.avatar.Avatar: Stage 1, + Stage 2 when present, which
    also reads the frame's audio window and the camera's direction) to
-   `<name>_NNNNNN.ply` (and/or `.spz`, `.compressed.ply`) and/or rendered `<name>_NNNNNN.png`;
-4. the sidecars `<name>.json` (PLY), `<name>.spz.json`, `<name>.compressed-ply.json`, then
-   `<name>.mp4` with the audio (from the PNGs).
+   `<name>_NNNNNN.ply` (and/or `.spz`, `.compressed.ply`, the USD's samples in
+   `<name>.usd-frames/`) and/or rendered `<name>_NNNNNN.png`;
+4. the sidecars `<name>.json` (PLY), `<name>.spz.json`, `<name>.compressed-ply.json`,
+   `<name>.usdc` (assembled from its samples), then `<name>.mp4` with the audio (from the PNGs).
 
 Outputs in `out`: `<name>_flame.npz`, `<name>_NNNNNN.ply`, `<name>.json`, the compressed
-frames and their sidecars (docs/exports.md), `<name>_NNNNNN.png`, `<name>_camera.json`,
+frames and their sidecars (docs/exports.md), `<name>.usdc`, `<name>_NNNNNN.png`, `<name>_camera.json`,
 `<name>.mp4`. `--preset unity` is `--ply --sh-degree 3 --up-axis y`. `--mp4` renders the PNG
 frames too (they are what the video is made of, and what a re-run resumes from).
 """
@@ -76,6 +77,9 @@ class ClipSpec:
     """Write the SPZ sequence <name>_NNNNNN.spz (Niantic SPZ v3) and its <name>.spz.json sidecar."""
     compressed_ply: bool = False
     """Write PlayCanvas compressed PLY frames <name>_NNNNNN.compressed.ply and their <name>.compressed-ply.json sidecar."""
+    usd: bool = False
+    """Write <name>.usdc: time-sampled Gaussian splats, the FLAME rig animated (UsdSkel) and the audio (needs the usd
+    extra; per-frame samples in <name>.usd-frames/ for resuming)."""
     preset: Literal["unity"] | None = None
     """A consumer's PLY preset: unity = the PLY sequence at SH degree 3 (all 45 f_rest, zero-padded), y up, for
     aras-p's UnityGaussianSplatting importer (docs/exports.md)."""
@@ -109,7 +113,7 @@ class ClipSpec:
         return self if self.exports_anything() else replace(self, ply=True)
 
     def exports_anything(self) -> bool:
-        return any((self.ply, self.spz, self.compressed_ply, self.preset, self.png, self.mp4))
+        return any((self.ply, self.spz, self.compressed_ply, self.usd, self.preset, self.png, self.mp4))
 
     def with_preset(self) -> ClipSpec:
         """This clip with its preset's fields set (the unity preset: --ply --sh-degree 3 --up-axis y)."""
@@ -246,6 +250,10 @@ def open_clip(clip: ClipSpec, run: RunOptions) -> ClipInputs:
 
     name = check_clip_fields(clip)
     clip = clip.with_preset()
+    if clip.usd:
+        from emotalker.bake.usd import require_usd
+
+        require_usd()  # before anything is read or written
     _check_run(run)
     device = resolve_device(run.device)
     use_threads(run.threads)  # before any work, for torch and numba alike
@@ -274,7 +282,7 @@ def check_clip_fields(clip: ClipSpec) -> str:
     """The values of `clip` no type says are wrong (outputs, axis, degree, name, limits), checked before any
     file is read; returns the file name stem. A batch manifest's clips are checked with it as it is read."""
     if not clip.exports_anything():
-        raise InputError(None, "nothing to export: give --ply, --spz, --compressed-ply, --preset, --png and/or --mp4")
+        raise InputError(None, "nothing to export: give --ply, --spz, --compressed-ply, --usd, --preset, --png and/or --mp4")
     if clip.up_axis not in ("y", "z"):
         raise InputError("--up-axis", f"must be y or z, got {clip.up_axis!r}")
     if clip.sh_degree is not None and not 0 <= clip.sh_degree <= 3:
@@ -387,13 +395,18 @@ def _frame_producer(inputs: ClipInputs, curves: FlameCurves, chunk: int):
 
 
 def _frame_sinks(inputs: ClipInputs) -> list:
-    """The per-frame outputs the clip asks for: Gaussian frames (PLY, SPZ, compressed PLY), rendered PNGs."""
+    """The per-frame outputs the clip asks for: Gaussian frames (PLY, SPZ, compressed PLY), the USD's samples,
+    rendered PNGs."""
     from emotalker.bake.ply import ply_sink
     from emotalker.bake.video import png_sink
 
     clip, camera = inputs.clip, inputs.camera
     sinks = [ply_sink(inputs.out, inputs.name, sh_degree=inputs.sh_degree, up_axis=clip.up_axis,
                       count=inputs.avatar.n_gaussians, encoding=encoding) for encoding in clip.encodings()]
+    if clip.usd:
+        from emotalker.bake.usd import usd_sink
+
+        sinks.append(usd_sink(inputs.out, inputs.name, sh_degree=inputs.sh_degree, count=inputs.avatar.n_gaussians))
     if clip.png or clip.mp4:
         sinks.append(png_sink(inputs.out, inputs.name, lambda g: render_rgba(g, camera)))
     return sinks
@@ -429,6 +442,8 @@ def _write_outputs(inputs: ClipInputs, curves: FlameCurves) -> dict[str, str]:
         key = encoding.replace("-", "_")
         outputs[f"{key}_sidecar"] = str(_write_sidecar(inputs, encoding))
         outputs[key] = str(out / frame_pattern(name, encoding))
+    if clip.usd:
+        outputs["usd"] = str(_write_usd(inputs, curves))
     if clip.png or clip.mp4:
         from emotalker.core.base.fileio import write_json
 
@@ -448,6 +463,14 @@ def _write_sidecar(inputs: ClipInputs, encoding: str) -> Path:
     return write_sidecar(inputs.out, inputs.name, fps=inputs.fps, frame_start=inputs.frames[0],
                          frame_end=inputs.frames[1], count=inputs.avatar.n_gaussians, sh_degree=inputs.sh_degree,
                          up_axis=clip.up_axis, audio=_relative(clip.audio, inputs.out), encoding=encoding)
+
+
+def _write_usd(inputs: ClipInputs, curves: FlameCurves) -> Path:
+    """`<name>.usdc` assembled from the frames' samples (emotalker.bake.usd)."""
+    from emotalker.bake.usd import UsdClip, write_usd
+
+    return write_usd(UsdClip(inputs.out, inputs.name, inputs.frames, inputs.fps, inputs.avatar.n_gaussians,
+                             inputs.sh_degree, _relative(inputs.clip.audio, inputs.out), inputs.flame, curves))
 
 
 def _encode_video(inputs: ClipInputs) -> Path:

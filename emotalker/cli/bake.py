@@ -18,7 +18,8 @@ from emotalker.core.base.config import field_docs
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("bake", help="bake audio + emotion tracks into per-frame Gaussians: PLY sequence, PNG frames, MP4")
+    p = sub.add_parser("bake", help="bake audio + emotion tracks into per-frame Gaussians: PLY / SPZ / compressed PLY "
+                                    "sequences, OpenUSD, PNG frames, MP4")
     p.add_argument("avatar", help=field_docs(ClipSpec)["avatar"])
     add_config_options(p, ClipSpec, skip={"avatar"})
     add_config_options(p, RunOptions)
