@@ -11,6 +11,9 @@ import time
 
 from .worker_client import WorkerClient, WorkerError
 
+RUNNING: list["WorkerJob"] = []
+"""The jobs running modally in this Blender session, oldest first (the panel shows their progress)."""
+
 
 class WorkerJob:
     """Submit with `start`, then `poll` until `done`; `result` or `error` tell how it ended."""
@@ -113,6 +116,7 @@ class JobOperator:
             self._job.wait()
             return self._end(context)
         wm = context.window_manager
+        RUNNING.append(self._job)
         self._timer = wm.event_timer_add(0.1, window=context.window)
         wm.progress_begin(0, 1000)
         wm.modal_handler_add(self)
@@ -124,12 +128,24 @@ class JobOperator:
             job.cancel()
         if event.type != "TIMER":
             return {"PASS_THROUGH"}
+        shown = job.message
         job.poll()
         context.window_manager.progress_update(int(job.fraction * 1000))
-        context.workspace.status_text_set(f"EmoTalker: {job.message} (Esc to cancel)")
+        if job.message != shown:
+            context.workspace.status_text_set(f"EmoTalker: {job.message} (Esc to cancel)")
+            redraw_sidebars(context)  # the panel's progress line; only the sidebars (a 3D view's redraw is costly)
         if not job.done:
             return {"RUNNING_MODAL"}
+        RUNNING.remove(job)
         context.window_manager.event_timer_remove(self._timer)
         context.window_manager.progress_end()
         context.workspace.status_text_set(None)
         return self._end(context)
+
+
+def redraw_sidebars(context) -> None:
+    for area in context.screen.areas if context.screen else ():
+        if area.type == "VIEW_3D":
+            for region in area.regions:
+                if region.type == "UI":
+                    region.tag_redraw()

@@ -25,11 +25,15 @@ class TrainJob(WorkerJob):
     """One `train` request; its message tells the stage, the step and the held-out PSNR of stages done."""
 
     def __init__(self, client, dataset: str, avatar: str, stage: str = "all", steps: dict | None = None,
-                 resume: bool = True, device: str = "auto"):
-        """`steps`: {stage: steps} for the stages whose default is not wanted."""
+                 resume: bool = True, device: str = "auto", gaussians: int = 0):
+        """`steps`: {stage: steps} for the stages whose default is not wanted; `gaussians`: Stage 1's
+        initial count (0: its default)."""
         self.stages = STAGES if stage == "all" else (stage,)
+        config = {name: {"steps": int(n)} for name, n in (steps or {}).items()}
+        if gaussians:
+            config.setdefault("neutral", {})["model"] = {"n_gaussians": int(gaussians)}
         params = {"dataset": dataset, "avatar": avatar, "stage": stage, "resume": resume, "device": device,
-                  "config": {name: {"steps": int(n)} for name, n in (steps or {}).items()}}
+                  "config": config}
         super().__init__(client, "train", params, read=[dataset], write=[avatar])
         self.held_out: dict[str, float | None] = {}
         self.summaries: list[str] = []
@@ -69,6 +73,7 @@ class EMOTALKER_OT_train_avatar(JobOperator, bpy.types.Operator):
     neutral_steps: IntProperty(name="Stage 1 Steps", default=0, min=0, description="0: the stage's default")
     a2e_steps: IntProperty(name="A2E Steps", default=0, min=0, description="0: the stage's default")
     emotion_steps: IntProperty(name="Stage 2 Steps", default=0, min=0, description="0: the stage's default")
+    gaussians: IntProperty(name="Gaussians", default=0, min=0, description="Stage 1's initial Gaussians (0: the default)")
     resume: BoolProperty(name="Resume", default=True, description="Continue each stage from its checkpoint")
     import_result: BoolProperty(name="Import When Done", default=True)
     name: StringProperty(name="Name", default="Avatar", description="Name of the imported avatar")
@@ -84,7 +89,7 @@ class EMOTALKER_OT_train_avatar(JobOperator, bpy.types.Operator):
                                    ("emotion", self.emotion_steps)) if n > 0}
         Path(out).mkdir(parents=True, exist_ok=True)
         return TrainJob(session.worker(context), dataset, out, self.stage.lower(), steps, self.resume,
-                        session.device(context))
+                        session.device(context), self.gaussians)
 
     def cancelled_message(self) -> str:
         return "training cancelled; run it again with Resume to continue from the last step"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bpy
 
 from .avatar_objects import find_avatar
+from .job import RUNNING
 from .properties import EMOTIONS
 
 
@@ -20,6 +21,8 @@ class EMOTALKER_PT_main(bpy.types.Panel):
         row = layout.row(align=True)
         row.operator("emotalker.import_avatar", icon="IMPORT")
         row.operator("emotalker.train_avatar", text="Train", icon="OUTLINER_OB_ARMATURE")
+        for job in RUNNING:
+            layout.label(text=f"{job.message} (Esc to cancel)", icon="TIME")
         avatar = find_avatar(context)
         if avatar is None:
             layout.label(text="Select an avatar, or import one")

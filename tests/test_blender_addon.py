@@ -462,8 +462,9 @@ def test_audio_comes_from_a_sound_strip_when_no_file_is_set(baked_scene):
 def test_train_job_shows_the_stage_its_step_and_the_held_out_psnr_of_stages_done():
     from blender_addon.ops_train import TrainJob
 
-    job = TrainJob(client=None, dataset="/d", avatar="/a", steps={"neutral": 40})
-    assert job.params["config"] == {"neutral": {"steps": 40}} and job.paths == (("/d",), ("/a",))
+    job = TrainJob(client=None, dataset="/d", avatar="/a", steps={"neutral": 40}, gaussians=500)
+    assert job.params["config"] == {"neutral": {"steps": 40, "model": {"n_gaussians": 500}}}
+    assert job.paths == (("/d",), ("/a",))
     job.on_progress({"stage": "train neutral", "step": 10, "total": 40, "psnr": 21.234})
     assert job.message == "Stage 1 (1 of 3) step 10/40, PSNR 21.2 dB" and job.fraction == pytest.approx(0.25 / 3)
     job.on_progress({"stage": "train neutral", "finished": True, "summary": "Stage 1: ...", "held_out_psnr": 31.5})
