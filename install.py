@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 STAMP = VENV / ".emotalker-install.json"
 TORCH = "torch==2.13.0"
-TEST_EXTRAS = ("test", "blender")
+TEST_EXTRAS = ("test", "blender", "usd")
 
 
 def say(msg: str) -> None:
