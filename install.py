@@ -2,7 +2,7 @@
 """Set up EmoTalker in ./.venv with one command; re-running is quick.
 
     python3 install.py                   # the package and the CLI
-    python3 install.py --test            # + test and Blender extras, then run the test suite
+    python3 install.py --test            # + test, Blender and USD extras, then run the test suite
     python3 install.py --extras clip,speech
     python3 install.py --blender /path/to/blender   # also install the Blender add-on
 
