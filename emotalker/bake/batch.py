@@ -226,8 +226,8 @@ def is_finished(job: ClipJob) -> bool:
 
 def run_batch(manifest: str | os.PathLike, job_fn: Callable[[ClipJob], Any], *, workers: int | None = 1,
               progress: str = "bar", status_path: str | os.PathLike | None = None, engine: str = "local",
-              ray: Any = None, max_retries: int = 1,
-              summary_path: str | os.PathLike | None = None) -> BatchSummary:
+              ray: Any = None, max_retries: int = 1, summary_path: str | os.PathLike | None = None,
+              only: int | None = None) -> BatchSummary:
     """Run `job_fn(clip)` for every unfinished clip of the manifest, `workers` at once, on `engine`.
 
     engine "local": each clip in a (spawned) process of its own on this machine; "ray": each clip a Ray
@@ -237,6 +237,8 @@ def run_batch(manifest: str | os.PathLike, job_fn: Callable[[ClipJob], Any], *, 
     is kept in the clip's record. A clip whose process or node is lost runs again, `max_retries` times
     at most; SIGINT and SIGTERM stop every clip and raise `Interrupted` (see the module's docstring).
     The summary is also written as JSON to `summary_path` (default `<manifest stem>.summary.json`).
+    `only`: run just the clip at this (0-based) index of the manifest, the whole manifest still checked
+    (a farm's task per clip: docs/farm.md); its status and summary files then carry the clip's id.
     """
     if workers is not None and workers < 1:
         raise InputError("--workers", f"must be at least 1, got {workers}")
@@ -244,8 +246,14 @@ def run_batch(manifest: str | os.PathLike, job_fn: Callable[[ClipJob], Any], *, 
         raise InputError("--max-retries", f"must be 0 or more, got {max_retries}")
     manifest = Path(manifest)
     jobs = load_manifest(manifest)
-    status_path = Path(status_path) if status_path else manifest.with_name(f"{manifest.stem}.status.json")
-    summary_path = Path(summary_path) if summary_path else manifest.with_name(f"{manifest.stem}.summary.json")
+    stem = manifest.stem
+    if only is not None:
+        if not 0 <= only < len(jobs):
+            raise InputError("--clip-index", f"must be 0..{len(jobs) - 1} ({manifest} has {len(jobs)} clips), got {only}")
+        jobs = [jobs[only]]
+        stem = f"{stem}.{jobs[0].id}"  # tasks of one manifest, run at once, each write their own files
+    status_path = Path(status_path) if status_path else manifest.with_name(f"{stem}.status.json")
+    summary_path = Path(summary_path) if summary_path else manifest.with_name(f"{stem}.summary.json")
     summary = BatchSummary(engine=engine)
     todo: deque[ClipJob] = deque()
     for job in jobs:

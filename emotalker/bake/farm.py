@@ -75,13 +75,16 @@ class RayTasks:
 
     def __enter__(self) -> RayTasks:
         ray = self._ray = import_ray()
-        try:
-            ray.init(address=self._options.address, log_to_driver=False, configure_logging=False)
-        except ConnectionError as exc:
-            raise InputError("--address", f"no Ray cluster there ({self._options.address}): "
-                                          f"{str(exc).splitlines()[0]}") from None
+        # A caller already connected (a program of its own on Ray, a benchmark) keeps its connection.
+        self._owns_connection = not ray.is_initialized()
+        if self._owns_connection:
+            try:
+                ray.init(address=self._options.address, log_to_driver=False, configure_logging=False)
+            except ConnectionError as exc:
+                raise InputError("--address", f"no Ray cluster there ({self._options.address}): "
+                                              f"{str(exc).splitlines()[0]}") from None
         if self._options.gpus_per_job and not ray.cluster_resources().get("GPU"):
-            ray.shutdown()
+            self.__exit__()
             raise InputError("--gpus-per-job", "the Ray cluster has no GPU (start its nodes with --num-gpus)")
         self._task = ray.remote(_ray_clip).options(num_cpus=self._options.cpus_per_job,
                                                    num_gpus=self._options.gpus_per_job,
@@ -91,7 +94,8 @@ class RayTasks:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
-        self._ray.shutdown()
+        if self._owns_connection:
+            self._ray.shutdown()
 
     @property
     def running_ids(self) -> list[str]:

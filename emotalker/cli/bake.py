@@ -42,6 +42,9 @@ def add_parsers(sub) -> None:
                    help="with --engine ray: GPUs a clip's task asks for (fractions share a GPU; pair with --device cuda)")
     p.add_argument("--max-retries", type=int, default=1,
                    help="how many times a clip whose process or node was lost runs again (default 1)")
+    p.add_argument("--clip-index", type=int, default=None,
+                   help="bake only the clip at this 0-based index of the manifest (one clip per farm task; "
+                        "the whole manifest is still checked)")
     p.add_argument("--summary", help="where the batch's JSON summary goes (default <manifest stem>.summary.json "
                                      "beside the manifest)")
     # The manifest says what each clip is; how they run is the command line's, for every clip. The
@@ -122,7 +125,7 @@ def run_bake_batch(args) -> int:
     elif args.address or args.cpus_per_job != 1.0 or args.gpus_per_job:
         raise InputError("--engine", "--address, --cpus-per-job and --gpus-per-job are for --engine ray")
     summary = run_batch(manifest, job_fn, workers=args.workers, progress=args.progress, engine=args.engine, ray=ray,
-                        max_retries=args.max_retries, summary_path=args.summary)
+                        max_retries=args.max_retries, summary_path=args.summary, only=args.clip_index)
     if args.progress == "json":
         print(json.dumps({"stage": "bake-batch", "done": True, **summary.to_dict()}))
     else:
