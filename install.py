@@ -148,7 +148,7 @@ def install_addon(blender: str) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--extras", default="", help="comma-separated extras: blender, clip, speech, cuda, test")
+    ap.add_argument("--extras", default="", help="comma-separated extras: blender, clip, speech, cuda, farm, test")
     ap.add_argument("--test", action="store_true", help="install the test extras and run the test suite")
     ap.add_argument("--blender", help="path of a Blender 4.2+ executable to install the add-on into")
     ap.add_argument("--no-system", action="store_true", help="never call apt-get")

@@ -3,7 +3,8 @@
 # 8 minutes, with every figure in one JSON file. How to prepare and run it: docs/gpu.md.
 #
 #   benchmarks/gpu_check.sh --wheels DIR [--out gpu_check.json] [--venv DIR]
-#   benchmarks/gpu_check.sh --dry-run [--out FILE]     # no GPU: every step on the CPU, small, and checked
+#   benchmarks/gpu_check.sh --dry-run [--out FILE] [--python PY]   # no GPU: every step on the CPU, small, checked
+#                                      (PY: a Python with this project installed; default .venv/bin/python)
 #
 # Steps (each timed; a failed step is recorded and the next ones still run):
 #   1. install   a venv from the wheels brought along only (--no-index: the GPU machine may be offline):
@@ -24,13 +25,15 @@ OUT="$ROOT/gpu_check.json"
 VENV="$ROOT/.venv-gpu"
 WHEELS=""
 DRY=0
+PY=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) DRY=1 ;;
         --wheels) WHEELS="$2"; shift ;;
         --out) OUT="$2"; shift ;;
         --venv) VENV="$2"; shift ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        --python) PY="$2"; shift ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "gpu_check.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -72,8 +75,8 @@ EOF
 
 if [ $DRY -eq 1 ]; then
     # No GPU here: the same steps on the CPU with small sizes, in the project's own venv.
-    PY="$ROOT/.venv/bin/python"
-    [ -x "$PY" ] || PY="$(command -v python3)"
+    [ -n "$PY" ] || PY="$ROOT/.venv/bin/python"
+    [ -x "$PY" ] || { echo "gpu_check.sh: no Python with this project at $PY (give --python)" >&2; exit 2; }
     DEVICE=cpu
     export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
     step install 60 "$PY" -c "import torch, emotalker; print('torch', torch.__version__)"
