@@ -83,9 +83,10 @@ if [ $DRY -eq 1 ]; then
     step gsplat 60 "$PY" -c "import importlib.util as u; print('gsplat installed:', bool(u.find_spec('gsplat')), '(built on a GPU only)')"
     step tests 300 "$PY" -m pytest -p no:xdist -q -m cuda "$ROOT/tests/test_render_cuda.py"
     step render 120 "$PY" "$ROOT/benchmarks/gpu_check.py" render --device cpu --size 64 --gaussians 2000 --repeats 2
-    step train_cuda 120 "$PY" "$ROOT/benchmarks/gpu_check.py" train --device cpu --seconds 20 --steps 20 --resolution 64 --frames 4
-    step train_cpu 120 "$PY" "$ROOT/benchmarks/gpu_check.py" train --device cpu --seconds 20 --steps 20 --resolution 64 --frames 4
-    step bake 180 "$PY" "$ROOT/benchmarks/gpu_check.py" bake --device cpu --frames 5 --resolution 64
+    TINY=(--resolution 32 --frames 2 --gaussians 500)
+    step train_cuda 120 "$PY" "$ROOT/benchmarks/gpu_check.py" train --device cpu --seconds 30 --steps 5 "${TINY[@]}"
+    step train_cpu 120 "$PY" "$ROOT/benchmarks/gpu_check.py" train --device cpu --seconds 30 --steps 5 "${TINY[@]}"
+    step bake 180 "$PY" "$ROOT/benchmarks/gpu_check.py" bake --device cpu --frames 3 --resolution 32
 else
     [ -n "$WHEELS" ] && [ -d "$WHEELS" ] || { echo "gpu_check.sh: --wheels DIR (the wheels brought along) is required" >&2; exit 2; }
     command -v nvidia-smi > /dev/null || { echo "gpu_check.sh: no nvidia-smi: is there a GPU?" >&2; exit 2; }
@@ -96,7 +97,7 @@ else
     export TORCH_EXTENSIONS_DIR="$VENV/torch_extensions"
     python3 -m venv "$VENV"
     step install 240 "$PY" -m pip install -q --no-index --find-links "$WHEELS" "$TORCH_CUDA" "gsplat==$GSPLAT_VERSION" \
-        ninja -e "$ROOT[cuda,test]"
+        ninja -e "$ROOT[cuda,test]"   # setuptools among the wheels too: the editable build needs it
     # Only this GPU's architecture is compiled (TORCH_CUDA_ARCH_LIST), with every core (MAX_JOBS).
     step gsplat 300 "$PY" -c "
 import json, os, time, torch
