@@ -25,10 +25,9 @@ FAST_FAILURE = {"RAY_health_check_initial_delay_ms": "0", "RAY_health_check_peri
 
 
 def ray_env() -> dict[str, str]:
-    """The environment of the nodes and of the batch: this checkout importable, no token prompt, quick
-    failure detection, one thread each (the machine is small)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", **FAST_FAILURE)
-    return env
+    """The environment of the nodes and of the batch: this checkout importable, no token (a cluster on
+    127.0.0.1 of the test's own), node death noticed quickly."""
+    return dict(os.environ, PYTHONPATH=str(ROOT), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", **FAST_FAILURE)
 
 
 def free_port() -> int:
@@ -38,7 +37,7 @@ def free_port() -> int:
 
 
 class Node:
-    """One `ray start` node: its temp dir (short: Ray's socket paths must fit 107 bytes) and process group."""
+X
 
     def __init__(self, args: list[str]):
         self.temp = tempfile.mkdtemp(prefix="et-ray-", dir="/tmp")
@@ -70,16 +69,25 @@ class Node:
                 with _gone_ok():
                     os.kill(pid, signal.SIGKILL)
 
+    def signal(self, sig: int) -> None:
+        for pid in self.pids():
+            with _gone_ok():
+                os.kill(pid, sig)
+
     def stop(self) -> None:
-        """SIGTERM to the node's processes, SIGKILL to what is left after 5 s; the temp dir removed."""
-        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 2.0)):
-            for pid in self.pids():
-                with _gone_ok():
-                    os.kill(pid, sig)
-            deadline = time.monotonic() + wait
-            while self.pids() and time.monotonic() < deadline:
-                time.sleep(0.1)
-        shutil.rmtree(self.temp, ignore_errors=True)
+        stop_nodes([self])
+
+
+def stop_nodes(nodes: list[Node]) -> None:
+    """SIGTERM to every node's processes at once, SIGKILL to what is left after 5 s; the temp dirs removed."""
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 2.0)):
+        for node in nodes:
+            node.signal(sig)
+        deadline = time.monotonic() + wait
+        while any(node.pids() for node in nodes) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    for node in nodes:
+        shutil.rmtree(node.temp, ignore_errors=True)
 
 
 class Cluster:
@@ -102,8 +110,7 @@ class Cluster:
         return node
 
     def stop(self) -> None:
-        for node in reversed(self.nodes):
-            node.stop()
+        stop_nodes(self.nodes)
 
 
 def _pids() -> list[int]:
