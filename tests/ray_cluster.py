@@ -37,7 +37,7 @@ def free_port() -> int:
 
 
 class Node:
-X
+    """One `ray start` node: its temp dir (short: Ray's socket paths must fit 107 bytes) and its session."""
 
     def __init__(self, args: list[str]):
         self.temp = tempfile.mkdtemp(prefix="et-ray-", dir="/tmp")
