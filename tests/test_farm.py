@@ -79,17 +79,18 @@ def check_summary(summary: dict, folder: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def local(tmp_path_factory) -> tuple[dict, dict]:
-    folder = tmp_path_factory.mktemp("local")
-    manifest = write_batch(folder / "batch")
-    summary = finish(bake_batch(manifest, "--workers", "2")[0], manifest)
-    assert summary["engine"] == "local"
-    check_summary(summary, manifest.parent)
-    return outputs(manifest.parent), summary
+def local_run(tmp_path_factory):
+    """The batch with `--engine local`, started: the cluster starts meanwhile (the machine may be small)."""
+    manifest = write_batch(tmp_path_factory.mktemp("local") / "batch")
+    process = bake_batch(manifest, "--workers", "2")[0]
+    yield process, manifest
+    if process.poll() is None:
+        process.kill()
+        process.wait()
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(local_run):
     cluster = Cluster()
     try:
         yield cluster
@@ -98,7 +99,16 @@ def cluster():
         assert not any(node.pids() for node in cluster.nodes), "a Ray process outlived the test"
 
 
-def test_ray_cluster_bakes_the_same_bytes_as_local(local, cluster, tmp_path):
+@pytest.fixture(scope="module")
+def local(local_run) -> tuple[dict, dict]:
+    process, manifest = local_run
+    summary = finish(process, manifest)
+    assert summary["engine"] == "local"
+    check_summary(summary, manifest.parent)
+    return outputs(manifest.parent), summary
+
+
+def test_ray_cluster_bakes_the_same_bytes_as_local(cluster, local, tmp_path):
     manifest = write_batch(tmp_path / "batch")
     summary = finish(bake_batch(manifest, "--engine", "ray", "--address", cluster.address)[0], manifest)
     assert summary["engine"] == "ray" and not summary["retried"]
@@ -113,7 +123,7 @@ def test_ray_cluster_bakes_the_same_bytes_as_local(local, cluster, tmp_path):
     assert all(counts == [1] * len(counts) for counts in loads.values()), loads
 
 
-def test_a_lost_node_loses_no_clip_and_no_frame(local, cluster, tmp_path):
+def test_a_lost_node_loses_no_clip_and_no_frame(cluster, local, tmp_path):
     manifest = write_batch(tmp_path / "batch")
     bake_root = manifest.parent / "bake"
     watcher = FrameWatcher(bake_root)
