@@ -182,3 +182,19 @@ def test_the_ray_engine_without_ray_is_one_line(tmp_path, monkeypatch):
     manifest = _manifest(tmp_path, [{"id": "a", "audio": "a.wav"}])
     with pytest.raises(InputError, match=r"--engine: ray is not installed: pip install 'emotalker\[farm\]'"):
         run_batch(manifest, fake_clip_job, progress="none", engine="ray")
+
+
+def test_a_ray_address_nobody_answers_is_one_line(tmp_path):
+    pytest.importorskip("ray", reason="the farm extra (ray) is not installed")
+    import socket
+
+    from emotalker.bake.farm import RayOptions
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    manifest = _manifest(tmp_path, [{"id": "a", "audio": "a.wav"}])
+    with pytest.raises(InputError, match=rf"--address: no Ray cluster answers at 127.0.0.1:{port}"):
+        run_batch(manifest, fake_clip_job, progress="none", engine="ray", ray=RayOptions(address=f"127.0.0.1:{port}"))
+    with pytest.raises(InputError, match="--address: expected auto or HOST:PORT, got 'nowhere'"):
+        run_batch(manifest, fake_clip_job, progress="none", engine="ray", ray=RayOptions(address="nowhere"))

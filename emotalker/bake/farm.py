@@ -20,6 +20,7 @@ outcome is settled by the batch as a local clip's is (emotalker/bake/batch.py).
 from __future__ import annotations
 
 import select
+import socket
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -78,6 +79,7 @@ class RayTasks:
         # A caller already connected (a program of its own on Ray, a benchmark) keeps its connection.
         self._owns_connection = not ray.is_initialized()
         if self._owns_connection:
+            _check_reachable(self._options.address)
             try:
                 ray.init(address=self._options.address, log_to_driver=False, configure_logging=False)
             except ConnectionError as exc:
@@ -131,6 +133,19 @@ class RayTasks:
             self._ray.cancel(ref, force=True)
         self.running.clear()
         return stopped
+
+
+def _check_reachable(address: str | None, timeout: float = 10.0) -> None:
+    """A HOST:PORT that nothing answers on is one InputError now (ray.init would retry for minutes)."""
+    if not address or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError("--address", f"expected auto or HOST:PORT, got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise InputError("--address", f"no Ray cluster answers at {address}: {exc.strerror or exc}") from None
 
 
 def _first_line(exc: BaseException) -> str:
