@@ -2,9 +2,11 @@
 
 Six tiny clips of the shipped demo avatar (two bad: an unknown emotion, a missing audio file). The good
 ones must come out byte-identical to the local engine's, the bad ones reported with their one-line
-errors and the exit status 1; then again with the second node killed (kill -9 of its raylet, then of its
-worker processes: tests/ray_cluster.py says why) while it bakes a clip: that clip is retried on the head
-node, resumes the lost task's frames, and no frame is written twice or left partial. Needs the `farm` extra (ray); skipped, saying so, without it.
+errors and the exit status 1. SIGTERM stops the Ray tasks (exit 143) and a re-run resumes. Then the six
+again with the second node killed (kill -9 of its raylet, then of its worker processes:
+tests/ray_cluster.py says why) while it bakes a clip: that clip is retried on the head node, resumes the
+lost task's frames, and no frame is written twice or left partial. Needs the `farm` extra (ray);
+skipped, saying so, without it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -32,12 +35,13 @@ GOOD = {"a": "happy", "b": "sad", "c": "angry", "d": "surprised"}
 BAD = {"bored": "--emotion: unknown emotion 'bored'", "mute": "mute.wav: audio file not found"}
 
 
-def write_batch(folder: Path) -> Path:
+def write_batch(folder: Path, good: tuple[str, ...] = tuple(GOOD), bad: bool = True) -> Path:
     folder.mkdir(parents=True)
     speech = str(DEMO / "demo_speech.wav")
-    clips = [{"id": clip, "audio": speech, "emotion": emotion} for clip, emotion in GOOD.items()]
-    clips.insert(2, {"id": "bored", "audio": speech, "emotion": "bored"})
-    clips.append({"id": "mute", "audio": "mute.wav", "emotion": "sad"})
+    clips = [{"id": clip, "audio": speech, "emotion": GOOD[clip]} for clip in good]
+    if bad:
+        clips.insert(2, {"id": "bored", "audio": speech, "emotion": "bored"})
+        clips.append({"id": "mute", "audio": "mute.wav", "emotion": "sad"})
     manifest = folder / "batch.json"
     manifest.write_text(json.dumps({"format": "emotalker-batch/1", "clips": clips, "defaults": {
         "avatar": str(DEMO / "demo_avatar"), "frames": f"1:{N_FRAMES}", "resolution": 32, "ply": True, "png": True}}))
@@ -62,10 +66,10 @@ def finish(process: subprocess.Popen, manifest: Path) -> dict:
     return summary
 
 
-def outputs(folder: Path) -> dict[str, str]:
-    """Every output file of every good clip (the batch's dot-file records aside) -> its SHA-256."""
+def outputs(folder: Path, clips: tuple[str, ...] = tuple(GOOD)) -> dict[str, str]:
+    """Every output file of the clips (the batch's dot-file records aside) -> its SHA-256."""
     return {f"{clip}/{p.name}": hashlib.sha256(p.read_bytes()).hexdigest()
-            for clip in GOOD for p in sorted((folder / "bake" / clip).iterdir()) if not p.name.startswith(".")}
+            for clip in clips for p in sorted((folder / "bake" / clip).iterdir()) if not p.name.startswith(".")}
 
 
 def check_summary(summary: dict, folder: Path) -> None:
@@ -121,6 +125,40 @@ def test_ray_cluster_bakes_the_same_bytes_as_local(cluster, local, tmp_path):
     for result in records:
         loads.setdefault(result["pid"], []).append(result["avatar_loads"])
     assert all(counts == [1] * len(counts) for counts in loads.values()), loads
+
+
+def test_sigterm_stops_the_ray_tasks_and_a_rerun_resumes(cluster, local, tmp_path):
+    manifest = write_batch(tmp_path / "batch", good=("a", "b"), bad=False)  # two clips: one a node
+    bake_root = manifest.parent / "bake"
+    process, _ = bake_batch(manifest, "--engine", "ray", "--address", cluster.address)
+    deadline = time.monotonic() + 240
+    while process.poll() is None and time.monotonic() < deadline and not list(bake_root.glob("*/*.png")):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 143, f"exit {process.returncode}\n{out}\n{err}"
+    assert "interrupted by SIGTERM: stopped clips" in err
+    summary = json.loads(manifest.with_name("batch.summary.json").read_text())
+    assert summary["interrupted_by"] == "SIGTERM" and summary["interrupted"]
+    # The stopped clips' tasks were cancelled: no worker process is still baking one (within 10 s).
+    deadline = time.monotonic() + 10
+    while (baking := [pid for node in cluster.nodes for pid in node.pids() if command(pid).startswith("ray::_ray_clip")]) \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not baking, f"Ray workers still baking 10 s after SIGTERM: {baking}"
+    rerun, _ = bake_batch(manifest, "--engine", "ray", "--address", cluster.address)
+    out, err = rerun.communicate(timeout=300)
+    summary = json.loads(manifest.with_name("batch.summary.json").read_text())
+    assert rerun.returncode == 0 and sorted(summary["done"] + summary["skipped"]) == ["a", "b"], out + err
+    assert not list(bake_root.rglob("*.part"))
+    assert outputs(manifest.parent, ("a", "b")) == {k: v for k, v in local[0].items() if k[0] in "ab"}
+
+
+def command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def test_a_lost_node_loses_no_clip_and_no_frame(cluster, local, tmp_path):
