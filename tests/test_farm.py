@@ -134,6 +134,7 @@ def test_sigterm_stops_the_ray_tasks_and_a_rerun_resumes(cluster, local, tmp_pat
     deadline = time.monotonic() + 240
     while process.poll() is None and time.monotonic() < deadline and not list(bake_root.glob("*/*.png")):
         time.sleep(0.02)
+    assert baking_workers(cluster), "no Ray worker was baking a clip when SIGTERM was to be sent"
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 143, f"exit {process.returncode}\n{out}\n{err}"
@@ -142,8 +143,7 @@ def test_sigterm_stops_the_ray_tasks_and_a_rerun_resumes(cluster, local, tmp_pat
     assert summary["interrupted_by"] == "SIGTERM" and summary["interrupted"]
     # The stopped clips' tasks were cancelled: no worker process is still baking one (within 10 s).
     deadline = time.monotonic() + 10
-    while (baking := [pid for node in cluster.nodes for pid in node.pids() if command(pid).startswith("ray::_ray_clip")]) \
-            and time.monotonic() < deadline:
+    while (baking := baking_workers(cluster)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not baking, f"Ray workers still baking 10 s after SIGTERM: {baking}"
     rerun, _ = bake_batch(manifest, "--engine", "ray", "--address", cluster.address)
@@ -152,6 +152,11 @@ def test_sigterm_stops_the_ray_tasks_and_a_rerun_resumes(cluster, local, tmp_pat
     assert rerun.returncode == 0 and sorted(summary["done"] + summary["skipped"]) == ["a", "b"], out + err
     assert not list(bake_root.rglob("*.part"))
     assert outputs(manifest.parent, ("a", "b")) == {k: v for k, v in local[0].items() if k[0] in "ab"}
+
+
+def baking_workers(cluster: Cluster) -> list[int]:
+    """The cluster's worker processes running a clip's task (Ray titles them after the task's function)."""
+    return [pid for node in cluster.nodes for pid in node.pids() if command(pid).startswith("ray::_ray_clip")]
 
 
 def command(pid: int) -> str:
