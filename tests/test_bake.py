@@ -470,3 +470,23 @@ def test_render_frame_reads_the_clips_curves_and_audio_once_with_the_same_pixels
     speech.touch()  # a re-recorded line is read again
     worker_methods.METHODS["render_frame"]({**params, "frame": 1}, None)
     assert worker_methods._cached_audio_windows.cache_info().misses == 2
+
+
+def test_avatar_cache_loads_an_avatar_once_and_again_when_it_changes(tmp_path):
+    import os
+    import shutil
+
+    from emotalker.bake.clip import AvatarCache
+    from emotalker.core.models.bundle import AvatarBundle
+
+    demo = Path(__file__).resolve().parents[1] / "emotalker" / "data" / "demo_avatar"
+    shutil.copytree(demo, tmp_path / "avatar")
+    bundle = AvatarBundle.open(tmp_path / "avatar")
+    cache = AvatarCache()
+    first = cache.open(bundle, "cpu", True, None)
+    assert cache.open(bundle, "cpu", True, None) is first and cache.loads == 1
+    assert cache.open(bundle, "cpu", False, None) is not first and cache.loads == 2  # other options: another
+    neutral = bundle.stage_path("neutral")
+    os.utime(neutral, ns=(0, os.stat(neutral).st_mtime_ns + 1))  # retrained: loaded afresh
+    assert cache.open(bundle, "cpu", True, None) is not first and cache.loads == 3
+    assert AvatarCache(0).open(bundle, "cpu", True, None) is not AvatarCache(0).open(bundle, "cpu", True, None)

@@ -225,11 +225,12 @@ class ClipInputs:
 
 
 def bake_clip(clip: ClipSpec, run: RunOptions = RunOptions(),
-              progress_sink: Callable[[dict], None] | None = None) -> BakeResult:
+              progress_sink: Callable[[dict], None] | None = None, avatars: AvatarCache | None = None) -> BakeResult:
     """Bake one clip as the module docstring describes; InputError for any bad input, before writing.
 
-    `progress_sink` receives the JSON progress events instead of stdout (the worker's)."""
-    inputs = open_clip(clip, run)
+    `progress_sink` receives the JSON progress events instead of stdout (the worker's). `avatars`: a
+    process's cache of opened avatars, for a process that bakes clip after clip (a batch's Ray worker)."""
+    inputs = open_clip(clip, run, avatars)
     # 2. FLAME curves (A2E runs on the whole clip: its band attention needs the context).
     curves = _a2e_curves(inputs) if inputs.given_curves is None else inputs.given_curves
     sequence = _bake_frames(inputs, curves, run, progress_sink)
@@ -238,9 +239,8 @@ def bake_clip(clip: ClipSpec, run: RunOptions = RunOptions(),
                       inputs.avatar.n_gaussians, inputs.avatar.uses_emotion, outputs)
 
 
-def open_clip(clip: ClipSpec, run: RunOptions) -> ClipInputs:
+def open_clip(clip: ClipSpec, run: RunOptions, avatars: AvatarCache | None = None) -> ClipInputs:
     """Step 1: every input of `clip` read and checked; InputError naming the input at fault."""
-    from emotalker.core.models.avatar import Avatar
     from emotalker.core.audio.waveform import check_audio_length, duration_frames, load_audio
     from emotalker.core.base.device import resolve_device
     from emotalker.core.base.threads import use_threads
@@ -272,10 +272,42 @@ def open_clip(clip: ClipSpec, run: RunOptions) -> ClipInputs:
         covered = audio_range if curves is None else f"frames {first}..{last} (audio and curves)"
         raise InputError("--frames", f"{frames[0]}:{frames[1]} reaches outside {covered}")
     camera = Camera.load(clip.camera) if clip.camera else front_camera(flame.v_template, clip.resolution)
-    avatar = Avatar.open(bundle, device, use_emotion=not clip.no_emotion, sh_degree=clip.sh_degree)
+    avatar = (avatars or AvatarCache(0)).open(bundle, device, use_emotion=not clip.no_emotion,
+                                              sh_degree=clip.sh_degree)
     sh_degree = avatar.sh_degree if clip.sh_degree is None else clip.sh_degree
     return ClipInputs(clip, name, Path(clip.out), device, bundle, flame, tracks, fps, samples, n_audio, curves, frames,
                       camera, avatar, sh_degree)
+
+
+class AvatarCache:
+    """Avatars opened in this process, kept for the next clip of the same avatar (Avatar.open takes seconds).
+
+    Keyed by the bundle's folder, its stage files' sizes and modification times (a retrained avatar is
+    loaded afresh), the device and the options `Avatar.open` takes. An avatar is only read from once
+    opened (inference, frozen weights), so clips sharing it bake the same bytes as clips that do not.
+    `size` 0 keeps nothing (a one-clip process); `loads` counts the avatars actually opened.
+    """
+
+    def __init__(self, size: int = 2):
+        self.size, self.loads = size, 0
+        self._avatars: dict[tuple, Avatar] = {}
+
+    def open(self, bundle: AvatarBundle, device: Any, use_emotion: bool, sh_degree: int | None) -> Avatar:
+        from emotalker.core.models.avatar import Avatar
+
+        files = [bundle.stage_path("neutral"), bundle.stage_path("emotion"), bundle.flame_path]
+        stamps = tuple((os.stat(f).st_size, os.stat(f).st_mtime_ns) if os.path.exists(f) else None for f in files)
+        key = (os.path.realpath(bundle.root), stamps, str(device), use_emotion, sh_degree)
+        if key in self._avatars:
+            self._avatars[key] = self._avatars.pop(key)  # most recently used last
+            return self._avatars[key]
+        avatar = Avatar.open(bundle, device, use_emotion=use_emotion, sh_degree=sh_degree)
+        self.loads += 1
+        if self.size:
+            while len(self._avatars) >= self.size:
+                self._avatars.pop(next(iter(self._avatars)))
+            self._avatars[key] = avatar
+        return avatar
 
 
 def check_clip_fields(clip: ClipSpec) -> str:
