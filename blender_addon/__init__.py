@@ -23,7 +23,7 @@ bl_info = {
 
 # Imported when registered, not with the package, so that its bpy-free modules (worker_client, preview,
 # camera) import anywhere: benchmarks/viewport.py drives the viewport's preview code outside Blender.
-MODULES = ("preferences", "properties", "operators", "ops_bake", "engine", "ui")
+MODULES = ("preferences", "properties", "operators", "ops_bake", "ops_train", "engine", "ui")
 
 
 def _modules():

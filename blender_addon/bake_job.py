@@ -3,8 +3,7 @@
 The job samples the avatar's animated emotion, intensity and blink at every
 frame of the scene range into a tracks file (linear keys on every frame, so the
 worker sees exactly the values Blender shows), submits `bake` to the worker and
-is then polled: by a modal operator's timer in the UI, or in a loop when run
-from a script or in background mode.
+is then polled like every WorkerJob (blender_addon/job.py).
 
 The `bake` params are {"clip": {...}, "run": {...}}: the fields of the core's
 ClipSpec (what the clip is) and RunOptions (how the run goes), see
@@ -15,7 +14,6 @@ it does not know. Plain dicts: the add-on never imports emotalker.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +22,8 @@ from . import session
 from .avatar_objects import proxy_mesh
 from .compat import sequencer_strips
 from .curves import apply_curves, sample_property
+from .job import WorkerJob
 from .properties import EMOTIONS
-from .worker_client import WorkerError
 
 BAKE_NAME = "bake"
 
@@ -63,8 +61,8 @@ def write_tracks(avatar, frames: np.ndarray, fps: float, path: Path) -> Path:
     return path
 
 
-class BakeJob:
-    """Submit with `start`, then `poll` until `done`; `result` or `error` tell how it ended."""
+class BakeJob(WorkerJob):
+    """One `bake` request: the clip's fields from the scene and the avatar's animated properties."""
 
     def __init__(self, context, avatar, out: Path, *, exports=("ply",), flame_curves: str | None = None,
                  camera: str | None = None, clip: dict | None = None, run: dict | None = None):
@@ -83,55 +81,9 @@ class BakeJob:
             clip_fields["flame_curves"] = flame_curves
         if camera:
             clip_fields["camera"] = camera
-        self.params = {"clip": clip_fields, "run": {"device": session.device(context), **(run or {})}}
-        self.client = session.worker(context)
-        self.job_id: int | None = None
-        self.fraction = 0.0
-        self.message = "starting"
-        self.result: dict | None = None
-        self.error: str | None = None
-        self.error_kind: str | None = None
-
-    @property
-    def done(self) -> bool:
-        return self.result is not None or self.error is not None
-
-    def start(self) -> None:
-        clip = self.params["clip"]
-        self.job_id = self.client.submit("bake", self.params, write=[clip["out"]],
-                                         read=[clip[k] for k in ("avatar", "audio", "flame_curves", "camera") if k in clip])
-
-    def poll(self) -> None:
-        try:
-            messages = self.client.poll()
-        except WorkerError as exc:
-            self.error, self.error_kind = str(exc), exc.kind
-            return
-        for msg in messages:
-            if msg.get("id") != self.job_id:
-                continue
-            if msg.get("event") == "progress":
-                total = max(int(msg.get("total") or 1), 1)
-                self.fraction = min(1.0, float(msg.get("step", 0)) / total)
-                self.message = f"{msg.get('stage', 'bake')} {msg.get('step')}/{total}"
-            elif "result" in msg:
-                self.result = msg["result"]
-            elif "error" in msg:
-                self.error, self.error_kind = msg["error"]["message"], msg["error"].get("kind")
-
-    def cancel(self) -> None:
-        if self.job_id is not None and not self.done:
-            self.client.cancel(self.job_id)
-
-    def wait(self, timeout: float = 3600.0) -> None:
-        """Block until done (scripts and background mode, where no modal timer runs)."""
-        end = time.monotonic() + timeout
-        while not self.done and time.monotonic() < end:
-            self.poll()
-            time.sleep(0.05)
-        if not self.done:
-            self.cancel()
-            self.error, self.error_kind = f"the bake did not finish within {timeout:.0f} s", "timeout"
+        params = {"clip": clip_fields, "run": {"device": session.device(context), **(run or {})}}
+        super().__init__(session.worker(context), "bake", params, write=[clip_fields["out"]],
+                         read=[clip_fields.get(k) for k in ("avatar", "audio", "flame_curves", "camera")])
 
 
 def apply_bake(avatar, expr_names: list[str], cache: Path) -> int:

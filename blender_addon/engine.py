@@ -42,12 +42,14 @@ def scene_avatars(depsgraph):
             and inst.object.original.emotalker.avatar_path]
 
 
-def frame_params(context_like, avatar, frame: int, viewmat, K, width: int, height: int, cache: Path) -> dict:
+def frame_params(context_like, avatar, frame: int, viewmat, K, width: int, height: int, cache: Path,
+                 camera_model: str = "pinhole") -> dict:
     """render_frame params of one avatar: the bake's curves and audio once baked, else the neutral face."""
     props = avatar.emotalker
     curves = curves_path(cache_dir(props, avatar.name))
     params = {"avatar": bpy.path.abspath(props.avatar_path), "cache": str(cache), "frame": int(frame),
-              "viewmat": np.asarray(viewmat).tolist(), "K": np.asarray(K).tolist(), "width": width, "height": height}
+              "viewmat": np.asarray(viewmat).tolist(), "K": np.asarray(K).tolist(), "width": width, "height": height,
+              "camera_model": camera_model}
     if props.baked and curves.exists():
         params["curves"] = str(curves)
         audio = audio_source(context_like, props)
@@ -58,12 +60,13 @@ def frame_params(context_like, avatar, frame: int, viewmat, K, width: int, heigh
     return params
 
 
-def render_avatar(context_like, avatar, frame: int, viewmat, K, width: int, height: int) -> np.ndarray:
+def render_avatar(context_like, avatar, frame: int, viewmat, K, width: int, height: int,
+                  camera_model: str = "pinhole") -> np.ndarray:
     """One avatar as Blender's buffers take it: scene-linear premultiplied RGBA float32 [H,W,4], bottom
     row first, rendered by the jobs lane's worker."""
     cache = cache_dir(avatar.emotalker, avatar.name) / "frames"
     return render_frame(session.worker(context_like),
-                        frame_params(context_like, avatar, frame, viewmat, K, width, height, cache))
+                        frame_params(context_like, avatar, frame, viewmat, K, width, height, cache, camera_model))
 
 
 def preview_root() -> Path:
@@ -78,12 +81,10 @@ def preview_cache(avatar) -> Path:
     return preview_root() / bpy.path.clean_name(avatar.name)
 
 
-def viewport_camera(region, rv3d) -> np.ndarray:
-    """K [3,3] of a perspective viewport (its window matrix in pixels)."""
-    width, height = region.width, region.height
-    P = np.array(rv3d.window_matrix)
-    return np.array([[P[0, 0] * width / 2, 0, width / 2 * (1 - P[0, 2])],
-                     [0, P[1, 1] * height / 2, height / 2 * (1 + P[1, 2])], [0, 0, 1]])
+def viewport_camera(space, region, rv3d):
+    """(world-to-camera [4,4] OpenCV, K [3,3], camera model) of a 3D viewport region (camera.viewport_camera)."""
+    return camera_conv.viewport_camera(region.width, region.height, np.array(rv3d.window_matrix),
+                                       np.array(rv3d.view_matrix), rv3d.is_perspective, space.clip_end)
 
 
 class EmoTalkerRenderEngine(bpy.types.RenderEngine):
@@ -112,14 +113,15 @@ class EmoTalkerRenderEngine(bpy.types.RenderEngine):
         if cam is None:
             self.report({"ERROR"}, "EmoTalker Splats: the scene has no camera")
         else:
+            model = camera_conv.model(cam)
             for avatar in scene_avatars(depsgraph):
                 viewmat, K, _, _ = camera_conv.scene_camera(scene, cam, avatar, width, height)
                 try:
-                    rgba = render_avatar(bpy.context, avatar, scene.frame_current, viewmat, K, width, height)
+                    rgba = render_avatar(bpy.context, avatar, scene.frame_current, viewmat, K, width, height, model)
                 except WorkerError as exc:
                     self.report({"ERROR"}, f"EmoTalker Splats: {exc}")
                     continue
-                layers.append((float(np.linalg.norm(viewmat[:3, 3])), rgba))
+                layers.append((camera_conv.layer_distance(viewmat, model), rgba))
         pixels = over(layers)
         pixels = np.zeros((height, width, 4), np.float32) if pixels is None else pixels
         result = self.begin_result(0, 0, width, height)
@@ -139,9 +141,6 @@ class EmoTalkerRenderEngine(bpy.types.RenderEngine):
 
     def _view_draw(self, context, depsgraph):
         region, rv3d = context.region, context.region_data
-        if not rv3d.is_perspective:
-            draw_message("EmoTalker Splats: orthographic views are not rendered yet; use a perspective view")
-            return
         try:
             request = self._request(context, depsgraph, region, rv3d)
         except WorkerError as exc:
@@ -163,13 +162,13 @@ class EmoTalkerRenderEngine(bpy.types.RenderEngine):
 
     def _request(self, context, depsgraph, region, rv3d) -> PreviewRequest:
         width, height = region.width, region.height
-        K = viewport_camera(region, rv3d)
+        view, K, model = viewport_camera(context.space_data, region, rv3d)
         layers = []
         for avatar in scene_avatars(depsgraph):
-            viewmat = camera_conv.BLENDER_TO_OPENCV_CAMERA @ np.array(rv3d.view_matrix) @ np.array(avatar.matrix_world)
+            viewmat = view @ np.array(avatar.matrix_world)
             params = frame_params(context, avatar, context.scene.frame_current, viewmat, K, width, height,
-                                  preview_cache(avatar))
-            layers.append((float(np.linalg.norm(viewmat[:3, 3])), params))
+                                  preview_cache(avatar), model)
+            layers.append((camera_conv.layer_distance(viewmat, model), params))
         return PreviewRequest(width, height, tuple(layers))
 
     def _draw_image(self, context, image, width: int, height: int) -> None:

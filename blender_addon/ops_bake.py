@@ -1,9 +1,4 @@
-"""Bake, re-bake and export operators: each runs one BakeJob in the worker.
-
-From the UI they are modal (progress in the status bar, Esc cancels, Blender
-stays responsive); from scripts and in background mode `execute` runs the
-same job to completion.
-"""
+"""Bake, re-bake and export operators: each runs one BakeJob in the worker (a JobOperator, blender_addon/job.py)."""
 
 from __future__ import annotations
 
@@ -12,96 +7,44 @@ from pathlib import Path
 
 import bpy
 import numpy as np
-from bpy.props import EnumProperty, StringProperty
+from bpy.props import StringProperty
 
 from . import camera as camera_conv
 from .avatar_objects import find_avatar, proxy_mesh
 from .bake_job import BakeJob, apply_bake, audio_source, bake_dir, curves_path
 from .curves import read_curves
+from .job import JobOperator
 from .operators import cache_dir
-from .worker_client import WorkerError
 
 
 def expression_names(avatar) -> list[str]:
     return [k.name for k in proxy_mesh(avatar).data.shape_keys.key_blocks[1:]]
 
 
-class _JobOperator:
-    """Shared modal/blocking driver; subclasses build the job and say what to do when it ends."""
-
-    bl_options = {"REGISTER"}
-    _timer = None
-    _job: BakeJob | None = None
+class _BakeOperator(JobOperator):
+    """Jobs that bake the selected avatar: it needs an avatar bundle and audio."""
 
     @classmethod
     def poll(cls, context):
         avatar = find_avatar(context)
         return avatar is not None and bool(avatar.emotalker.avatar_path) and bool(audio_source(context, avatar.emotalker))
 
-    def make_job(self, context, avatar) -> BakeJob:
-        raise NotImplementedError
-
-    def finished(self, context, avatar, result: dict) -> None:
-        raise NotImplementedError
-
-    def _start(self, context) -> bool:
-        avatar = find_avatar(context)
-        try:
-            self._job = self.make_job(context, avatar)
-            self._job.start()
-        except (WorkerError, OSError) as exc:
-            self.report({"ERROR"}, str(exc))
-            return False
-        return True
-
-    def _end(self, context) -> set[str]:
-        job, avatar = self._job, find_avatar(context)
-        if job.error is not None:
-            level = {"WARNING"} if job.error_kind == "cancelled" else {"ERROR"}
-            self.report(level, "cancelled; finished frames are kept" if job.error_kind == "cancelled" else job.error)
-            return {"CANCELLED"}
-        self.finished(context, avatar, job.result)
-        return {"FINISHED"}
-
-    def execute(self, context):
-        if not self._start(context):
-            return {"CANCELLED"}
-        if bpy.app.background or context.window is None:  # scripts and tests: no event loop to poll from
-            self._job.wait()
-            return self._end(context)
-        wm = context.window_manager
-        self._timer = wm.event_timer_add(0.1, window=context.window)
-        wm.progress_begin(0, 1000)
-        wm.modal_handler_add(self)
-        return {"RUNNING_MODAL"}
-
-    def modal(self, context, event):
-        job = self._job
-        if event.type == "ESC":
-            job.cancel()
-        if event.type != "TIMER":
-            return {"PASS_THROUGH"}
-        job.poll()
-        context.window_manager.progress_update(int(job.fraction * 1000))
-        context.workspace.status_text_set(f"EmoTalker: {job.message} (Esc to cancel)")
-        if not job.done:
-            return {"RUNNING_MODAL"}
-        context.window_manager.event_timer_remove(self._timer)
-        context.window_manager.progress_end()
-        context.workspace.status_text_set(None)
-        return self._end(context)
+    def cancelled_message(self) -> str:
+        return "cancelled; finished frames are kept"
 
 
-class EMOTALKER_OT_bake(_JobOperator, bpy.types.Operator):
+class EMOTALKER_OT_bake(_BakeOperator, bpy.types.Operator):
     """Bake the audio and the keyed emotion tracks into FLAME F-curves and per-frame Gaussians"""
 
     bl_idname = "emotalker.bake"
     bl_label = "Bake EmoTalker Avatar"
 
-    def make_job(self, context, avatar):
+    def make_job(self, context):
+        avatar = find_avatar(context)
         return BakeJob(context, avatar, bake_dir(cache_dir(avatar.emotalker, avatar.name)), run={"overwrite": True})
 
-    def finished(self, context, avatar, result):
+    def finished(self, context, result):
+        avatar = find_avatar(context)
         n = apply_bake(avatar, expression_names(avatar), cache_dir(avatar.emotalker, avatar.name))
         self.report({"INFO"}, f"baked frames {result['frame_start']}-{result['frame_end']}: {n} F-curves")
 
@@ -118,7 +61,7 @@ def edited_curves_file(avatar) -> str:
     return str(path)
 
 
-class _BakedJobOperator(_JobOperator):
+class _BakedJobOperator(_BakeOperator):
     """Jobs that start from a finished bake's curves."""
 
     @classmethod
@@ -142,12 +85,13 @@ class EMOTALKER_OT_rebake(_BakedJobOperator, bpy.types.Operator):
     bl_idname = "emotalker.rebake"
     bl_label = "Re-bake from Curves"
 
-    def make_job(self, context, avatar):
+    def make_job(self, context):
+        avatar = find_avatar(context)
         cache = cache_dir(avatar.emotalker, avatar.name)
         return BakeJob(context, avatar, bake_dir(cache) / "rebake", flame_curves=edited_curves_file(avatar),
                        run={"overwrite": True})
 
-    def finished(self, context, avatar, result):
+    def finished(self, context, result):
         self.report({"INFO"}, f"re-baked {result['written']} frames from the edited curves")
 
 
@@ -155,30 +99,41 @@ def export_clip_fields(props) -> dict:
     """The ClipSpec fields of the avatar's export format (properties.EXPORT_FORMATS) and settings."""
     settings = {"sh_degree": int(props.sh_degree), "up_axis": props.up_axis.lower()}
     return {"PLY": {"ply": True, **settings}, "UNITY": {"preset": "unity"},
-            "SPZ": {"spz": True, **settings}, "COMPRESSED_PLY": {"compressed_ply": True, **settings}}[props.export_format]
+            "SPZ": {"spz": True, **settings}, "COMPRESSED_PLY": {"compressed_ply": True, **settings},
+            # USD states its own axis (Y up, as FLAME): the up-axis setting does not apply.
+            "USD": {"usd": True, "sh_degree": settings["sh_degree"]}}[props.export_format]
 
 
 class EMOTALKER_OT_export_ply(_ExportOperator, bpy.types.Operator):
-    """Export the baked avatar as a numbered splat sequence (PLY, Unity PLY, SPZ or compressed PLY) with a JSON sidecar"""
+    """Export the baked avatar as a numbered splat sequence (PLY, Unity PLY, SPZ or compressed PLY) with a JSON sidecar,
+    or as one OpenUSD file with the rig and the audio"""
 
     bl_idname = "emotalker.export_ply"
     bl_label = "Export Splat Sequence"
 
-    def make_job(self, context, avatar):
+    def make_job(self, context):
+        avatar = find_avatar(context)
         return BakeJob(context, avatar, Path(bpy.path.abspath(self.directory)), exports=(),
                        flame_curves=edited_curves_file(avatar),
                        clip={**export_clip_fields(avatar.emotalker), "name": avatar.name})
 
-    def finished(self, context, avatar, result):
+    def finished(self, context, result):
+        avatar = find_avatar(context)
         n = result["frame_end"] - result["frame_start"] + 1
+        if "usd" in result["outputs"]:
+            self.report({"INFO"}, f"wrote {n} frames to {result['outputs']['usd']}")
+            return
         self.report({"INFO"}, f"wrote {n} {avatar.emotalker.export_format.replace('_', ' ').lower()} frames to "
                               f"{result['out']}")
 
 
 def write_camera_file(context, avatar, path: Path) -> str:
     viewmat, K, width, height = camera_conv.scene_camera(context.scene, context.scene.camera, avatar)
-    path.write_text(json.dumps({"format": "emotalker-camera/1", "viewmat": viewmat.tolist(), "K": K.tolist(),
-                                "width": width, "height": height}))
+    camera = {"format": "emotalker-camera/1", "viewmat": viewmat.tolist(), "K": K.tolist(), "width": width,
+              "height": height}
+    if camera_conv.model(context.scene.camera) == "ortho":
+        camera["model"] = "ortho"
+    path.write_text(json.dumps(camera))
     return str(path)
 
 
@@ -192,14 +147,15 @@ class EMOTALKER_OT_render_mp4(_ExportOperator, bpy.types.Operator):
     def poll(cls, context):
         return super().poll(context) and context.scene.camera is not None
 
-    def make_job(self, context, avatar):
+    def make_job(self, context):
+        avatar = find_avatar(context)
         out = Path(bpy.path.abspath(self.directory))
         out.mkdir(parents=True, exist_ok=True)
         camera = write_camera_file(context, avatar, out / "camera.json")
         return BakeJob(context, avatar, out, exports=("png", "mp4"), flame_curves=edited_curves_file(avatar),
                        camera=camera, clip={"name": avatar.name})
 
-    def finished(self, context, avatar, result):
+    def finished(self, context, result):
         self.report({"INFO"}, f"wrote {result['outputs'].get('mp4', result['out'])}")
 
 

@@ -18,6 +18,8 @@ EXPORT_FORMATS = [
     ("UNITY", "Unity PLY", "PLY at SH degree 3, Y up: aras-p's UnityGaussianSplatting importer (ignores the settings)"),
     ("SPZ", "SPZ", "Niantic SPZ, one a frame: about 10x smaller (web viewers, Spark, Babylon.js)"),
     ("COMPRESSED_PLY", "Compressed PLY", "PlayCanvas compressed PLY, one a frame (SuperSplat, PlayCanvas)"),
+    ("USD", "OpenUSD", "One .usdc: time-sampled splats, the rig animated (UsdSkel) and the audio; Y up, metres "
+                       "(needs usd-core in the worker's Python)"),
 ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bpy
 
 from .avatar_objects import find_avatar
+from .job import RUNNING
 from .properties import EMOTIONS
 
 
@@ -17,7 +18,11 @@ class EMOTALKER_PT_main(bpy.types.Panel):
 
     def draw(self, context):
         layout = self.layout
-        layout.operator("emotalker.import_avatar", icon="IMPORT")
+        row = layout.row(align=True)
+        row.operator("emotalker.import_avatar", icon="IMPORT")
+        row.operator("emotalker.train_avatar", text="Train", icon="OUTLINER_OB_ARMATURE")
+        for job in RUNNING:
+            layout.label(text=f"{job.message} (Esc to cancel)", icon="TIME")
         avatar = find_avatar(context)
         if avatar is None:
             layout.label(text="Select an avatar, or import one")
@@ -47,7 +52,9 @@ class EMOTALKER_PT_main(bpy.types.Panel):
         row = box.row(align=True)
         row.enabled = props.export_format != "UNITY"  # the preset fixes both
         row.prop(props, "sh_degree")
-        row.prop(props, "up_axis", text="")
+        axis = row.row(align=True)
+        axis.enabled = props.export_format != "USD"  # a USD stage states its own up axis (Y)
+        axis.prop(props, "up_axis", text="")
         box.operator("emotalker.export_ply", icon="POINTCLOUD_DATA")
         box.operator("emotalker.render_mp4", icon="FILE_MOVIE")
 

@@ -79,10 +79,10 @@ def make_speech(path: Path, seconds: float = 1.2, seed: int = 0, rate: int = SR)
 
 
 def core_blender_pixels(avatar_dir: Path, curves_file: Path, audio: Path, frame: int, viewmat, K, width: int,
-                        height: int) -> np.ndarray:
-    """The core's own render of a baked frame from a camera, independent of the worker and the add-on:
-    scene-linear premultiplied RGBA [height, width, 4], top row first (what Blender shows, before its view
-    transform)."""
+                        height: int, model: str = "pinhole") -> np.ndarray:
+    """The core's own render of a baked frame from a camera (`model` "pinhole" or "ortho"), independent of the
+    worker and the add-on: scene-linear premultiplied RGBA [height, width, 4], top row first (what Blender
+    shows, before its view transform)."""
     import torch
 
     from emotalker.bake.engine import FlameCurves, FrameProducer
@@ -103,8 +103,8 @@ def core_blender_pixels(avatar_dir: Path, curves_file: Path, audio: Path, frame:
     windows = AudioWindows(load_audio(audio), av.audio_features, curves.fps)
     g = FrameProducer(av, frame_curves, curves.emotion_weights[rows], curves.intensity[rows], curves.eyelids[rows, 0],
                       chunk=1, audio=lambda frames: windows(frames - 1, hold_ends=True),
-                      camera=camera_code(np.asarray(viewmat)))(frame)
+                      camera=camera_code(np.asarray(viewmat), model))(frame)
     with torch.inference_mode():
-        out = render_avatar(g, Camera(np.asarray(viewmat), np.asarray(K), width, height))
+        out = render_avatar(g, Camera(np.asarray(viewmat), np.asarray(K), width, height, model))
     return blender_rgba(out.rgb[0], out.alpha[0])[::-1]  # the conversion is tested against its formula in test_video
 

@@ -372,6 +372,52 @@ def test_front_camera_frames_the_head_and_camera_files_are_checked(tmp_path):
         Camera.load(tmp_path / "bad.json")
 
 
+def test_camera_files_take_an_optional_orthographic_model(tmp_path):
+    from emotalker.core.render.camera import Camera
+
+    cam = front_camera(tiny_rig(n_expr=6).v_template, 64)
+    assert "model" not in cam.to_dict() and cam.model == "pinhole"  # files written before "model" stay the same
+    ortho = Camera.from_dict({**cam.to_dict(), "model": "ortho"})
+    assert ortho.model == "ortho" and ortho.to_dict()["model"] == "ortho"
+    assert Camera.from_dict(ortho.to_dict()).to_dict() == ortho.to_dict()
+    (tmp_path / "bad.json").write_text(json.dumps({**cam.to_dict(), "model": "fisheye"}))
+    with pytest.raises(InputError, match="bad.json.*camera model is 'fisheye'"):
+        Camera.load(tmp_path / "bad.json")
+
+
+def test_an_orthographic_camera_bakes_and_render_frame_takes_it(inputs, tmp_path):
+    """The bake and the worker's render_frame render the same orthographic image, which is not the
+    pinhole's: the model travels from the camera file and from render_frame's camera_model."""
+    from PIL import Image
+
+    from emotalker.worker.methods import METHODS
+    from emotalker.worker.server import JobContext
+
+    pinhole = front_camera(tiny_rig(n_expr=6).v_template, 40, 30).to_dict()
+    distance = pinhole["viewmat"][2][3]
+    K = np.array(pinhole["K"])
+    K[:2, :2] /= distance  # the pinhole's pixels a metre at the head's distance
+    ortho = {**pinhole, "K": K.tolist(), "model": "ortho"}
+    (tmp_path / "ortho.json").write_text(json.dumps(ortho))
+    result = bake_clip(ClipSpec(avatar=str(inputs / "avatar"), audio=str(inputs / "speech.wav"), out=str(tmp_path / "o"),
+                                emotion="happy", png=True, camera=str(tmp_path / "ortho.json"), frames="1:2"), QUIET)
+    assert json.loads(Path(result.outputs["camera"]).read_text())["model"] == "ortho"
+    baked = np.asarray(Image.open(tmp_path / "o" / "speech_000002.png"))[..., 3] / 255.0
+
+    params = {"avatar": str(inputs / "avatar"), "cache": str(tmp_path / "cache"), "frame": 2,
+              "curves": result.outputs["flame_curves"], **{k: ortho[k] for k in ("viewmat", "K", "width", "height")}}
+    ctx = JobContext(1, lambda event: None)
+    alpha = {}
+    for model in ("ortho", "pinhole"):
+        reply = METHODS["render_frame"]({**params, "camera_model": model}, ctx)
+        alpha[model] = np.fromfile(reply["path"], np.float32).reshape(30, 40, 4)[::-1, :, 3]  # top row first
+    assert alpha["ortho"].max() > 0.9 and alpha["ortho"][0, 0] == 0.0
+    assert np.abs(alpha["ortho"] - baked).max() <= 1 / 255 + 1e-6
+    assert np.abs(alpha["pinhole"] - baked).mean() > 0.05  # a pinhole with focal lengths this short sees far less
+    with pytest.raises(InputError, match="camera model"):
+        METHODS["render_frame"]({**params, "camera_model": "fisheye"}, ctx)
+
+
 def test_render_frame_loads_the_avatar_once_while_its_files_are_unchanged(tmp_path):
     from emotalker.worker import methods as worker_methods
 
@@ -424,3 +470,23 @@ def test_render_frame_reads_the_clips_curves_and_audio_once_with_the_same_pixels
     speech.touch()  # a re-recorded line is read again
     worker_methods.METHODS["render_frame"]({**params, "frame": 1}, None)
     assert worker_methods._cached_audio_windows.cache_info().misses == 2
+
+
+def test_avatar_cache_loads_an_avatar_once_and_again_when_it_changes(tmp_path):
+    import os
+    import shutil
+
+    from emotalker.bake.clip import AvatarCache
+    from emotalker.core.models.bundle import AvatarBundle
+
+    demo = Path(__file__).resolve().parents[1] / "emotalker" / "data" / "demo_avatar"
+    shutil.copytree(demo, tmp_path / "avatar")
+    bundle = AvatarBundle.open(tmp_path / "avatar")
+    cache = AvatarCache()
+    first = cache.open(bundle, "cpu", True, None)
+    assert cache.open(bundle, "cpu", True, None) is first and cache.loads == 1
+    assert cache.open(bundle, "cpu", False, None) is not first and cache.loads == 2  # other options: another
+    neutral = bundle.stage_path("neutral")
+    os.utime(neutral, ns=(0, os.stat(neutral).st_mtime_ns + 1))  # retrained: loaded afresh
+    assert cache.open(bundle, "cpu", True, None) is not first and cache.loads == 3
+    assert AvatarCache(0).open(bundle, "cpu", True, None) is not AvatarCache(0).open(bundle, "cpu", True, None)

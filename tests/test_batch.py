@@ -132,3 +132,69 @@ def test_bad_manifests(tmp_path, doc, message):
     with pytest.raises(InputError, match=message) as err:
         load_manifest(path)
     assert str(err.value).startswith(str(path))
+
+
+def lost_until_third_job(clip):
+    """Lose the clip's process (exit without a result) on its first two runs; bake on the third."""
+    clip.out.mkdir(parents=True, exist_ok=True)
+    attempts = clip.out / "attempts"
+    n = int(attempts.read_text()) + 1 if attempts.exists() else 1
+    attempts.write_text(str(n))
+    if n < 3:
+        os._exit(3)
+    return {"written": 2, "skipped": 1}
+
+
+@pytest.mark.parametrize("max_retries, done", [(1, False), (2, True)])
+def test_max_retries_bounds_the_runs_of_a_lost_clip(tmp_path, capsys, max_retries, done):
+    manifest = _manifest(tmp_path, [{"id": "a", "audio": "a.wav"}])
+    summary = run_batch(manifest, lost_until_third_job, progress="json", max_retries=max_retries)
+    lost = "worker process lost (exit status 3 without a result)"
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    if done:
+        assert summary.done == ["a"] and summary.retried == {"a": f"{lost}; {lost}"} and summary.frames == 3
+        assert "RETRIED a 2 times" in summary.report()
+        assert lines == [{"stage": "bake-batch", "clip": "a", "state": "retried", "step": 0, "total": 1, "reason": lost}] * 2 \
+            + [{"stage": "bake-batch", "clip": "a", "state": "done", "step": 1, "total": 1, "frames": 3}]
+    else:
+        assert summary.failed == {"a": f"{lost}, on its retry too"} and summary.exit_code == 1
+        assert [line["state"] for line in lines] == ["retried", "failed"]
+    # The summary is also a JSON file beside the manifest.
+    assert json.loads((tmp_path / "batch.summary.json").read_text()) == summary.to_dict()
+    assert summary.to_dict()["engine"] == "local"
+
+
+def test_one_clip_of_a_manifest_alone(tmp_path):
+    manifest = _manifest(tmp_path, [{"id": "a", "audio": "a.wav"}, {"id": "b", "audio": "b.wav"}])
+    summary = run_batch(manifest, fake_clip_job, progress="none", only=1)
+    assert summary.done == ["b"] and not _runs(tmp_path, "a")
+    # Tasks of one manifest run at once on a farm: each writes its own status and summary.
+    assert json.loads((tmp_path / "batch.b.status.json").read_text())["clips"] == {"b": "done"}
+    assert json.loads((tmp_path / "batch.b.summary.json").read_text())["done"] == ["b"]
+    with pytest.raises(InputError, match=r"--clip-index: must be 0..1 .* got 2"):
+        run_batch(manifest, fake_clip_job, progress="none", only=2)
+
+
+def test_the_ray_engine_without_ray_is_one_line(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the farm extra were not installed
+    manifest = _manifest(tmp_path, [{"id": "a", "audio": "a.wav"}])
+    with pytest.raises(InputError, match=r"--engine: ray is not installed: pip install 'emotalker\[farm\]'"):
+        run_batch(manifest, fake_clip_job, progress="none", engine="ray")
+
+
+def test_a_ray_address_nobody_answers_is_one_line(tmp_path):
+    pytest.importorskip("ray", reason="the farm extra (ray) is not installed")
+    import socket
+
+    from emotalker.bake.farm import RayOptions
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    manifest = _manifest(tmp_path, [{"id": "a", "audio": "a.wav"}])
+    with pytest.raises(InputError, match=rf"--address: no Ray cluster answers at 127.0.0.1:{port}"):
+        run_batch(manifest, fake_clip_job, progress="none", engine="ray", ray=RayOptions(address=f"127.0.0.1:{port}"))
+    with pytest.raises(InputError, match="--address: expected auto or HOST:PORT, got 'nowhere'"):
+        run_batch(manifest, fake_clip_job, progress="none", engine="ray", ray=RayOptions(address="nowhere"))

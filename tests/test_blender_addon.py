@@ -144,6 +144,91 @@ def test_camera_conversion_matches_blenders_projection():
         assert abs(cam_pt[2] - ndc.z) < 1e-5
 
 
+def camera_scene(kind: str, sensor_fit: str = "AUTO"):
+    """An empty scene 320x240 with a camera of `kind` (PERSP or ORTHO) looking at an avatar object placed as
+    the add-on places one (FLAME_TO_BLENDER, moved a little)."""
+    from mathutils import Matrix
+
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    scene = bpy.context.scene
+    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = 320, 240, 100
+    cam = bpy.data.objects.new("cam", bpy.data.cameras.new("cam"))
+    scene.collection.objects.link(cam)
+    cam.data.type, cam.data.sensor_fit = kind, sensor_fit
+    cam.data.lens, cam.data.ortho_scale, cam.data.shift_x, cam.data.shift_y = 70.0, 0.4, 0.05, -0.03
+    cam.location = (0.1, -0.6, 0.05)
+    cam.rotation_euler = (np.radians(88), 0.0, np.radians(8))
+    avatar = bpy.data.objects.new("avatar", None)
+    scene.collection.objects.link(avatar)
+    avatar.matrix_world = Matrix(camera.FLAME_TO_BLENDER.tolist()) @ Matrix.Translation((0.01, 0.0, 0.02))
+    bpy.context.view_layer.update()
+    return scene, cam, avatar
+
+
+def project(V, K, model, p):
+    """Pixel (u, v) and camera z of the FLAME-space point p through viewmat V, intrinsics K and the model."""
+    x, y, z = (V @ np.append(p, 1.0))[:3]
+    if model == "pinhole":
+        x, y = x / z, y / z
+    return K[0, 0] * x + K[0, 2], K[1, 1] * y + K[1, 2], z
+
+
+@pytest.mark.parametrize("sensor_fit", ["AUTO", "VERTICAL"])
+def test_orthographic_scene_camera_matches_blenders_projection(sensor_fit):
+    from bpy_extras.object_utils import world_to_camera_view
+    from mathutils import Vector
+
+    assert camera.model(camera_scene("PERSP")[1]) == "pinhole"
+    scene, cam, avatar = camera_scene("ORTHO", sensor_fit)
+    V, K, W, H = camera.scene_camera(scene, cam, avatar)
+    assert camera.model(cam) == "ortho"
+    for p in np.random.default_rng(0).normal(scale=0.05, size=(10, 3)):
+        ndc = world_to_camera_view(scene, cam, avatar.matrix_world @ Vector(p.tolist()))
+        u, v, z = project(V, K, "ortho", p)
+        assert abs(u - ndc.x * W) < 1e-3 and abs(v - (1 - ndc.y) * H) < 1e-3
+        assert abs(z - ndc.z) < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["PERSP", "ORTHO"])
+def test_render_mp4_camera_file_says_orthographic_only_for_an_orthographic_camera(kind, tmp_path):
+    import json
+
+    from blender_addon.ops_bake import write_camera_file
+    from emotalker.core.render.camera import Camera
+
+    scene, cam, avatar = camera_scene(kind)
+    scene.camera = cam
+    path = Path(write_camera_file(bpy.context, avatar, tmp_path / "camera.json"))
+    loaded = Camera.load(path)
+    assert ("model" in json.loads(path.read_text())) == (kind == "ORTHO")  # a pinhole's file is as before
+    assert loaded.model == camera.model(cam)
+    np.testing.assert_allclose(loaded.K, camera.scene_camera(scene, cam, avatar)[1])
+
+
+@pytest.mark.parametrize("kind", ["PERSP", "ORTHO"])
+def test_viewport_camera_from_blenders_own_matrices(kind):
+    """A viewport's camera from the window and view matrices Blender draws it with (here a camera's own,
+    as a viewport looking through it has): points land where Blender projects them; an orthographic view
+    becomes the orthographic camera, stepped back so that what lies behind its view point stays in front."""
+    from bpy_extras.object_utils import world_to_camera_view
+    from mathutils import Vector
+
+    scene, cam, avatar = camera_scene(kind)
+    W, H = 320, 240
+    window = np.array(cam.calc_matrix_camera(bpy.context.evaluated_depsgraph_get(), x=W, y=H))
+    view, K, model = camera.viewport_camera(W, H, window, np.array(cam.matrix_world.inverted()), kind == "PERSP",
+                                            1000.0)
+    assert model == {"PERSP": "pinhole", "ORTHO": "ortho"}[kind]
+    V = view @ np.array(avatar.matrix_world)
+    for p in np.random.default_rng(1).normal(scale=0.05, size=(10, 3)):
+        ndc = world_to_camera_view(scene, cam, avatar.matrix_world @ Vector(p.tolist()))
+        u, v, z = project(V, K, model, p)
+        assert abs(u - ndc.x * W) < 1e-3 and abs(v - (1 - ndc.y) * H) < 1e-3
+        assert abs(z - ndc.z - (500.0 if kind == "ORTHO" else 0.0)) < 1e-4
+    assert camera.layer_distance(V, model) == pytest.approx(
+        (V[2, 3] if kind == "ORTHO" else np.linalg.norm(V[:3, 3])))
+
+
 # --- Bake, render and export through the worker, on a tiny avatar built in the test -----------------
 
 from bake_fixture import core_blender_pixels, make_speech, make_tiny_avatar  # noqa: E402
@@ -234,7 +319,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
 
 
-def test_f12_render_matches_the_cores_own_render(baked_scene):
+@pytest.mark.parametrize("kind", ["PERSP", "ORTHO"])
+def test_f12_render_matches_the_cores_own_render(baked_scene, kind):
     avatar, tmp_path = baked_scene
     assert bpy.ops.emotalker.bake() == {"FINISHED"}
     scene = bpy.context.scene
@@ -243,7 +329,7 @@ def test_f12_render_matches_the_cores_own_render(baked_scene):
     cam = bpy.data.objects.new("cam", bpy.data.cameras.new("cam"))
     scene.collection.objects.link(cam)
     scene.camera = cam
-    cam.data.lens = 50
+    cam.data.lens, cam.data.type, cam.data.ortho_scale = 50, kind, 0.3
     cam.location = (0.02, -0.45, 0.01)
     cam.rotation_euler = (np.radians(90), 0, np.radians(3))
     scene.frame_set(6)
@@ -256,7 +342,7 @@ def test_f12_render_matches_the_cores_own_render(baked_scene):
     # The core's own render of the same frame from the same camera, through the bake engine.
     V, K, W, H = camera.scene_camera(scene, cam, avatar)
     core = core_blender_pixels(tmp_path / "avatar", tmp_path / "cache" / "Ava" / "bake" / "bake_flame.npz",
-                               Path(avatar.emotalker.audio_path), 6, V, K, W, H)
+                               Path(avatar.emotalker.audio_path), 6, V, K, W, H, camera.model(cam))
     alpha = core[..., 3]
     assert alpha.max() > 0.5, "the avatar should be in view"
     value = psnr(blender, core)
@@ -287,7 +373,7 @@ def test_export_operator_writes_a_valid_ply_sequence(baked_scene):
         assert str(edited["format"]) == CURVES_FORMAT
 
 
-def test_export_operator_offers_unity_spz_and_compressed_ply(baked_scene):
+def test_export_operator_offers_unity_spz_compressed_ply_and_usd(baked_scene):
     from emotalker.bake.ply import ply_property_names, read_ply
 
     avatar, tmp_path = baked_scene
@@ -305,6 +391,17 @@ def test_export_operator_offers_unity_spz_and_compressed_ply(baked_scene):
         sidecar = __import__("json").loads((out / sidecar_name).read_text())
         assert (sidecar["format"], sidecar["sh_degree"], sidecar["up_axis"]) == (sidecar_format, degree, up)
     assert read_ply(tmp_path / "export_unity" / "Ava_000001.ply").names == ply_property_names(3)
+    try:
+        from pxr import Usd, UsdGeom
+    except ImportError:
+        return  # the USD format needs usd-core in the worker's Python (tests/test_usd.py says so when it skips)
+    avatar.emotalker.export_format = "USD"
+    out = tmp_path / "export_usd"
+    assert bpy.ops.emotalker.export_ply(directory=str(out)) == {"FINISHED"}
+    stage = Usd.Stage.Open(str(out / "Ava.usdc"))
+    assert (stage.GetStartTimeCode(), stage.GetEndTimeCode(), UsdGeom.GetStageUpAxis(stage)) == (1, 10, "Y")
+    assert sorted(p.name for p in (out / "Ava.usd-frames").iterdir()) == [f"Ava_{i:06d}.npz" for i in range(1, 11)]
+    assert stage.GetPrimAtPath("/Ava/Splats").GetAttribute("radiance:sphericalHarmonicsDegree").Get() == 0
 
 
 def test_cancelling_a_bake_leaves_only_whole_frames(baked_scene):
@@ -357,3 +454,43 @@ def test_audio_comes_from_a_sound_strip_when_no_file_is_set(baked_scene):
     assert audio_source(bpy.context, avatar.emotalker) == audio
     assert bpy.ops.emotalker.bake() == {"FINISHED"}
     assert (tmp_path / "cache" / "Ava" / "bake" / "bake_000010.ply").exists()
+
+
+# --- Training from Blender ---------------------------------------------------------------------------
+
+
+def test_train_job_shows_the_stage_its_step_and_the_held_out_psnr_of_stages_done():
+    from blender_addon.ops_train import TrainJob
+
+    job = TrainJob(client=None, dataset="/d", avatar="/a", steps={"neutral": 40}, gaussians=500)
+    assert job.params["config"] == {"neutral": {"steps": 40, "model": {"n_gaussians": 500}}}
+    assert job.paths == (("/d",), ("/a",))
+    job.on_progress({"stage": "train neutral", "step": 10, "total": 40, "psnr": 21.234})
+    assert job.message == "Stage 1 (1 of 3) step 10/40, PSNR 21.2 dB" and job.fraction == pytest.approx(0.25 / 3)
+    job.on_progress({"stage": "train neutral", "finished": True, "summary": "Stage 1: ...", "held_out_psnr": 31.5})
+    job.on_progress({"stage": "train a2e", "finished": True, "summary": "A2E: ...", "held_out_psnr": None})
+    job.on_progress({"stage": "train emotion", "step": 1, "total": 2, "psnr": 30.0})
+    assert job.message == "Stage 2 (3 of 3) step 1/2, PSNR 30.0 dB; held-out PSNR: Stage 1 31.50 dB"
+    assert job.fraction == pytest.approx(2.5 / 3) and job.summaries == ["Stage 1: ...", "A2E: ..."]
+    one = TrainJob(client=None, dataset="/d", avatar="/a", stage="emotion")
+    one.on_progress({"stage": "train emotion", "step": 1, "total": 4})
+    assert one.message == "Stage 2 (1 of 1) step 1/4" and one.fraction == 0.25
+
+
+def test_train_operator_trains_every_stage_and_imports_the_avatar(addon, tmp_path):
+    from emotion_fixture import make_emotion_dataset
+
+    dataset, _ = make_emotion_dataset(tmp_path / "data")
+    out = tmp_path / "trained"
+    assert bpy.ops.emotalker.train_avatar(dataset=str(dataset), directory=str(out), neutral_steps=3, a2e_steps=2,
+                                          emotion_steps=2, name="Trained") == {"FINISHED"}
+    bundle = AvatarBundle.open(out)
+    assert all(bundle.has_stage(s) for s in ("neutral", "a2e", "emotion"))
+    assert bundle.manifest()["stages"]["neutral"]["steps"] == 3
+    avatar = bpy.data.objects["Trained"]
+    assert Path(avatar.emotalker.avatar_path) == out
+
+
+def test_train_operator_reports_a_folder_that_is_no_dataset(addon, tmp_path):
+    with pytest.raises(RuntimeError, match="dataset.json"):
+        bpy.ops.emotalker.train_avatar(dataset=str(tmp_path), directory=str(tmp_path / "out"), neutral_steps=1)

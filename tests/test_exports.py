@@ -1,4 +1,5 @@
-"""Compressed frame sequences (SPZ, PlayCanvas compressed PLY) and the Unity preset (docs/exports.md).
+"""Compressed frame sequences (SPZ, PlayCanvas compressed PLY), the Unity preset and every format at once, USD
+included (docs/exports.md; the USD read-back is tests/test_usd.py).
 
 The decoding tests read our frames back with a third party's reader:
 PlayCanvas splat-transform (npm; `npm install --prefix build/npm @playcanvas/splat-transform`)
@@ -85,9 +86,12 @@ def _digests(folder: Path) -> dict[str, str]:
 # --- Every format from one bake: counts, sidecars, resume --------------------------------------------------
 
 
-def test_every_format_bakes_with_its_sidecar_and_a_rerun_rewrites_nothing(inputs, tmp_path):
+@pytest.mark.parametrize("usd", [False, True], ids=["frames", "frames+usd"])
+def test_every_format_bakes_with_its_sidecar_and_a_rerun_rewrites_nothing(inputs, tmp_path, usd):
+    if usd:
+        pytest.importorskip("pxr", reason="--usd needs usd-core (the usd extra: pip install 'emotalker[usd]')")
     out = tmp_path / "out"
-    clip = _clip(inputs, out, ply=True, spz=True, compressed_ply=True, frames="3:8")
+    clip = _clip(inputs, out, ply=True, spz=True, compressed_ply=True, usd=usd, frames="3:8")
     result = bake_clip(clip, QUIET)
     assert (result.written, result.skipped) == (6, 0)
     for key, suffix, sidecar_name, fmt in (("ply", ".ply", "speech.json", "emotalker-plyseq/1"),
@@ -103,12 +107,21 @@ def test_every_format_bakes_with_its_sidecar_and_a_rerun_rewrites_nothing(inputs
         assert sidecar.get("properties", sidecar.get("decodes_to")) == ply_property_names(1)
         assert result.outputs[f"{key}_sidecar"] == str(out / sidecar_name)
         assert result.outputs[key] == str(out / f"speech_{{frame:06d}}{suffix}")
-    before = _state(out)
+    samples = out / "speech.usd-frames"
+    if usd:  # one .usdc for the clip, assembled from one file of samples a frame
+        assert result.outputs["usd"] == str(out / "speech.usdc") and (out / "speech.usdc").is_file()
+        assert sorted(p.name for p in samples.iterdir()) == [f"speech_{i:06d}.npz" for i in range(3, 9)]
+    else:
+        assert not samples.exists() and not (out / "speech.usdc").exists() and "usd" not in result.outputs
+    before, before_samples = _state(out), _state(samples) if usd else {}
     again = bake_clip(clip, QUIET)
     assert (again.written, again.skipped) == (0, 6)
     after = _state(out)
     frame_files = [n for n in before if re.fullmatch(r"speech_\d{6}\..*", n)]
     assert len(frame_files) == 18 and all(after[n] == before[n] for n in frame_files)  # not even touched
+    if usd:  # the samples untouched; the .usdc assembled again from them, the same bytes
+        assert _state(samples) == before_samples
+        assert after["speech.usdc"][0] == before["speech.usdc"][0]
 
 
 def test_adding_a_format_to_a_finished_bake_writes_only_its_files(inputs, tmp_path):

@@ -15,6 +15,7 @@ import pytest
 from bake_fixture import make_tiny_avatar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from blender_addon.camera import viewport_camera  # noqa: E402
 from blender_addon.preview import PreviewLane, PreviewRequest, over, render_frame, scaled  # noqa: E402
 from blender_addon.worker_client import WorkerClient, WorkerError  # noqa: E402
 from emotalker.core.render.camera import front_camera  # noqa: E402
@@ -127,3 +128,61 @@ def test_scaled_intrinsics_and_premultiplied_over():
     far = np.array([[[0.0, 0.0, 1.0, 1.0]]], np.float32)
     np.testing.assert_allclose(over([(1.0, near), (5.0, far)]), [[[0.5, 0.0, 0.5, 1.0]]])
     assert over([]) is None
+
+
+def orthographic_front_camera(avatar: Path, width: int, height: int) -> tuple[list, list]:
+    """(viewmat, K) of an orthographic camera seeing the head as the front camera does at the head's distance."""
+    camera = front_camera(FlameModel.load(avatar / "flame_model.npz").v_template, height, width)
+    K = camera.K.copy()
+    K[:2, :2] /= camera.viewmat[2, 3]  # pixels a metre there
+    return camera.viewmat.tolist(), K.tolist()
+
+
+def test_an_orthographic_view_previews_reduced_then_full_in_the_same_place(worker, avatar, tmp_path):
+    seen = []
+    viewmat, K = orthographic_front_camera(avatar, 64, 48)
+    lane = PreviewLane(lambda: worker, on_image=lambda: seen.append(lane.image()), scale=4)
+    try:
+        req = frame_request(avatar, tmp_path / "lane", viewmat=viewmat, K=K, camera_model="ortho")
+        lane.request(req)
+        wait_for(lambda: lane.image() is not None and lane.image().final)
+    finally:
+        lane.close()
+    reduced, full = seen[0].pixels[..., 3], seen[-1].pixels[..., 3]
+    assert reduced.shape == (12, 16) and full.shape == (48, 64) and full.max() > 0.5
+
+    def centre(alpha):  # the head's centre in the full image's pixels
+        ys, xs = np.mgrid[:alpha.shape[0], :alpha.shape[1]] + 0.5
+        return np.array([(xs * alpha).sum(), (ys * alpha).sum()]) / alpha.sum() * (64 / alpha.shape[1])
+
+    assert np.abs(centre(reduced) - centre(full)).max() < 1.0
+    direct = render_frame(worker, {**req.layers[0][1], "cache": str(tmp_path / "direct")})
+    assert np.array_equal(seen[-1].pixels, direct)
+    pinhole = render_frame(worker, {**req.layers[0][1], "cache": str(tmp_path / "p"), "camera_model": "pinhole"})
+    assert np.abs(pinhole[..., 3] - full).max() > 0.05  # the model travels: a pinhole with this K differs
+
+
+def blender_ortho_window(left, right, bottom, top, near, far) -> np.ndarray:
+    """Blender's orthographic window matrix (orthographic_m4)."""
+    return np.array([[2 / (right - left), 0, 0, -(right + left) / (right - left)],
+                     [0, 2 / (top - bottom), 0, -(top + bottom) / (top - bottom)],
+                     [0, 0, -2 / (far - near), -(far + near) / (far - near)], [0, 0, 0, 1]])
+
+
+def test_an_orthographic_viewport_maps_points_as_blender_draws_them():
+    """Blender draws an orthographic view from -clip_end/2 to clip_end/2 around its view point; the camera
+    puts every point where Blender's window matrix does, and in front of the near plane, behind ones too."""
+    width, height, clip_end = 320, 200, 100.0
+    window = blender_ortho_window(-0.21, 0.19, -0.12, 0.13, -clip_end / 2, clip_end / 2)  # off-centre, like a shift
+    angle = np.radians(30)
+    view = np.eye(4)
+    view[:3, :3] = [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
+    view[:3, 3] = [0.05, -0.02, -0.7]
+    V, K, model = viewport_camera(width, height, window, view, False, clip_end)
+    assert model == "ortho"
+    for world in ([0.01, 0.02, 0.0], [0.1, -0.05, 0.3], [-0.05, 0.08, 1.2]):  # the last behind the view point
+        clip = window @ view @ np.append(world, 1.0)
+        expected = ((clip[0] + 1) / 2 * width, (1 - clip[1]) / 2 * height)  # rows go down
+        x, y, z = (V @ np.append(world, 1.0))[:3]
+        assert np.allclose((K[0, 0] * x + K[0, 2], K[1, 1] * y + K[1, 2]), expected, atol=1e-9)
+        assert z > 0.01

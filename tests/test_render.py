@@ -3,7 +3,8 @@
 The reference runs in float64 and serves as ground truth; the CPU backend runs in float32.
 Scenes are random and include the awkward cases: Gaussians behind the camera, off-screen,
 huge, sub-pixel, with zero opacity, and a heavily overlapping cluster; several cameras;
-an image size that is not a multiple of the 16-pixel tile.
+an image size that is not a multiple of the 16-pixel tile. Every comparison runs through
+the pinhole camera and through gsplat's orthographic one.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ def look_at(eye, target=(0.0, 0.0, 0.0)) -> torch.Tensor:
     return vm
 
 
-def random_scene(seed: int, n: int = 160, sh_k: int = 16):
+def random_scene(seed: int, n: int = 160, sh_k: int = 16, camera_model: str = "pinhole"):
     """A scene dict for rasterize(): random Gaussians around the origin plus the special cases,
-    seen by 3 cameras about 2 m away. Tensors are float64 (cast for the CPU backend)."""
+    seen by 3 cameras about 2 m away (orthographic ones at the pinholes' scale there, 20 pixels a
+    metre). Tensors are float64 (cast for the CPU backend)."""
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.rand(*s, generator=g, dtype=torch.float64)  # noqa: E731
     rn = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
@@ -62,12 +64,12 @@ def random_scene(seed: int, n: int = 160, sh_k: int = 16):
     sh = rn(n, sh_k, 3) * 0.3
     eyes = [(0.0, 0.0, 2.0), (1.2, 0.5, 1.6), (-0.9, -0.3, -1.8)]
     viewmats = torch.stack([look_at(e) for e in eyes])
-    f = 40.0
+    f = 40.0 if camera_model == "pinhole" else 20.0
     Ks = torch.tensor([[[f, 0, W / 2], [0, f, H / 2], [0, 0, 1.0]],
                        [[f * 1.1, 0, W / 2 + 2], [0, f * 1.1, H / 2 - 1], [0, 0, 1.0]],
                        [[f * 0.9, 0, W / 2], [0, f * 0.9, H / 2], [0, 0, 1.0]]], dtype=torch.float64)
     return dict(means=means, quats=quats, scales=scales, opacities=opac, sh=sh, viewmats=viewmats, Ks=Ks,
-                backgrounds=r(3, 3), special=list(special))
+                backgrounds=r(3, 3), special=list(special), camera_model=camera_model)
 
 
 GRAD_INPUTS = ("means", "quats", "scales", "opacities", "colors", "backgrounds")
@@ -82,7 +84,7 @@ def render_with_grads(scene, backend, dtype, sh_degree, mode, seed=0):
     ins = {k: v.to(dtype).clone().requires_grad_(True) for k, v in raw.items()}
     out = rasterize(ins["means"], ins["quats"], ins["scales"], ins["opacities"], ins["colors"],
                     scene["viewmats"].to(dtype), scene["Ks"].to(dtype), W, H, sh_degree=sh_degree,
-                    backgrounds=ins["backgrounds"], mode=mode, backend=backend)
+                    backgrounds=ins["backgrounds"], mode=mode, camera_model=scene["camera_model"], backend=backend)
     out.means2d.retain_grad()
     g = torch.Generator().manual_seed(seed + 1)
     weights = [torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.dtype) for t in (out.rgb, out.alpha, out.depth)]
@@ -103,7 +105,15 @@ CASES = [(None, "classic", 0), (0, "antialiased", 1), (1, "classic", 2), (2, "an
 
 @pytest.mark.parametrize("sh_degree,mode,seed", CASES)
 def test_cpu_matches_reference(sh_degree, mode, seed):
-    scene = random_scene(seed)
+    check_cpu_matches_reference(random_scene(seed), sh_degree, mode)
+
+
+@pytest.mark.parametrize("sh_degree,mode,seed", CASES)
+def test_cpu_matches_reference_orthographic(sh_degree, mode, seed):
+    check_cpu_matches_reference(random_scene(seed, camera_model="ortho"), sh_degree, mode)
+
+
+def check_cpu_matches_reference(scene, sh_degree, mode):
     out_cpu, g_cpu = render_with_grads(scene, "cpu", torch.float32, sh_degree, mode)
     out_ref, g_ref = render_with_grads(scene, "reference", torch.float64, sh_degree, mode)
     assert out_cpu.rgb.shape == (3, H, W, 3) and out_cpu.alpha.shape == (3, H, W, 1)
@@ -121,8 +131,9 @@ def test_cpu_matches_reference(sh_degree, mode, seed):
         assert err <= GRAD_TOL, f"gradient of {name}: relative error {err:.2e}"
 
 
-def test_special_gaussians_are_culled_or_ignored():
-    scene = random_scene(0)
+@pytest.mark.parametrize("camera_model", ["pinhole", "ortho"])
+def test_special_gaussians_are_culled_or_ignored(camera_model):
+    scene = random_scene(0, camera_model=camera_model)
     out, grads = render_with_grads(scene, "cpu", torch.float32, 3, "classic")
     idx = {name: i for i, name in enumerate(scene["special"])}
     assert out.radii[0, idx["behind"]] == 0                 # behind camera 0
@@ -156,6 +167,50 @@ def test_single_gaussian_matches_closed_form():
         # one pixel to the right: alpha = o exp(-0.5 / var)
         var = (f * s / z) ** 2 + 0.3
         assert out.alpha[0, 8, 11, 0].item() == pytest.approx(o * math.exp(-0.5 / var), rel=1e-5)
+
+
+def test_single_gaussian_matches_closed_form_orthographic():
+    """gsplat's orthographic camera: pixel = (fx x + cx, fy y + cy) whatever the depth, and the footprint's
+    variance (fx s)^2 + 0.3 does not shrink with distance."""
+    f, s, o = 50.0, 0.04, 0.6                      # f: pixels a world unit
+    means = torch.tensor([[0.1, -0.06, 0.0]])
+    color = torch.tensor([[0.2, 0.5, 0.9]])
+    K = torch.tensor([[[f, 0, 5.5], [0, f, 11.5], [0, 0, 1.0]]])    # (0.1, -0.06) -> centre of pixel (10, 8)
+    var = (f * s) ** 2 + 0.3
+    for z in (0.5, 2.0, 40.0):
+        viewmat = torch.eye(4)[None].clone()
+        viewmat[0, 2, 3] = z
+        for backend in ("cpu", "reference"):
+            out = rasterize(means, torch.tensor([[1.0, 0, 0, 0]]), torch.full((1, 3), s), torch.tensor([o]), color,
+                            viewmat, K, 24, 20, camera_model="ortho", backend=backend)
+            assert out.means2d[0, 0].tolist() == pytest.approx([10.5, 8.5], abs=1e-5)
+            assert out.alpha[0, 8, 10, 0].item() == pytest.approx(o, abs=1e-6)
+            assert out.depth[0, 8, 10, 0].item() == pytest.approx(z, rel=1e-6)
+            assert out.radii[0, 0].item() == math.ceil(3 * math.sqrt(var))
+            assert out.alpha[0, 8, 11, 0].item() == pytest.approx(o * math.exp(-0.5 / var), rel=1e-5)
+
+
+def test_orthographic_image_does_not_change_with_distance():
+    """Moving an orthographic camera along its axis changes depth only; a pinhole's image shrinks."""
+    scene = random_scene(3, n=60, camera_model="ortho")
+    keep = slice(len(scene["special"]), None)  # not the Gaussian behind the camera, which moving it reveals
+    args = tuple(scene[k][keep].float() for k in ("means", "quats", "scales", "opacities", "sh"))
+    near, far = scene["viewmats"][:1].float(), scene["viewmats"][:1].float().clone()
+    far[0, 2, 3] += 5.0
+    K = scene["Ks"][:1].float()
+    a, b = (rasterize(*args, v, K, W, H, sh_degree=0, camera_model="ortho", backend="cpu") for v in (near, far))
+    assert a.alpha.max() > 0.5
+    assert torch.allclose(a.rgb, b.rgb, atol=1e-5) and torch.equal(a.radii, b.radii)
+    assert torch.allclose(b.depth[a.alpha > 0], a.depth[a.alpha > 0] + 5.0, atol=1e-4)
+    pinhole = random_scene(3, n=60)["Ks"][:1].float()
+    c, d = (rasterize(*args, v, pinhole, W, H, sh_degree=0, backend="cpu") for v in (near, far))
+    assert not torch.allclose(c.alpha, d.alpha, atol=1e-2)
+
+
+def test_an_unknown_camera_model_is_named():
+    with pytest.raises(ValueError, match="camera_model"):
+        rasterize(torch.zeros(1, 3), torch.zeros(1, 4), torch.ones(1, 3), torch.ones(1), torch.zeros(1, 3),
+                  torch.eye(4)[None], torch.eye(3)[None], 8, 8, camera_model="fisheye")
 
 
 def test_empty_scene_shows_background_and_backpropagates():

@@ -28,7 +28,8 @@ def _render(scene, backend, device, sh_degree, mode):
     from emotalker.core.render import rasterize
     out = rasterize(ins["means"], ins["quats"], ins["scales"], ins["opacities"], ins["colors"],
                     scene["viewmats"].float().to(device), scene["Ks"].float().to(device), W, H,
-                    sh_degree=sh_degree, backgrounds=ins["backgrounds"], mode=mode, backend=backend)
+                    sh_degree=sh_degree, backgrounds=ins["backgrounds"], mode=mode,
+                    camera_model=scene["camera_model"], backend=backend)
     out.means2d.retain_grad()
     (out.rgb.sum() + out.alpha.sum() + 0.1 * out.depth.sum()).backward()
     grads = {k: v.grad.cpu() for k, v in ins.items()}
@@ -40,8 +41,19 @@ def _render(scene, backend, device, sh_degree, mode):
 @needs_gpu
 @pytest.mark.parametrize("sh_degree,mode", [(0, "classic"), (3, "classic"), (3, "antialiased")])
 def test_gsplat_matches_cpu(sh_degree, mode):
+    check_gsplat_matches_cpu(random_scene(11), sh_degree, mode)
+
+
+@cuda
+@needs_gpu
+@pytest.mark.parametrize("sh_degree,mode", [(0, "classic"), (3, "antialiased")])
+def test_gsplat_matches_cpu_orthographic(sh_degree, mode):
+    """gsplat's camera_model="ortho" against the CPU backend's orthographic camera (same convention)."""
+    check_gsplat_matches_cpu(random_scene(11, camera_model="ortho"), sh_degree, mode)
+
+
+def check_gsplat_matches_cpu(scene, sh_degree, mode):
     _gsplat_or_skip()
-    scene = random_scene(11)
     out_g, g_g = _render(scene, "gsplat", "cuda", sh_degree, mode)
     out_c, g_c = _render(scene, "cpu", "cpu", sh_degree, mode)
     for name in ("rgb", "alpha"):

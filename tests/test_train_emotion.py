@@ -139,3 +139,44 @@ def test_train_all_runs_the_three_stages_in_turn(data, tmp_path):
     assert model.cfg.n_gaussians == avatar.stage1.n_gaussians
     # Stage 2 reads the same audio features as the bundle's A2E.
     assert model.cfg.features == feature_config(bundle)
+
+
+def test_the_worker_trains_every_stage_and_a_cancelled_run_resumes_from_the_step_it_stopped_at(data, tmp_path):
+    """The Blender add-on's path: the worker's `train`, cancelled mid Stage 1, then sent again."""
+    import sys
+
+    from blender_addon.worker_client import WorkerClient, WorkerError
+
+    dataset_root, _ = data
+    out = tmp_path / "trained"
+    # checkpoint_every beyond the run: only the cancel can have written the checkpoint the resume starts from.
+    params = {"dataset": str(dataset_root), "avatar": str(out), "device": "cpu",
+              "config": {"neutral": {"steps": 40, "checkpoint_every": 1000, "model": {"n_gaussians": 100}},
+                         "a2e": {"steps": 2}, "emotion": {"steps": 2, "eval_stride": 8}}}
+    client = WorkerClient(sys.executable)
+    seen = []
+
+    def cancel_at_the_third_step(event: dict) -> None:
+        seen.append(event["step"])
+        if len(seen) == 3:
+            client.cancel(event["id"])
+
+    try:
+        with pytest.raises(WorkerError) as cancelled:
+            client.call("train", params, timeout=300, on_progress=cancel_at_the_third_step,
+                        read=[dataset_root], write=[out])
+        assert cancelled.value.kind == "cancelled" and seen[:3] == [1, 2, 3]
+        assert AvatarBundle.open(out).checkpoints("neutral")
+
+        events = []
+        result = client.call("train", params, timeout=600, on_progress=events.append, read=[dataset_root], write=[out])
+    finally:
+        client.close()
+    neutral_steps = [e["step"] for e in events if e["stage"] == "train neutral" and not e.get("finished")]
+    assert neutral_steps[0] == seen[-1] + 2 and neutral_steps[-1] == 40  # the step cancelled was kept
+    finished = [e for e in events if e.get("finished")]
+    assert [e["stage"] for e in finished] == ["train neutral", "train a2e", "train emotion"]
+    assert finished[1]["held_out_psnr"] is None and finished[2]["held_out_psnr"] > 5
+    assert set(result["stages"]) == {"neutral", "a2e", "emotion"} and result["avatar"] == str(out)
+    assert result["stages"]["neutral"]["summary"].startswith("Stage 1: ")
+    assert all(AvatarBundle.open(out).has_stage(s) for s in ("neutral", "a2e", "emotion"))

@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 SHOTS = (("solid", "Solid: the proxy mesh"), ("rendered", "Rendered: EmoTalker Splats, frame {frame}"),
-         ("scrubbed", "Rendered, scrubbed to frame {frame}"), ("orthographic", "Orthographic view"))
+         ("scrubbed", "Rendered, scrubbed to frame {frame}"), ("orthographic", "Rendered, orthographic view, frame {frame}"))
 
 
 def main() -> None:

@@ -27,12 +27,16 @@ Manifest (`MANIFEST.json`):
 - How the clips run (device, threads, ...: `RunOptions`) is not the manifest's
   but the command line's, one for the whole batch.
 
-Running: each clip runs in a (spawned) process of its own, `workers` at once
-(why, see `_ClipProcesses`).
+Running (`engine`): "local" runs each clip in a (spawned) process of its own,
+`workers` at once (why, see `_ClipProcesses`); "ray" runs each clip as a Ray
+task on a Ray cluster (emotalker/bake/farm.py, docs/farm.md). Both hand every
+clip to the same `_run_clip` and settle its outcome with the same `_settle`,
+so the summary, the records and the outputs are the same whichever runs them.
 - A clip whose process is lost without a result (kill -9, the OOM killer, a
-  crash in native code) runs once more, after the clips already waiting; lost
-  again, it fails. Only that clip: the others run on. A clip that fails by
-  raising is not retried (the same input fails the same way).
+  crash in native code; with Ray also its node lost) runs again, after the
+  clips already waiting, `max_retries` times (default once); lost again, it
+  fails. Only that clip: the others run on. A clip that fails by raising is not
+  retried (the same input fails the same way).
 - SIGINT (Ctrl-C) and SIGTERM stop every clip's process (SIGTERM, SIGKILL after
   STOP_GRACE_S), mark the clips they were running "interrupted" in the status
   file and raise `Interrupted` (the CLI prints one line and exits 130 or 143).
@@ -45,7 +49,9 @@ resumes its frames, which are written atomically, so an interrupted or lost
 clip loses no finished frame). `<manifest stem>.status.json` beside the
 manifest, rewritten as clips start and end, holds every clip's state (pending,
 running, done, skipped, failed, interrupted), each failure's reason, the clips
-retried and why, and the signal that interrupted the batch.
+retried and why, and the signal that interrupted the batch. When the batch
+ends (or is interrupted), `<manifest stem>.summary.json` holds its summary
+(`BatchSummary.to_dict`).
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ import os
 import re
 import signal
 import threading
+import time
 import traceback
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -109,10 +116,16 @@ class BatchSummary:
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     retried: dict[str, str] = field(default_factory=dict)
-    """Clips whose process was lost once and that ran again, with how the first one was lost."""
+    """Clips whose process (or node) was lost and that ran again, with how ("; " between losses)."""
+    losses: dict[str, int] = field(default_factory=dict)
+    """How many times each retried clip was lost."""
     interrupted: list[str] = field(default_factory=list)
     """Clips still running when SIGINT or SIGTERM (`interrupted_by`) stopped the batch."""
     interrupted_by: str | None = None
+    engine: str = "local"
+    frames: int = 0
+    """Frames the clips finished in this run hold (written now or by a lost attempt before)."""
+    seconds: float = 0.0
 
     @property
     def exit_code(self) -> int:
@@ -121,9 +134,20 @@ class BatchSummary:
     def report(self) -> str:
         """A few lines for the terminal: counts, then one line per failed clip."""
         lines = [f"{len(self.done)} clips baked, {len(self.skipped)} already finished, {len(self.failed)} failed"]
-        lines += [f"  RETRIED {clip} once: {reason}" for clip, reason in self.retried.items()]
+        lines += [f"  RETRIED {clip} {_times(self.losses[clip])}: {reason}" for clip, reason in self.retried.items()]
         lines += [f"  FAILED {clip}: {reason}" for clip, reason in self.failed.items()]
         return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary as the JSON file holds it (emotalker-batch-summary/1)."""
+        return {"format": "emotalker-batch-summary/1", "engine": self.engine, "exit_code": self.exit_code,
+                "done": self.done, "skipped": self.skipped, "failed": self.failed, "retried": self.retried,
+                "interrupted": self.interrupted, "interrupted_by": self.interrupted_by, "frames": self.frames,
+                "seconds": self.seconds}
+
+
+def _times(n: int) -> str:
+    return "once" if n == 1 else f"{n} times"
 
 
 def load_manifest(path: str | os.PathLike) -> list[ClipJob]:
@@ -200,63 +224,126 @@ def is_finished(job: ClipJob) -> bool:
     return isinstance(doc, dict) and doc.get("digest") == job.digest
 
 
-def run_batch(manifest: str | os.PathLike, job_fn: Callable[[ClipJob], Any], *, workers: int = 1,
-              progress: str = "bar", status_path: str | os.PathLike | None = None) -> BatchSummary:
-    """Run `job_fn(clip)` for every unfinished clip of the manifest, each in a process of its own, `workers` at once.
+def run_batch(manifest: str | os.PathLike, job_fn: Callable[[ClipJob], Any], *, workers: int | None = 1,
+              progress: str = "bar", status_path: str | os.PathLike | None = None, engine: str = "local",
+              ray: Any = None, max_retries: int = 1, summary_path: str | os.PathLike | None = None,
+              only: int | None = None) -> BatchSummary:
+    """Run `job_fn(clip)` for every unfinished clip of the manifest, `workers` at once, on `engine`.
 
-    `job_fn` must be importable by name (a module-level function, or a functools.partial of one) since the
-    processes are spawned. It raises on failure (an InputError's message becomes the reason); what it
-    returns (JSON-serialisable) is kept in the clip's record. A clip whose process is lost runs once more;
-    SIGINT and SIGTERM stop every clip's process and raise `Interrupted` (see the module's docstring).
+    engine "local": each clip in a (spawned) process of its own on this machine; "ray": each clip a Ray
+    task (emotalker.bake.farm, `ray` its RayOptions; `workers` None: as many as the cluster's CPUs hold).
+    `job_fn` must be importable by name (a module-level function, or a functools.partial of one). It
+    raises on failure (an InputError's message becomes the reason); what it returns (JSON-serialisable)
+    is kept in the clip's record. A clip whose process or node is lost runs again, `max_retries` times
+    at most; SIGINT and SIGTERM stop every clip and raise `Interrupted` (see the module's docstring).
+    The summary is also written as JSON to `summary_path` (default `<manifest stem>.summary.json`).
+    `only`: run just the clip at this (0-based) index of the manifest, the whole manifest still checked
+    (a farm's task per clip: docs/farm.md); its status and summary files then carry the clip's id.
     """
-    if workers < 1:
+    if workers is not None and workers < 1:
         raise InputError("--workers", f"must be at least 1, got {workers}")
+    if max_retries < 0:
+        raise InputError("--max-retries", f"must be 0 or more, got {max_retries}")
     manifest = Path(manifest)
     jobs = load_manifest(manifest)
-    status_path = Path(status_path) if status_path else manifest.with_name(f"{manifest.stem}.status.json")
-    summary = BatchSummary()
+    stem = manifest.stem
+    if only is not None:
+        if not 0 <= only < len(jobs):
+            raise InputError("--clip-index", f"must be 0..{len(jobs) - 1} ({manifest} has {len(jobs)} clips), got {only}")
+        jobs = [jobs[only]]
+        stem = f"{stem}.{jobs[0].id}"  # tasks of one manifest, run at once, each write their own files
+    status_path = Path(status_path) if status_path else manifest.with_name(f"{stem}.status.json")
+    summary_path = Path(summary_path) if summary_path else manifest.with_name(f"{stem}.summary.json")
+    summary = BatchSummary(engine=engine)
     todo: deque[ClipJob] = deque()
     for job in jobs:
         if is_finished(job):
             summary.skipped.append(job.id)
         else:
             todo.append(job)
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    with Progress("bake-batch", total=len(jobs), mode=progress, initial=len(summary.skipped)) as bar, \
-            _StopSignals() as signals, _ClipProcesses(job_fn, threads) as processes:
-        while todo or processes.running:
-            while todo and len(processes.running) < workers:
-                processes.start(todo.popleft())
-            _write_status(status_path, jobs, summary, processes.running_ids)
-            for job, outcome in processes.wait(*signals.fds):  # clips that ended are recorded even when
-                if _settle(job, outcome, summary, todo):        # a signal came meanwhile
-                    bar.update(1)
-            if signals.caught:
-                _interrupt(signals.caught[0], processes, summary, status_path, jobs)
+    started = time.monotonic()
+    try:
+        with _engine(engine, job_fn, workers, ray) as clips, _StopSignals() as signals, \
+                Progress("bake-batch", total=len(jobs), mode=_bar_mode(progress), initial=len(summary.skipped)) as bar:
+            limit = workers or clips.capacity
+            while todo or clips.running:
+                while todo and len(clips.running) < limit:
+                    clips.start(todo.popleft())
+                _write_status(status_path, jobs, summary, clips.running_ids)
+                for job, outcome in clips.wait(*signals.fds):  # clips that ended are recorded even when
+                    if _settle(job, outcome, summary, todo, max_retries):  # a signal came meanwhile
+                        bar.update(1, frames=summary.frames)
+                    _clip_line(progress, job, outcome, summary, len(jobs))
+                if signals.caught:
+                    _interrupt(signals.caught[0], clips, summary, status_path, jobs)
+    finally:
+        summary.seconds = round(time.monotonic() - started, 3)
+        _write_summary(summary_path, summary)
     _write_status(status_path, jobs, summary)
     return summary
 
 
-def _settle(job: ClipJob, outcome: tuple[str, Any], summary: BatchSummary, todo: deque[ClipJob]) -> bool:
+def _engine(engine: str, job_fn: Callable[[ClipJob], Any], workers: int | None, ray: Any):
+    """The clips' runner: local processes, or Ray tasks (imported only then: ray is the `farm` extra)."""
+    if engine == "local":
+        workers = workers or 1
+        return _ClipProcesses(job_fn, max(1, (os.cpu_count() or 1) // workers), capacity=workers)
+    if engine == "ray":
+        from emotalker.bake.farm import RayOptions, RayTasks
+
+        return RayTasks(job_fn, ray or RayOptions())
+    raise InputError("--engine", f"must be local or ray, got {engine!r}")
+
+
+def _settle(job: ClipJob, outcome: tuple[str, Any], summary: BatchSummary, todo: deque[ClipJob],
+            max_retries: int = 1) -> bool:
     """Record a clip's outcome ("done", "failed" or "lost"); False when it goes back in the queue instead."""
     kind, detail = outcome
-    if kind == "lost" and job.id not in summary.retried:
-        summary.retried[job.id] = detail
+    losses = summary.losses.get(job.id, 0)
+    if kind == "lost" and losses < max_retries:
+        summary.losses[job.id] = losses + 1
+        summary.retried[job.id] = f"{summary.retried[job.id]}; {detail}" if losses else detail
         todo.append(job)  # at the back: the clips waiting already go first
         return False
     if kind == "done":
         write_json(job.out / CLIP_RECORD, {"format": "emotalker-clip/1", "id": job.id, "digest": job.digest,
                                           "result": detail})
         summary.done.append(job.id)
+        summary.frames += _frames(detail)
+    elif kind == "failed" or not losses:
+        summary.failed[job.id] = detail
     else:
-        summary.failed[job.id] = detail if kind == "failed" else f"{detail}, on its retry too"
+        summary.failed[job.id] = f"{detail}, on its retry too" if losses == 1 else f"{detail}, on all {losses} retries"
     return True
 
 
-def _interrupt(signum: int, processes: _ClipProcesses, summary: BatchSummary, status_path: Path,
-               jobs: list[ClipJob]) -> None:
-    """Stop every clip's process, record which were stopped, and raise Interrupted."""
-    summary.interrupted = processes.stop()
+def _frames(result: Any) -> int:
+    """The frames a clip's job reports it holds (a bake's written + skipped; 0 for a job that says nothing)."""
+    if not isinstance(result, dict):
+        return 0
+    return sum(int(result.get(key) or 0) for key in ("written", "skipped"))
+
+
+def _bar_mode(progress: str) -> str:
+    """The batch's bar: clips (and frames) on a terminal; with `--progress json`, per-clip lines instead."""
+    return "none" if progress == "json" else progress
+
+
+def _clip_line(progress: str, job: ClipJob, outcome: tuple[str, Any], summary: BatchSummary, total: int) -> None:
+    """`--progress json`: one line per clip that ends (done, failed) or is lost and queued again (retried)."""
+    if progress != "json":
+        return
+    kind, detail = outcome
+    state = ("done" if kind == "done" else "failed" if job.id in summary.failed else "retried")
+    step = len(summary.done) + len(summary.skipped) + len(summary.failed)
+    line = {"stage": "bake-batch", "clip": job.id, "state": state, "step": step, "total": total}
+    line.update({"frames": _frames(detail)} if kind == "done" else {"reason": summary.failed.get(job.id, detail)})
+    print(json.dumps(line), flush=True)
+
+
+def _interrupt(signum: int, clips: Any, summary: BatchSummary, status_path: Path, jobs: list[ClipJob]) -> None:
+    """Stop every clip's process (or Ray task), record which were stopped, and raise Interrupted."""
+    summary.interrupted = clips.stop()
     summary.interrupted_by = _signal_name(signum)
     _write_status(status_path, jobs, summary)
     stopped = ", ".join(summary.interrupted) or "none"
@@ -310,7 +397,9 @@ class _ClipProcesses:
     import per clip (seconds), small beside a clip's bake.
     """
 
-    def __init__(self, job_fn: Callable[[ClipJob], Any], threads: int):
+    def __init__(self, job_fn: Callable[[ClipJob], Any], threads: int, capacity: int = 1):
+        self.capacity = capacity
+        """How many clips run at once."""
         self._context = multiprocessing.get_context("spawn")  # no fork: torch and threads do not survive it
         self._job_fn = job_fn
         # Share the cores between the clips instead of each one taking them all (read at import in the child).
@@ -432,6 +521,13 @@ def _run_clip(job_fn: Callable[[ClipJob], Any], job: ClipJob) -> tuple[bool, Any
     except Exception as exc:  # a bug or an environment problem: keep the reason and where it came from
         where = traceback.extract_tb(exc.__traceback__)[-1]
         return False, f"{type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno})"
+
+
+def _write_summary(path: Path, summary: BatchSummary) -> None:
+    try:
+        write_json(path, summary.to_dict())
+    except OSError:
+        pass  # as the status file: the summary is still returned and printed
 
 
 def _write_status(path: Path, jobs: list[ClipJob], summary: BatchSummary, running: Iterable[str] = ()) -> None:

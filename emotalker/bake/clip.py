@@ -14,12 +14,13 @@ threads, batch size, progress, starting over). Steps:
 3. the resumable frame loop (emotalker.bake.sequence) over the frame range:
    per-frame Gaussians (core.models.avatar.Avatar: Stage 1, + Stage 2 when present, which
    also reads the frame's audio window and the camera's direction) to
-   `<name>_NNNNNN.ply` (and/or `.spz`, `.compressed.ply`) and/or rendered `<name>_NNNNNN.png`;
-4. the sidecars `<name>.json` (PLY), `<name>.spz.json`, `<name>.compressed-ply.json`, then
-   `<name>.mp4` with the audio (from the PNGs).
+   `<name>_NNNNNN.ply` (and/or `.spz`, `.compressed.ply`, the USD's samples in
+   `<name>.usd-frames/`) and/or rendered `<name>_NNNNNN.png`;
+4. the sidecars `<name>.json` (PLY), `<name>.spz.json`, `<name>.compressed-ply.json`,
+   `<name>.usdc` (assembled from its samples), then `<name>.mp4` with the audio (from the PNGs).
 
 Outputs in `out`: `<name>_flame.npz`, `<name>_NNNNNN.ply`, `<name>.json`, the compressed
-frames and their sidecars (docs/exports.md), `<name>_NNNNNN.png`, `<name>_camera.json`,
+frames and their sidecars (docs/exports.md), `<name>.usdc`, `<name>_NNNNNN.png`, `<name>_camera.json`,
 `<name>.mp4`. `--preset unity` is `--ply --sh-degree 3 --up-axis y`. `--mp4` renders the PNG
 frames too (they are what the video is made of, and what a re-run resumes from).
 """
@@ -76,6 +77,9 @@ class ClipSpec:
     """Write the SPZ sequence <name>_NNNNNN.spz (Niantic SPZ v3) and its <name>.spz.json sidecar."""
     compressed_ply: bool = False
     """Write PlayCanvas compressed PLY frames <name>_NNNNNN.compressed.ply and their <name>.compressed-ply.json sidecar."""
+    usd: bool = False
+    """Write <name>.usdc: time-sampled Gaussian splats, the FLAME rig animated (UsdSkel) and the audio (needs the usd
+    extra; per-frame samples in <name>.usd-frames/ for resuming)."""
     preset: Literal["unity"] | None = None
     """A consumer's PLY preset: unity = the PLY sequence at SH degree 3 (all 45 f_rest, zero-padded), y up, for
     aras-p's UnityGaussianSplatting importer (docs/exports.md)."""
@@ -109,7 +113,7 @@ class ClipSpec:
         return self if self.exports_anything() else replace(self, ply=True)
 
     def exports_anything(self) -> bool:
-        return any((self.ply, self.spz, self.compressed_ply, self.preset, self.png, self.mp4))
+        return any((self.ply, self.spz, self.compressed_ply, self.usd, self.preset, self.png, self.mp4))
 
     def with_preset(self) -> ClipSpec:
         """This clip with its preset's fields set (the unity preset: --ply --sh-degree 3 --up-axis y)."""
@@ -221,11 +225,12 @@ class ClipInputs:
 
 
 def bake_clip(clip: ClipSpec, run: RunOptions = RunOptions(),
-              progress_sink: Callable[[dict], None] | None = None) -> BakeResult:
+              progress_sink: Callable[[dict], None] | None = None, avatars: AvatarCache | None = None) -> BakeResult:
     """Bake one clip as the module docstring describes; InputError for any bad input, before writing.
 
-    `progress_sink` receives the JSON progress events instead of stdout (the worker's)."""
-    inputs = open_clip(clip, run)
+    `progress_sink` receives the JSON progress events instead of stdout (the worker's). `avatars`: a
+    process's cache of opened avatars, for a process that bakes clip after clip (a batch's Ray worker)."""
+    inputs = open_clip(clip, run, avatars)
     # 2. FLAME curves (A2E runs on the whole clip: its band attention needs the context).
     curves = _a2e_curves(inputs) if inputs.given_curves is None else inputs.given_curves
     sequence = _bake_frames(inputs, curves, run, progress_sink)
@@ -234,9 +239,8 @@ def bake_clip(clip: ClipSpec, run: RunOptions = RunOptions(),
                       inputs.avatar.n_gaussians, inputs.avatar.uses_emotion, outputs)
 
 
-def open_clip(clip: ClipSpec, run: RunOptions) -> ClipInputs:
+def open_clip(clip: ClipSpec, run: RunOptions, avatars: AvatarCache | None = None) -> ClipInputs:
     """Step 1: every input of `clip` read and checked; InputError naming the input at fault."""
-    from emotalker.core.models.avatar import Avatar
     from emotalker.core.audio.waveform import check_audio_length, duration_frames, load_audio
     from emotalker.core.base.device import resolve_device
     from emotalker.core.base.threads import use_threads
@@ -246,6 +250,10 @@ def open_clip(clip: ClipSpec, run: RunOptions) -> ClipInputs:
 
     name = check_clip_fields(clip)
     clip = clip.with_preset()
+    if clip.usd:
+        from emotalker.bake.usd import require_usd
+
+        require_usd()  # before anything is read or written
     _check_run(run)
     device = resolve_device(run.device)
     use_threads(run.threads)  # before any work, for torch and numba alike
@@ -264,17 +272,49 @@ def open_clip(clip: ClipSpec, run: RunOptions) -> ClipInputs:
         covered = audio_range if curves is None else f"frames {first}..{last} (audio and curves)"
         raise InputError("--frames", f"{frames[0]}:{frames[1]} reaches outside {covered}")
     camera = Camera.load(clip.camera) if clip.camera else front_camera(flame.v_template, clip.resolution)
-    avatar = Avatar.open(bundle, device, use_emotion=not clip.no_emotion, sh_degree=clip.sh_degree)
+    avatar = (avatars or AvatarCache(0)).open(bundle, device, use_emotion=not clip.no_emotion,
+                                              sh_degree=clip.sh_degree)
     sh_degree = avatar.sh_degree if clip.sh_degree is None else clip.sh_degree
     return ClipInputs(clip, name, Path(clip.out), device, bundle, flame, tracks, fps, samples, n_audio, curves, frames,
                       camera, avatar, sh_degree)
+
+
+class AvatarCache:
+    """Avatars opened in this process, kept for the next clip of the same avatar (Avatar.open takes seconds).
+
+    Keyed by the bundle's folder, its stage files' sizes and modification times (a retrained avatar is
+    loaded afresh), the device and the options `Avatar.open` takes. An avatar is only read from once
+    opened (inference, frozen weights), so clips sharing it bake the same bytes as clips that do not.
+    `size` 0 keeps nothing (a one-clip process); `loads` counts the avatars actually opened.
+    """
+
+    def __init__(self, size: int = 2):
+        self.size, self.loads = size, 0
+        self._avatars: dict[tuple, Avatar] = {}
+
+    def open(self, bundle: AvatarBundle, device: Any, use_emotion: bool, sh_degree: int | None) -> Avatar:
+        from emotalker.core.models.avatar import Avatar
+
+        files = [bundle.stage_path("neutral"), bundle.stage_path("emotion"), bundle.flame_path]
+        stamps = tuple((os.stat(f).st_size, os.stat(f).st_mtime_ns) if os.path.exists(f) else None for f in files)
+        key = (os.path.realpath(bundle.root), stamps, str(device), use_emotion, sh_degree)
+        if key in self._avatars:
+            self._avatars[key] = self._avatars.pop(key)  # most recently used last
+            return self._avatars[key]
+        avatar = Avatar.open(bundle, device, use_emotion=use_emotion, sh_degree=sh_degree)
+        self.loads += 1
+        if self.size:
+            while len(self._avatars) >= self.size:
+                self._avatars.pop(next(iter(self._avatars)))
+            self._avatars[key] = avatar
+        return avatar
 
 
 def check_clip_fields(clip: ClipSpec) -> str:
     """The values of `clip` no type says are wrong (outputs, axis, degree, name, limits), checked before any
     file is read; returns the file name stem. A batch manifest's clips are checked with it as it is read."""
     if not clip.exports_anything():
-        raise InputError(None, "nothing to export: give --ply, --spz, --compressed-ply, --preset, --png and/or --mp4")
+        raise InputError(None, "nothing to export: give --ply, --spz, --compressed-ply, --usd, --preset, --png and/or --mp4")
     if clip.up_axis not in ("y", "z"):
         raise InputError("--up-axis", f"must be y or z, got {clip.up_axis!r}")
     if clip.sh_degree is not None and not 0 <= clip.sh_degree <= 3:
@@ -381,19 +421,24 @@ def _frame_producer(inputs: ClipInputs, curves: FlameCurves, chunk: int):
     if avatar.uses_emotion:
         windows = AudioWindows(inputs.samples, avatar.audio_features, inputs.fps)
         stage2 = {"audio": lambda frames: windows(frames - 1, hold_ends=True),  # timeline frame 1 is audio frame 0
-                  "camera": camera_code(inputs.camera.viewmat).to(inputs.device)}
+                  "camera": camera_code(inputs.camera.viewmat, inputs.camera.model).to(inputs.device)}
     return FrameProducer(avatar, curves, per_row.emotion, per_row.intensity, per_row.blink,
                          chunk=chunk, device=inputs.device, source=inputs.bundle.root, **stage2)
 
 
 def _frame_sinks(inputs: ClipInputs) -> list:
-    """The per-frame outputs the clip asks for: Gaussian frames (PLY, SPZ, compressed PLY), rendered PNGs."""
+    """The per-frame outputs the clip asks for: Gaussian frames (PLY, SPZ, compressed PLY), the USD's samples,
+    rendered PNGs."""
     from emotalker.bake.ply import ply_sink
     from emotalker.bake.video import png_sink
 
     clip, camera = inputs.clip, inputs.camera
     sinks = [ply_sink(inputs.out, inputs.name, sh_degree=inputs.sh_degree, up_axis=clip.up_axis,
                       count=inputs.avatar.n_gaussians, encoding=encoding) for encoding in clip.encodings()]
+    if clip.usd:
+        from emotalker.bake.usd import usd_sink
+
+        sinks.append(usd_sink(inputs.out, inputs.name, sh_degree=inputs.sh_degree, count=inputs.avatar.n_gaussians))
     if clip.png or clip.mp4:
         sinks.append(png_sink(inputs.out, inputs.name, lambda g: render_rgba(g, camera)))
     return sinks
@@ -429,6 +474,8 @@ def _write_outputs(inputs: ClipInputs, curves: FlameCurves) -> dict[str, str]:
         key = encoding.replace("-", "_")
         outputs[f"{key}_sidecar"] = str(_write_sidecar(inputs, encoding))
         outputs[key] = str(out / frame_pattern(name, encoding))
+    if clip.usd:
+        outputs["usd"] = str(_write_usd(inputs, curves))
     if clip.png or clip.mp4:
         from emotalker.core.base.fileio import write_json
 
@@ -448,6 +495,14 @@ def _write_sidecar(inputs: ClipInputs, encoding: str) -> Path:
     return write_sidecar(inputs.out, inputs.name, fps=inputs.fps, frame_start=inputs.frames[0],
                          frame_end=inputs.frames[1], count=inputs.avatar.n_gaussians, sh_degree=inputs.sh_degree,
                          up_axis=clip.up_axis, audio=_relative(clip.audio, inputs.out), encoding=encoding)
+
+
+def _write_usd(inputs: ClipInputs, curves: FlameCurves) -> Path:
+    """`<name>.usdc` assembled from the frames' samples (emotalker.bake.usd)."""
+    from emotalker.bake.usd import UsdClip, write_usd
+
+    return write_usd(UsdClip(inputs.out, inputs.name, inputs.frames, inputs.fps, inputs.avatar.n_gaussians,
+                             inputs.sh_degree, _relative(inputs.clip.audio, inputs.out), inputs.flame, curves))
 
 
 def _encode_video(inputs: ClipInputs) -> Path:

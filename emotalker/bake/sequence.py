@@ -82,6 +82,8 @@ class FrameSink:
 
     def _matching(self, regex: str) -> list[Path]:
         compiled = re.compile(regex)
+        if not Path(self.folder).is_dir():  # a sink's own folder (the USD's samples) is made by its first frame
+            return []
         return sorted(p for p in Path(self.folder).iterdir() if compiled.fullmatch(p.name))
 
 

@@ -105,20 +105,10 @@ def run_train(args) -> None:
 
 def report(stage: str, metrics: dict, args) -> None:
     """One line a finished stage: a JSON object with --progress json, else a summary."""
+    from emotalker.core.training.pipeline import stage_summary
+
     if args.progress == "json":
         fields = {"avatar": args.out, **metrics} if stage == "neutral" else {"metrics": metrics}
         print(json.dumps({"stage": f"train {stage}", "done": True, **fields}))
-    elif stage == "neutral":
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float) and k in
-                          ("train_psnr", "test_psnr", "test_mouth_psnr"))
-        print(f"wrote {args.out}: {metrics['n_gaussians']} Gaussians after {metrics['steps']} steps; {shown}")
-    elif stage == "a2e":
-        print(f"wrote {args.out}/a2e.safetensors: lip vertex error {metrics['lip_vertex_err_mm']:.3f} mm "
-              f"(training-mean baseline {metrics['baseline_lip_vertex_err_mm']:.3f} mm), "
-              f"jaw correlation {metrics['jaw_corr']:.3f} on {metrics['split']} clips, {metrics['train_minutes']:.1f} min")
     else:
-        line = f"wrote {args.out}/emotion.safetensors in {metrics['train_minutes']:.1f} min"
-        if "stage2" in metrics:
-            line += (f"; test PSNR {metrics['stage2']['psnr']:.2f} dB with Stage 2, "
-                     f"{metrics['stage1_only']['psnr']:.2f} dB with Stage 1 alone")
-        print(line)
+        print(f"wrote {args.out}: {stage_summary(stage, metrics)}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from emotalker.core.models.bundle import STAGE_FILES, AvatarBundle
 from emotalker.core.base.errors import InputError
 from emotalker.core.base.fileio import atomic_path
 from emotalker.core.rig.flame import FlameModel
+from emotalker.core.training.pipeline import TrainAllConfig
 from emotalker.worker.server import Method, PathUse
 
 
@@ -76,6 +78,27 @@ class RenderFrameParams:
     """The clip's audio, which Stage 2 reads (needed for an avatar with Stage 2 unless no_emotion)."""
     no_emotion: bool = False
     """Stage 1 alone even when the avatar has Stage 2."""
+    camera_model: str = "pinhole"
+    """The camera's model: "pinhole", or "ortho" for an orthographic camera (K's focal lengths then in
+    pixels per metre; emotalker.core.render.camera)."""
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """`train`: train an avatar from a dataset, as `emotalker train` does."""
+
+    dataset: str
+    """Dataset folder (emotalker-dataset/1)."""
+    avatar: str
+    """Avatar bundle folder to train into (created when missing; `a2e` and `emotion` add to an existing one)."""
+    stage: Literal["all", "neutral", "a2e", "emotion"] = "all"
+    """Every stage in turn, or one."""
+    config: TrainAllConfig = field(default_factory=TrainAllConfig)
+    """Each stage's settings (emotalker/core/training/pipeline.py); one stage reads its own section."""
+    device: str = "auto"
+    """auto | cpu | cuda."""
+    resume: bool = True
+    """Continue each stage from its checkpoint, so that a cancelled run goes on from the step it stopped at."""
 
 
 def _out_dir(out: str) -> Path:
@@ -129,6 +152,36 @@ def bake(params: BakeParams, ctx) -> dict:
 
     return bake_clip(params.clip.with_default_export(), replace(params.run, progress="json"),
                      progress_sink=ctx.progress).to_dict()
+
+
+def train(params: TrainParams, ctx) -> dict:
+    """Train as `emotalker train` does, with progress through the protocol, and an event as each stage
+    ends: {"stage": "train <stage>", "finished": true, "summary": one line, "held_out_psnr": dB or null}.
+
+    A cancel stops at the next step, which is checkpointed first; the same request again resumes.
+    Returns {"avatar": folder, "stages": {stage: {"summary", "held_out_psnr"}}}."""
+    from emotalker.core.training.pipeline import STAGES, held_out_psnr, stage_summary, train_all
+
+    outcome = {}
+
+    def finished(stage: str, metrics: dict) -> None:
+        outcome[stage] = {"summary": stage_summary(stage, metrics), "held_out_psnr": held_out_psnr(stage, metrics)}
+        ctx.progress({"stage": f"train {stage}", "finished": True, **outcome[stage]})
+
+    run = dict(device=params.device, progress="json", resume=params.resume, progress_sink=ctx.progress)
+    if params.stage == "all":
+        train_all(params.dataset, params.avatar, params.config, on_stage=finished, **run)
+    else:
+        finished(params.stage, dict(STAGES)[params.stage](params.dataset, params.avatar,
+                                                          getattr(params.config, params.stage), **run))
+    return {"avatar": params.avatar, "stages": outcome}
+
+
+def _train_paths(params: TrainParams) -> PathUse:
+    """The dataset, and the weights the config may name (CLIP text encoder, VGG, speech model), are read."""
+    config = params.config
+    return PathUse(read=(params.dataset, config.emotion.text_checkpoint, config.emotion.vgg_weights,
+                         config.a2e.features.model_dir), write=(params.avatar,))
 
 
 def _avatar(bundle: AvatarBundle, use_emotion: bool):
@@ -191,7 +244,8 @@ def render_frame(params: RenderFrameParams, ctx) -> dict:
     from emotalker.core.render.camera import Camera
 
     camera = Camera.from_dict({"format": "emotalker-camera/1", "viewmat": params.viewmat, "K": params.K,
-                               "width": params.width, "height": params.height}, source="render_frame camera")
+                               "width": params.width, "height": params.height, "model": params.camera_model},
+                              source="render_frame camera")
     bundle = AvatarBundle.open(params.avatar)
     avatar = _avatar(bundle, not params.no_emotion)
     frame = params.frame
@@ -222,7 +276,7 @@ def render_frame(params: RenderFrameParams, ctx) -> dict:
         windows = _cached_audio_windows(_file_stamp(params.audio), avatar.audio_features, curves.fps)
         # Frames past the sound hold the nearest window it covers, as the bake's timeline does.
         stage2 = {"audio": lambda frames: windows(frames - 1, hold_ends=True),
-                  "camera": camera_code(camera.viewmat)}
+                  "camera": camera_code(camera.viewmat, camera.model)}
     gaussians = FrameProducer(avatar, curves, emotion, intensity, blink, chunk=1, **stage2)(frame)
     with torch.inference_mode():
         out = render_avatar(gaussians, camera)
@@ -242,4 +296,5 @@ METHODS = {
     "bake": Method(BakeParams, bake, _bake_paths),
     "render_frame": Method(RenderFrameParams, render_frame,
                            lambda p: PathUse(read=(p.avatar, p.curves, p.audio), write=(p.cache,))),
+    "train": Method(TrainParams, train, _train_paths),
 }

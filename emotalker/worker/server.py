@@ -49,11 +49,12 @@ from emotalker.core.base.config import from_dict
 from emotalker.core.base.errors import EmoTalkerError, InputError
 from emotalker.core.base.fileio import parse_json
 from emotalker.core.base.limits import MAX_REQUEST_BYTES
+from emotalker.core.base.progress import StopRequested
 
 PROTOCOL = "emotalker-worker/1"
 
 
-class Cancelled(Exception):
+class Cancelled(StopRequested):
     """Raised inside a job at its next progress update after a cancel request."""
 
 

@@ -8,10 +8,8 @@ worker for the core's own render of the same views. Writes results.json and the 
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import bpy
@@ -19,19 +17,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from window import HEARTBEAT, beats, heartbeat, start, view3d  # noqa: E402
+
 OUT, AVATAR, AUDIO = (Path(a).resolve() for a in sys.argv[sys.argv.index("--") + 1:][:3])
 FRAMES = 40
 SCRUB = range(5, 25)  # 20 frame changes
-HEARTBEAT = 0.02
 results: dict = {"blender": bpy.app.version_string}
-beats: list[float] = []
-
-
-def view3d():
-    window = bpy.context.window_manager.windows[0]
-    area = max((a for a in window.screen.areas if a.type == "VIEW_3D"), key=lambda a: a.width * a.height)
-    region = next(r for r in area.regions if r.type == "WINDOW")
-    return window, area, region
 
 
 def screenshot(name: str) -> str:
@@ -51,11 +43,6 @@ def why_bake_fails(avatar) -> str:
     job.start()
     job.wait()
     return f"poll {bpy.ops.emotalker.bake.poll()}, job error {job.error!r}"
-
-
-def heartbeat():
-    beats.append(time.perf_counter())
-    return HEARTBEAT
 
 
 def setup_scene():
@@ -108,13 +95,13 @@ def frame_the_head(avatar) -> None:
 def view_state(avatar) -> dict:
     """The viewport's frame and camera (as the engine computes them) and where its region sits in the
     area's screenshot, so that the test can render the same view with the core."""
-    from blender_addon import camera as camera_conv, engine
+    from blender_addon import engine
 
     _, area, region = view3d()
-    rv3d = region.data
-    viewmat = camera_conv.BLENDER_TO_OPENCV_CAMERA @ np.array(rv3d.view_matrix) @ np.array(avatar.matrix_world)
-    return {"frame": bpy.context.scene.frame_current, "viewmat": viewmat.tolist(),
-            "K": engine.viewport_camera(region, rv3d).tolist(), "width": region.width, "height": region.height,
+    view, K, model = engine.viewport_camera(area.spaces.active, region, region.data)
+    viewmat = view @ np.array(avatar.matrix_world)
+    return {"frame": bpy.context.scene.frame_current, "viewmat": viewmat.tolist(), "K": K.tolist(), "model": model,
+            "width": region.width, "height": region.height,
             "area": [area.width, area.height], "region_offset": [region.x - area.x, region.y - area.y]}
 
 
@@ -153,9 +140,11 @@ def steps():
     results["scrubbed_view"] = view_state(avatar)
 
     rv3d = area.spaces.active.region_3d
-    rv3d.view_perspective = "ORTHO"
-    yield 1.0
+    rv3d.view_perspective = "ORTHO"  # as a numpad view with Auto Perspective turns it
+    yield 0.05
+    yield from settle(time.perf_counter(), "orthographic_final_s")
     results["orthographic"] = screenshot("orthographic")
+    results["orthographic_view"] = view_state(avatar)
     rv3d.view_perspective = "PERSP"
 
     scene.render.image_settings.file_format = "OPEN_EXR"
@@ -206,26 +195,4 @@ def settle(started: float, key: str):
     results[key] = None
 
 
-def run(generator):
-    def tick():
-        try:
-            return next(generator)
-        except StopIteration:
-            finish(None)
-        except Exception:
-            finish(traceback.format_exc())
-        return None
-    return tick
-
-
-def finish(error: str | None) -> None:
-    results["error"] = error
-    (OUT / "results.json").write_text(json.dumps(results, indent=2))
-    from blender_addon import session
-    session.shutdown()
-    bpy.ops.wm.quit_blender()
-
-
-OUT.mkdir(parents=True, exist_ok=True)
-bpy.context.preferences.view.show_splash = False
-bpy.app.timers.register(run(steps()), first_interval=2.0)
+start(steps(), OUT, results)

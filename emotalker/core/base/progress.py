@@ -13,6 +13,13 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 
+class StopRequested(Exception):
+    """Raised by a progress sink to stop a long job at a step boundary (the worker's cancel).
+
+    Every step is whole when `update` is called, so a training loop saves its
+    checkpoint before letting this through, and a resumed run continues from that step."""
+
+
 @dataclass
 class Progress:
     """One stage's progress; use as a context manager and call `update` per step."""
@@ -22,7 +29,7 @@ class Progress:
     mode: str = "bar"  # "bar" | "json" | "none"
     initial: int = 0
     # Where JSON events go (default: a line on stdout). The worker passes its own,
-    # which also raises when the job was cancelled: every update is a safe stop point.
+    # which raises StopRequested when the job was cancelled: every update is a safe stop point.
     sink: Callable[[dict], None] | None = None
     _bar: object = field(default=None, init=False, repr=False)
     _start: float = field(default=0.0, init=False, repr=False)

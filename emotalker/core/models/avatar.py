@@ -166,4 +166,5 @@ def render_avatar(gaussians: Gaussians, camera: Camera, background: torch.Tensor
     as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=gaussians.means.device)[None]  # noqa: E731
     return rasterize(gaussians.means, quats, scales, opacities, sh, as_tensor(camera.viewmat), as_tensor(camera.K),
                      camera.width, camera.height, sh_degree=gaussians.sh_degree,
-                     backgrounds=None if background is None else background[None], backend=backend)
+                     backgrounds=None if background is None else background[None], camera_model=camera.model,
+                     backend=backend)

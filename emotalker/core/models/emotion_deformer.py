@@ -148,11 +148,14 @@ def blink_encoding(blink: torch.Tensor, n_freqs: int) -> torch.Tensor:
     return torch.cat([b, torch.sin(b * freqs), torch.cos(b * freqs)], -1)
 
 
-def camera_code(viewmat: np.ndarray | torch.Tensor) -> torch.Tensor:
+def camera_code(viewmat: np.ndarray | torch.Tensor, model: str = "pinhole") -> torch.Tensor:
     """Stage 2's camera code: world-to-camera viewmat [..., 4, 4] (numpy or torch) -> the unit direction
-    [..., 3] (float32 torch, on the viewmat's device) from the FLAME origin to the camera."""
+    [..., 3] (float32 torch, on the viewmat's device) from the FLAME origin to the camera. An orthographic
+    camera (`model` "ortho") sees from infinitely far along its axis: the direction against its view."""
     viewmat = torch.as_tensor(viewmat, dtype=torch.float32)
     R, t = viewmat[..., :3, :3], viewmat[..., :3, 3]
+    if model == "ortho":
+        return F.normalize(-R[..., 2, :], dim=-1)
     centre = -(R.transpose(-1, -2) @ t[..., None])[..., 0]
     return F.normalize(centre, dim=-1)
 

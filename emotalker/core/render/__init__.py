@@ -16,7 +16,7 @@ __all__ = ["RenderOutput", "rasterize"]
 
 def rasterize(means, quats, scales, opacities, colors, viewmats, Ks, width, height, *,
               sh_degree=None, backgrounds=None, near_plane=0.01, far_plane=1e10,
-              mode="classic", backend="auto") -> RenderOutput:
+              mode="classic", camera_model="pinhole", backend="auto") -> RenderOutput:
     """Render N Gaussians into C cameras (OpenCV axes, world-to-camera viewmats).
 
     means [N,3]; quats [N,4] wxyz, need not be normalised; scales [N,3] and opacities [N]
@@ -25,14 +25,17 @@ def rasterize(means, quats, scales, opacities, colors, viewmats, Ks, width, heig
     mean); viewmats [C,4,4]; Ks [C,3,3]; backgrounds [C,3] or None (black). Pixel (i, j)
     has its centre at (j+0.5, i+0.5). Gaussians with camera z outside [near_plane,
     far_plane] are culled. mode "classic" or "antialiased" (opacity scaled by the
-    dilation's determinant ratio). backend "auto" | "cpu" | "gsplat" | "reference".
+    dilation's determinant ratio). camera_model "pinhole" or "ortho" (gsplat's orthographic camera:
+    pixel = (fx x + cx, fy y + cy) of the camera-space point, fx and fy in pixels per world unit, so
+    the Jacobian is constant; depth, culling, sorting and the SH view direction (from the viewmat's
+    camera centre) are as for a pinhole). backend "auto" | "cpu" | "gsplat" | "reference".
 
     Returns RenderOutput: rgb [C,H,W,3], alpha [C,H,W,1], depth [C,H,W,1], means2d [C,N,2]
     (retain_grad() it for densification), radii [C,N] int32. Differentiable in means,
     quats, scales, opacities, colors and backgrounds.
     """
     check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
-                 backgrounds, mode)
+                 backgrounds, mode, camera_model)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
@@ -41,7 +44,7 @@ def rasterize(means, quats, scales, opacities, colors, viewmats, Ks, width, heig
             from emotalker.core.render.gsplat_backend import gsplat_available
             backend = "gsplat" if gsplat_available() else "cpu"
     args = (means, quats, scales, opacities, colors, viewmats, Ks, int(width), int(height),
-            sh_degree, backgrounds, float(near_plane), float(far_plane), mode)
+            sh_degree, backgrounds, float(near_plane), float(far_plane), mode, camera_model)
     if backend == "gsplat":
         from emotalker.core.render.gsplat_backend import rasterize_gsplat
         return rasterize_gsplat(*args)

@@ -6,9 +6,13 @@ Camera file (`--camera C.json`), OpenCV convention as everywhere in EmoTalker
     {"format": "emotalker-camera/1",
      "viewmat": [[...4...], [...], [...], [0, 0, 0, 1]],   world-to-camera 4x4
      "K": [[fx, 0, cx], [0, fy, cy], [0, 0, 1]],           intrinsics in pixels
-     "width": 512, "height": 512}
+     "width": 512, "height": 512,
+     "model": "ortho"}                                      optional: "pinhole" (the default) or "ortho"
 
-`Camera.to_dict()` writes exactly this, so a bake records the camera it used.
+"ortho" is gsplat's orthographic camera: a camera-space point (x, y, z) lands on pixel
+(fx x + cx, fy y + cy), fx and fy in pixels per metre; z still culls (near 0.01) and orders.
+`Camera.to_dict()` writes exactly this (no "model" key for a pinhole, as before it existed),
+so a bake records the camera it used.
 """
 
 from __future__ import annotations
@@ -28,11 +32,13 @@ if TYPE_CHECKING:
     import torch
 
 FORMAT = "emotalker-camera/1"
+MODELS = ("pinhole", "ortho")
 
 
 @dataclass(frozen=True)
 class Camera:
-    """A pinhole camera: viewmat [4,4] world-to-camera (OpenCV axes), K [3,3], image width x height.
+    """A camera: viewmat [4,4] world-to-camera (OpenCV axes), K [3,3], image width x height, and its
+    model, "pinhole" or "ortho" (see the module's docstring).
 
     numpy arrays, or torch tensors for a dataset frame's camera (training keeps them on its device).
     """
@@ -41,10 +47,14 @@ class Camera:
     K: np.ndarray | torch.Tensor
     width: int
     height: int
+    model: str = "pinhole"
 
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "viewmat": np.asarray(self.viewmat, float).tolist(),
-                "K": np.asarray(self.K, float).tolist(), "width": int(self.width), "height": int(self.height)}
+        out = {"format": FORMAT, "viewmat": np.asarray(self.viewmat, float).tolist(),
+               "K": np.asarray(self.K, float).tolist(), "width": int(self.width), "height": int(self.height)}
+        if self.model != "pinhole":
+            out["model"] = self.model
+        return out
 
     @classmethod
     def from_dict(cls, obj, source: str | None = None) -> "Camera":
@@ -69,7 +79,10 @@ class Camera:
             raise InputError(source, "camera viewmat's upper 3x3 must be a rotation (orthonormal, det +1)")
         for name, value in (("width", width), ("height", height)):
             check_range(value, 1, MAX_IMAGE_SIDE, source, f"camera {name}")
-        return cls(viewmat, K, width, height)
+        model = obj.get("model", "pinhole")
+        if model not in MODELS:
+            raise InputError(source, f"camera model is {model!r}, expected one of {list(MODELS)}")
+        return cls(viewmat, K, width, height, model)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Camera":

@@ -17,6 +17,7 @@ ALPHA_MAX = 0.99        # alpha is capped here
 T_MIN = 1e-4            # a pixel stops once transmittance would fall to this
 RADIUS_SIGMAS = 3.0     # the pixel radius covers this many standard deviations
 MODES = ("classic", "antialiased")
+CAMERA_MODELS = ("pinhole", "ortho")  # gsplat's names; "ortho": u = fx x + cx, v = fy y + cy (no division by z)
 BACKENDS = ("auto", "cpu", "gsplat", "reference")
 
 
@@ -33,7 +34,8 @@ class RenderOutput:
     radii: torch.Tensor
 
 
-def check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, backgrounds, mode):
+def check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, backgrounds, mode,
+                 camera_model="pinhole"):
     """Raise ValueError naming the first argument with a wrong shape; returns (C, N)."""
     n = means.shape[0] if means.ndim == 2 else -1
     if means.ndim != 2 or means.shape[1] != 3:
@@ -62,6 +64,8 @@ def check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, h
         raise ValueError(f"width and height must be positive, got {width}x{height}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if camera_model not in CAMERA_MODELS:
+        raise ValueError(f"camera_model must be one of {CAMERA_MODELS}, got {camera_model!r}")
     return c, n
 
 

@@ -27,7 +27,7 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 class _Project(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, means, quats, scales, viewmats, ks, width, height, near, far, antialiased):
+    def forward(ctx, means, quats, scales, viewmats, ks, width, height, near, far, antialiased, ortho):
         c, n = viewmats.shape[0], means.shape[0]
         means2d = torch.empty(c, n, 2)
         conics = torch.empty(c, n, 3)
@@ -35,24 +35,24 @@ class _Project(torch.autograd.Function):
         comps = torch.empty(c, n)
         radii = torch.empty(c, n, dtype=torch.int32)
         kp.project_fwd(_np(means), _np(quats), _np(scales), _np(viewmats), _np(ks), float(width), float(height),
-                       float(near), float(far), bool(antialiased),
+                       float(near), float(far), bool(antialiased), bool(ortho),
                        means2d.numpy(), conics.numpy(), depths.numpy(), comps.numpy(), radii.numpy())
         ctx.save_for_backward(means, quats, scales, viewmats, ks, radii)
-        ctx.args = (float(width), float(height), bool(antialiased))
+        ctx.args = (float(width), float(height), bool(antialiased), bool(ortho))
         ctx.mark_non_differentiable(radii)
         return means2d, conics, depths, comps, radii
 
     @staticmethod
     def backward(ctx, v_means2d, v_conics, v_depths, v_comps, _v_radii):
         means, quats, scales, viewmats, ks, radii = ctx.saved_tensors
-        width, height, antialiased = ctx.args
+        width, height, antialiased, ortho = ctx.args
         v_means = torch.empty_like(means)
         v_quats = torch.empty_like(quats)
         v_scales = torch.empty_like(scales)
-        kp.project_bwd(_np(means), _np(quats), _np(scales), _np(viewmats), _np(ks), width, height, antialiased,
+        kp.project_bwd(_np(means), _np(quats), _np(scales), _np(viewmats), _np(ks), width, height, antialiased, ortho,
                        _np(radii), _np(v_means2d), _np(v_conics), _np(v_depths), _np(v_comps),
                        v_means.numpy(), v_quats.numpy(), v_scales.numpy())
-        return v_means, v_quats, v_scales, None, None, None, None, None, None, None
+        return v_means, v_quats, v_scales, None, None, None, None, None, None, None, None
 
 
 class _SHColors(torch.autograd.Function):
@@ -152,14 +152,15 @@ class _Rasterize(torch.autograd.Function):
 
 
 def rasterize_cpu(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
-                  sh_degree, backgrounds, near_plane, far_plane, mode) -> RenderOutput:
+                  sh_degree, backgrounds, near_plane, far_plane, mode, camera_model) -> RenderOutput:
     """Same arguments and result as `rasterize` (see there); float32 throughout."""
     f32 = lambda t: t if t is None else t.float()  # noqa: E731
     means, quats, scales, opacities, colors = map(f32, (means, quats, scales, opacities, colors))
     viewmats, Ks, backgrounds = f32(viewmats).detach(), f32(Ks).detach(), f32(backgrounds)
     width, height = int(width), int(height)
     means2d, conics, depths, comps, radii = _Project.apply(
-        means, quats, scales, viewmats, Ks, width, height, near_plane, far_plane, mode == "antialiased")
+        means, quats, scales, viewmats, Ks, width, height, near_plane, far_plane, mode == "antialiased",
+        camera_model == "ortho")
     c = viewmats.shape[0]
     if sh_degree is None:
         rgb_g = colors[None].expand(c, -1, -1)

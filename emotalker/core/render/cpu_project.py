@@ -4,7 +4,8 @@ Per Gaussian work only (O(C*N)); arithmetic is done in float64 and stored as
 float32. Loops run in parallel over Gaussians, so each thread owns the gradient
 rows it writes (cameras are looped inside) and no atomics are needed.
 The maths matches projection.py / sh.py, which autograd differentiates for the
-reference backend; tests compare the two.
+reference backend; tests compare the two. `ortho` selects gsplat's orthographic
+camera (pixel = fx x + cx, fy y + cy; a constant Jacobian) instead of the pinhole.
 """
 
 from __future__ import annotations
@@ -78,18 +79,30 @@ def _to_camera(w, t, means, g):
 
 
 @njit(**JIT)
-def _jacobian(p, intr, lims):
-    """Perspective Jacobian (as a 3x3 with a zero last row) with x/z, y/z clamped; also tx, ty."""
+def _jacobian(p, intr, lims, ortho):
+    """Perspective Jacobian (as a 3x3 with a zero last row) with x/z, y/z clamped; also tx, ty.
+    Orthographic: the constant diag(fx, fy) (tx, ty unused)."""
     x, y, z = p
     fx, fy = intr[0], intr[1]
+    if ortho:
+        return (fx, 0.0, 0.0, 0.0, fy, 0.0, 0.0, 0.0, 0.0), x, y
     tx = z * min(lims[0], max(-lims[1], x / z))
     ty = z * min(lims[2], max(-lims[3], y / z))
     jac = (fx / z, 0.0, -fx * tx / (z * z), 0.0, fy / z, -fy * ty / (z * z), 0.0, 0.0, 0.0)
     return jac, tx, ty
 
 
+@njit(**JIT)
+def _pixel(p, intr, ortho):
+    """Where the camera-space point p lands on the image."""
+    x, y, z = p
+    if ortho:
+        return intr[0] * x + intr[2], intr[1] * y + intr[3]
+    return intr[0] * x / z + intr[2], intr[1] * y / z + intr[3]
+
+
 @njit(parallel=True, **JIT)
-def project_fwd(means, quats, scales, viewmats, ks, width, height, near, far, antialiased,
+def project_fwd(means, quats, scales, viewmats, ks, width, height, near, far, antialiased, ortho,
                 means2d, conics, depths, comps, radii):
     """means [N,3], quats [N,4], scales [N,3], viewmats [C,4,4], ks [C,3,3] -> fills
     means2d [C,N,2], conics [C,N,3], depths [C,N], comps [C,N], radii [C,N] (0 = culled)."""
@@ -110,15 +123,14 @@ def project_fwd(means, quats, scales, viewmats, ks, width, height, near, far, an
             comps[c, g] = 0.0
             if not (z >= near and z <= far):
                 continue
-            jac, _, _ = _jacobian(p, intr, lims)
+            jac, _, _ = _jacobian(p, intr, lims, ortho)
             cov2d = _mm(_mm(jac, _mm(_mm(w, cov), _tr(w))), _tr(jac))
             a0, b, c0 = cov2d[0], cov2d[1], cov2d[4]
             a, cc = a0 + EPS2D, c0 + EPS2D
             det = a * cc - b * b
             if det <= 0.0:
                 continue
-            u = intr[0] * x / z + intr[2]
-            v = intr[1] * y / z + intr[3]
+            u, v = _pixel(p, intr, ortho)
             half = 0.5 * (a + cc)
             lam = half + math.sqrt(max(0.01, half * half - det))
             radius = math.ceil(RADIUS_SIGMAS * math.sqrt(lam))
@@ -133,8 +145,34 @@ def project_fwd(means, quats, scales, viewmats, ks, width, height, near, far, an
             comps[c, g] = math.sqrt(max(0.0, (a0 * c0 - b * b) / det)) if antialiased else 1.0
 
 
+@njit(**JIT)
+def _pinhole_point_grad(p, intr, lims, tx, ty, vu, vv, vz, gj00, gj02, gj11, gj12):
+    """dL/dp of the camera-space point through the pinhole's pixel (vu, vv), depth (vz) and Jacobian
+    (gj.. = dL/dJ entries; a clamped x/z or y/z moves with z alone)."""
+    x, y, z = p
+    fx, fy = intr[0], intr[1]
+    x_free = x / z >= -lims[1] and x / z <= lims[0]
+    y_free = y / z >= -lims[3] and y / z <= lims[2]
+    z2, z3 = z * z, z * z * z
+    gpx = vu * fx / z
+    gpy = vv * fy / z
+    gpz = vz - (vu * fx * x + vv * fy * y) / z2
+    gpz += (-fx * gj00 - fy * gj11) / z2 + 2.0 * (fx * tx * gj02 + fy * ty * gj12) / z3
+    g_tx = -fx * gj02 / z2
+    g_ty = -fy * gj12 / z2
+    if x_free:
+        gpx += g_tx
+    else:
+        gpz += g_tx * tx / z
+    if y_free:
+        gpy += g_ty
+    else:
+        gpz += g_ty * ty / z
+    return gpx, gpy, gpz
+
+
 @njit(parallel=True, **JIT)
-def project_bwd(means, quats, scales, viewmats, ks, width, height, antialiased, radii,
+def project_bwd(means, quats, scales, viewmats, ks, width, height, antialiased, ortho, radii,
                 v_means2d, v_conics, v_depths, v_comps, v_means, v_quats, v_scales):
     """Backward of project_fwd: v_means2d [C,N,2], v_conics [C,N,3], v_depths [C,N],
     v_comps [C,N] -> fills v_means [N,3], v_quats [N,4], v_scales [N,3] (culled pairs give 0)."""
@@ -148,11 +186,8 @@ def project_bwd(means, quats, scales, viewmats, ks, width, height, antialiased, 
                 continue
             w, t, intr, lims = _camera(viewmats, ks, c, width, height)
             p = _to_camera(w, t, means, g)
-            x, y, z = p
             fx, fy = intr[0], intr[1]
-            jac, tx, ty = _jacobian(p, intr, lims)
-            x_free = x / z >= -lims[1] and x / z <= lims[0]
-            y_free = y / z >= -lims[3] and y / z <= lims[2]
+            jac, tx, ty = _jacobian(p, intr, lims, ortho)
             cov_cam = _mm(_mm(w, cov), _tr(w))
             cov2d = _mm(_mm(jac, cov_cam), _tr(jac))
             a0, b, c0 = cov2d[0], cov2d[1], cov2d[4]
@@ -184,22 +219,11 @@ def project_bwd(means, quats, scales, viewmats, ks, width, height, antialiased, 
             g_cov_cam = _mm(_mm(_tr(jac), g2), jac)
             g_jac = _mm(_mm(g2, jac), cov_cam)      # half of dL/dJ
             gj00, gj02, gj11, gj12 = 2.0 * g_jac[0], 2.0 * g_jac[2], 2.0 * g_jac[4], 2.0 * g_jac[5]
-            vu, vv = float(v_means2d[c, g, 0]), float(v_means2d[c, g, 1])
-            z2, z3 = z * z, z * z * z
-            gpx = vu * fx / z
-            gpy = vv * fy / z
-            gpz = float(v_depths[c, g]) - (vu * fx * x + vv * fy * y) / z2
-            gpz += (-fx * gj00 - fy * gj11) / z2 + 2.0 * (fx * tx * gj02 + fy * ty * gj12) / z3
-            g_tx = -fx * gj02 / z2
-            g_ty = -fy * gj12 / z2
-            if x_free:
-                gpx += g_tx
+            vu, vv, vz = float(v_means2d[c, g, 0]), float(v_means2d[c, g, 1]), float(v_depths[c, g])
+            if ortho:  # pixel = (fx x + cx, fy y + cy) and J is constant: z only carries the depth's gradient
+                gpx, gpy, gpz = vu * fx, vv * fy, vz
             else:
-                gpz += g_tx * tx / z
-            if y_free:
-                gpy += g_ty
-            else:
-                gpz += g_ty * ty / z
+                gpx, gpy, gpz = _pinhole_point_grad(p, intr, lims, tx, ty, vu, vv, vz, gj00, gj02, gj11, gj12)
             gmx += w[0] * gpx + w[3] * gpy + w[6] * gpz
             gmy += w[1] * gpx + w[4] * gpy + w[7] * gpz
             gmz += w[2] * gpx + w[5] * gpy + w[8] * gpz

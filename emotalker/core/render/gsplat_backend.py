@@ -17,14 +17,14 @@ def gsplat_available() -> bool:
 
 
 def rasterize_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
-                     sh_degree, backgrounds, near_plane, far_plane, mode) -> RenderOutput:
+                     sh_degree, backgrounds, near_plane, far_plane, mode, camera_model) -> RenderOutput:
     """Same arguments and result as `rasterize` (see there), through gsplat.rasterization."""
     from gsplat import rasterization
 
     renders, alphas, meta = rasterization(
         means, quats, scales, opacities, colors, viewmats, Ks, int(width), int(height),
         near_plane=near_plane, far_plane=far_plane, sh_degree=sh_degree, packed=False,
-        render_mode="RGB+ED", rasterize_mode=mode, tile_size=16)
+        render_mode="RGB+ED", rasterize_mode=mode, camera_model=camera_model, tile_size=16)
     rgb, depth = renders[..., :3], renders[..., 3:4]
     if backgrounds is not None:
         rgb = rgb + (1.0 - alphas) * backgrounds[:, None, None, :]

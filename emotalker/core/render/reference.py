@@ -44,10 +44,10 @@ def _blend_pixels(pix, means2d, conics, opac, feats, tile_lo, tile_hi):
 
 
 def rasterize_reference(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
-                        sh_degree, backgrounds, near_plane, far_plane, mode) -> RenderOutput:
+                        sh_degree, backgrounds, near_plane, far_plane, mode, camera_model) -> RenderOutput:
     """Same arguments and result as `rasterize` (see there)."""
     proj = project_torch(means, quats, scales, viewmats, Ks, width, height, near_plane, far_plane,
-                         antialiased=(mode == "antialiased"))
+                         antialiased=(mode == "antialiased"), camera_model=camera_model)
     if sh_degree is None:
         rgb_g = colors[None].expand(viewmats.shape[0], -1, -1)
     else:

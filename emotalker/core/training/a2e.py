@@ -13,7 +13,7 @@ with random loudness changes and a random hidden mel band (SpecAugment-style)
 per training window against overfitting the few minutes of one identity, and
 writes `a2e.safetensors` and the `a2e` section of avatar.json. Checkpoints
 (weights, Adam moments, step) go atomically to `bundle.checkpoint_path("a2e")`
-every `checkpoint_every` steps and on Ctrl-C; `resume=True` continues from
+every `checkpoint_every` steps, on Ctrl-C and on a cancel; `resume=True` continues from
 there; a finished run removes its checkpoint. Batches are drawn from a generator seeded by the step, so a resumed
 run follows the same sequence as an uninterrupted one.
 """
@@ -25,6 +25,7 @@ import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ from emotalker.core.models.bundle import AvatarBundle
 from emotalker.core.base.config import to_dict
 from emotalker.core.base.errors import InputError
 from emotalker.core.base.fileio import load_tensors, save_tensors
-from emotalker.core.base.progress import Progress
+from emotalker.core.base.progress import Progress, StopRequested
 from emotalker.core.training.resume import checkpoint_to_resume, resumed
 
 @dataclass(frozen=True)
@@ -194,9 +195,11 @@ def _lr_at(step: int, cfg: TrainA2EConfig) -> float:
 
 
 def train_a2e(dataset: str | os.PathLike, avatar_dir: str | os.PathLike, config: TrainA2EConfig = TrainA2EConfig(),
-              device: str = "auto", progress: str = "bar", resume: bool = False) -> dict:
+              device: str = "auto", progress: str = "bar", resume: bool = False,
+              progress_sink: Callable[[dict], None] | None = None) -> dict:
     """Train the A2E model on the dataset's train split into the bundle at `avatar_dir` (created when
-    missing); `resume` continues from the bundle's checkpoint. Returns the metrics."""
+    missing); `resume` continues from the bundle's checkpoint. `progress_sink` receives the JSON
+    progress events instead of stdout (the worker's). Returns the metrics."""
     from emotalker.core.base.device import resolve_device
     from emotalker.core.datasets.dataset import Dataset
 
@@ -228,7 +231,7 @@ def train_a2e(dataset: str | os.PathLike, avatar_dir: str | os.PathLike, config:
     if path is not None:
         start = _load_checkpoint(path, model, opt, cfg)
         resumed(progress, path, start)
-    _fit(model, opt, train_clips, lips, cfg, start, bundle.checkpoint_path("a2e"), dev, progress)
+    _fit(model, opt, train_clips, lips, cfg, start, bundle.checkpoint_path("a2e"), dev, progress, progress_sink)
 
     model.eval()
     metrics = evaluate(model, test_clips or train_clips, lips, model.out_mean.cpu()) if (test_clips or train_clips) else {}
@@ -246,8 +249,9 @@ def train_a2e(dataset: str | os.PathLike, avatar_dir: str | os.PathLike, config:
 
 
 def _fit(model: A2EModel, opt: torch.optim.Optimizer, train_clips: list[ClipData], lips: LipRig,
-         cfg: TrainA2EConfig, start: int, ckpt: Path, dev, progress: str) -> None:
-    """The training loop from step `start` to cfg.steps; checkpoints to `ckpt` on the way and on Ctrl-C."""
+         cfg: TrainA2EConfig, start: int, ckpt: Path, dev, progress: str, progress_sink=None) -> None:
+    """The training loop from step `start` to cfg.steps; checkpoints to `ckpt` on the way, on Ctrl-C
+    and when the progress sink asks to stop."""
     window = min(cfg.window, min(len(c.params) for c in train_clips))
     # Lip loss in units of the training set's lip motion, so it weighs like the normalised parameter loss.
     all_params = torch.from_numpy(np.concatenate([c.params for c in train_clips]))
@@ -261,7 +265,7 @@ def _fit(model: A2EModel, opt: torch.optim.Optimizer, train_clips: list[ClipData
     fill = model.feat_mean.cpu().numpy() if fc.kind == "logmel" else None
     model.train()
     step = start
-    with Progress("train a2e", cfg.steps, mode=progress, initial=start) as bar:
+    with Progress("train a2e", cfg.steps, mode=progress, initial=start, sink=progress_sink) as bar:
         try:
             while step < cfg.steps:
                 rng = np.random.default_rng([cfg.seed, step])
@@ -285,6 +289,6 @@ def _fit(model: A2EModel, opt: torch.optim.Optimizer, train_clips: list[ClipData
                 bar.update(1, loss=loss.item(), lip=loss_lip.item())
                 if step % cfg.checkpoint_every == 0 and step < cfg.steps:
                     _save_checkpoint(ckpt, model, opt, step, cfg)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, StopRequested):
             _save_checkpoint(ckpt, model, opt, step, cfg)
             raise

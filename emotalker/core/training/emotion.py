@@ -19,7 +19,7 @@ identically zero, so it is not computed.
 Writes `emotion.safetensors` and the `emotion` section of avatar.json.
 Checkpoints (network, Adam moments, step, RNG, history) go atomically to
 `bundle.checkpoint_path("emotion")` every `checkpoint_every` steps and on
-Ctrl-C; `resume=True` continues from there; a finished run removes its checkpoint.
+Ctrl-C and on a cancel; `resume=True` continues from there; a finished run removes its checkpoint.
 An unset resolution and background are Stage 1's (`with_stage1_defaults`).
 """
 
@@ -30,6 +30,7 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -40,6 +41,7 @@ from emotalker.core.datasets.emotion_frames import EmotionFrames
 from emotalker.core.base.config import to_dict
 from emotalker.core.base.errors import InputError
 from emotalker.core.base.fileio import load_tensors, save_tensors
+from emotalker.core.base.progress import StopRequested
 from emotalker.core.training.losses import dssim, l1
 
 CHECKPOINT_FORMAT = "emotalker-emotion-checkpoint/1"
@@ -227,7 +229,8 @@ class EmotionTrainer:
     # -- loop ----------------------------------------------------------------------------
 
     def run(self, checkpoint: str | Path | None = None, progress=None) -> None:
-        """Train to cfg.steps; checkpoint every cfg.checkpoint_every steps and on Ctrl-C."""
+        """Train to cfg.steps; checkpoint every cfg.checkpoint_every steps, on Ctrl-C and when the progress
+        sink asks to stop."""
         t0 = time.monotonic() - self.seconds
         try:
             while self.step < self.cfg.steps:
@@ -240,7 +243,7 @@ class EmotionTrainer:
                     progress.update(1, loss=stats["loss"], psnr=stats["psnr"])
                 if checkpoint is not None and self.step % self.cfg.checkpoint_every == 0 and self.step < self.cfg.steps:
                     self.save_checkpoint(checkpoint)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, StopRequested):
             if checkpoint is not None:
                 self.save_checkpoint(checkpoint)
             raise
@@ -258,9 +261,10 @@ def with_stage1_defaults(cfg: TrainEmotionConfig, bundle: AvatarBundle) -> Train
 
 def train_emotion(dataset: str | os.PathLike, avatar_dir: str | os.PathLike,
                   config: TrainEmotionConfig = TrainEmotionConfig(), device: str = "auto", progress: str = "bar",
-                  resume: bool = False) -> dict:
+                  resume: bool = False, progress_sink: Callable[[dict], None] | None = None) -> dict:
     """Train Stage 2 on the dataset's train clips into the bundle at `avatar_dir` (which must hold
-    Stage 1); `resume` continues from the bundle's checkpoint. Returns the metrics."""
+    Stage 1); `resume` continues from the bundle's checkpoint. `progress_sink` receives the JSON
+    progress events instead of stdout (the worker's). Returns the metrics."""
     from emotalker.core.base.device import resolve_device
     from emotalker.core.base.progress import Progress
     from emotalker.core.training.resume import checkpoint_to_resume, resumed
@@ -286,7 +290,7 @@ def train_emotion(dataset: str | os.PathLike, avatar_dir: str | os.PathLike,
         trainer.load_checkpoint(path)
         resumed(progress, path, trainer.step)
     trainer.deformer.train()
-    with Progress("train emotion", cfg.steps, mode=progress, initial=trainer.step) as bar:
+    with Progress("train emotion", cfg.steps, mode=progress, initial=trainer.step, sink=progress_sink) as bar:
         trainer.run(bundle.checkpoint_path("emotion"), bar)
     trainer.deformer.eval()
 

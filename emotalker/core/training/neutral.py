@@ -11,7 +11,8 @@ moments, densification statistics, RNG state and the metric history.
     train_neutral(dataset, avatar_dir, TrainNeutralConfig(...))
 
 is the whole stage: the model into the bundle, its checkpoint at
-`bundle.checkpoint_path("neutral")` (kept, so a finished run can train further).
+`bundle.checkpoint_path("neutral")` every `checkpoint_every` steps, at the end (kept, so a
+finished run can train further) and on a cancel (a progress sink raising StopRequested).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import os
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -28,6 +30,7 @@ import torch
 from emotalker.core.models.blendshapes import GAUSSIAN_PARAMS, BlendshapeConfig, GaussianBlendshapes
 from emotalker.core.base.config import from_dict, to_dict
 from emotalker.core.base.errors import InputError
+from emotalker.core.base.progress import StopRequested
 from emotalker.core.models.avatar import render_avatar
 from emotalker.core.datasets.frames import FrameSet
 from emotalker.core.training.losses import dssim, l1
@@ -343,18 +346,23 @@ class NeutralTrainer:
         # which make CPU arithmetic (sqrt above all) tens of times slower.
         torch.set_flush_denormal(True)
         t0 = time.monotonic() - self.state.seconds
-        while self.state.step < cfg.steps:
-            stats = self.train_step()
-            self.state.seconds = time.monotonic() - t0
-            if self.state.step % 10 == 0 or self.state.step == cfg.steps:
-                self.state.history.append({"step": self.state.step, "loss": stats["loss"], "psnr": stats["psnr"],
-                                           "seconds": round(self.state.seconds, 3), "n": stats["n"]})
-            if progress is not None:
-                progress.update(1, loss=stats["loss"], psnr=stats["psnr"], gaussians=stats["n"])
-            if checkpoint is not None and (self.state.step % cfg.checkpoint_every == 0 or self.state.step == cfg.steps):
+        try:
+            while self.state.step < cfg.steps:
+                stats = self.train_step()
+                self.state.seconds = time.monotonic() - t0
+                if self.state.step % 10 == 0 or self.state.step == cfg.steps:
+                    self.state.history.append({"step": self.state.step, "loss": stats["loss"], "psnr": stats["psnr"],
+                                               "seconds": round(self.state.seconds, 3), "n": stats["n"]})
+                if progress is not None:
+                    progress.update(1, loss=stats["loss"], psnr=stats["psnr"], gaussians=stats["n"])
+                if checkpoint is not None and (self.state.step % cfg.checkpoint_every == 0 or self.state.step == cfg.steps):
+                    self.save_checkpoint(checkpoint)
+                if on_step is not None:
+                    on_step(self, stats)
+        except StopRequested:  # raised by a progress update, where the step is whole: a resume starts right there
+            if checkpoint is not None:
                 self.save_checkpoint(checkpoint)
-            if on_step is not None:
-                on_step(self, stats)
+            raise
         self.model.active_sh_degree = self.sh_degree_at(self.state.step)
         return self.state
 
@@ -367,10 +375,11 @@ def new_model(flame_model, n_gaussians: int, sh_degree: int = 1, seed: int = 0, 
 
 def train_neutral(dataset: str | os.PathLike, avatar_dir: str | os.PathLike,
                   config: TrainNeutralConfig = TrainNeutralConfig(), device: str = "auto", progress: str = "bar",
-                  resume: bool = False) -> dict:
+                  resume: bool = False, progress_sink: Callable[[dict], None] | None = None) -> dict:
     """Stage 1 on the dataset's train split into the bundle at `avatar_dir` (created when missing):
     writes flame_model.npz, neutral.safetensors and the `neutral` section of avatar.json; `resume`
-    continues from the bundle's checkpoint. Returns the metrics."""
+    continues from the bundle's checkpoint. `progress_sink` receives the JSON progress events
+    instead of stdout (the worker's). Returns the metrics."""
     from emotalker.core.base.device import resolve_device
     from emotalker.core.base.progress import Progress
     from emotalker.core.datasets.dataset import Dataset
@@ -388,7 +397,7 @@ def train_neutral(dataset: str | os.PathLike, avatar_dir: str | os.PathLike,
     flame = ds.flame_model()
     bundle = AvatarBundle.create(avatar_dir)
     trainer = _trainer(bundle, flame, frames, cfg, dev, progress, resume)
-    with Progress("train neutral", cfg.steps, mode=progress, initial=trainer.state.step) as bar:
+    with Progress("train neutral", cfg.steps, mode=progress, initial=trainer.state.step, sink=progress_sink) as bar:
         state = trainer.run(checkpoint=bundle.checkpoint_path("neutral"), progress=bar)
 
     model = trainer.model

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Callable
 
 from emotalker.core.training.a2e import TrainA2EConfig, train_a2e
 from emotalker.core.training.emotion import TrainEmotionConfig, train_emotion
@@ -32,12 +33,41 @@ STAGES = (("neutral", train_neutral), ("a2e", train_a2e), ("emotion", train_emot
 
 
 def train_all(dataset: str | os.PathLike, avatar_dir: str | os.PathLike, config: TrainAllConfig = TrainAllConfig(),
-              device: str = "auto", progress: str = "bar", resume: bool = False, on_stage=None) -> dict[str, dict]:
+              device: str = "auto", progress: str = "bar", resume: bool = False, on_stage=None,
+              progress_sink: Callable[[dict], None] | None = None) -> dict[str, dict]:
     """Train every stage into the bundle at `avatar_dir`; `resume` continues each from its checkpoint.
-    Returns {stage: its metrics}; `on_stage(stage, metrics)` is called as each stage finishes."""
+    Returns {stage: its metrics}; `on_stage(stage, metrics)` is called as each stage finishes;
+    `progress_sink` receives every stage's JSON progress events (the worker's)."""
     results = {}
     for stage, train in STAGES:
-        results[stage] = train(dataset, avatar_dir, getattr(config, stage), device, progress, resume)
+        results[stage] = train(dataset, avatar_dir, getattr(config, stage), device, progress, resume,
+                               progress_sink=progress_sink)
         if on_stage is not None:
             on_stage(stage, results[stage])
     return results
+
+
+def held_out_psnr(stage: str, metrics: dict) -> float | None:
+    """The stage's held-out PSNR in dB (None for A2E, which is judged on lip motion, or when nothing was held out)."""
+    if stage == "neutral":
+        return metrics.get("test_psnr")
+    if stage == "emotion" and "stage2" in metrics:
+        return metrics["stage2"]["psnr"]
+    return None
+
+
+def stage_summary(stage: str, metrics: dict) -> str:
+    """What a finished stage achieved, in one line for a person (the CLI and the Blender status bar)."""
+    if stage == "neutral":
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float) and k in
+                          ("train_psnr", "test_psnr", "test_mouth_psnr"))
+        return f"Stage 1: {metrics['n_gaussians']} Gaussians after {metrics['steps']} steps; {shown}"
+    if stage == "a2e":
+        return (f"A2E: lip vertex error {metrics['lip_vertex_err_mm']:.3f} mm (training-mean baseline "
+                f"{metrics['baseline_lip_vertex_err_mm']:.3f} mm), jaw correlation {metrics['jaw_corr']:.3f} "
+                f"on {metrics['split']} clips, {metrics['train_minutes']:.1f} min")
+    line = f"Stage 2 in {metrics['train_minutes']:.1f} min"
+    if "stage2" in metrics:
+        line += (f"; test PSNR {metrics['stage2']['psnr']:.2f} dB with Stage 2, "
+                 f"{metrics['stage1_only']['psnr']:.2f} dB with Stage 1 alone")
+    return line

@@ -1,0 +1,106 @@
+"""Train an avatar from a dataset folder, in the worker, and import it when done.
+
+The operator asks for the dataset, the avatar folder and the steps, then runs
+the worker's `train` (emotalker/worker/methods.py) as a JobOperator: per-stage
+progress and each finished stage's held-out PSNR in the status bar, Esc
+cancels (the step reached is checkpointed), and the same operator again
+resumes from there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import bpy
+from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
+
+from . import session
+from .job import JobOperator, WorkerJob
+
+STAGES = ("neutral", "a2e", "emotion")
+STAGE_TITLES = {"neutral": "Stage 1", "a2e": "A2E", "emotion": "Stage 2"}
+
+
+class TrainJob(WorkerJob):
+    """One `train` request; its message tells the stage, the step and the held-out PSNR of stages done."""
+
+    def __init__(self, client, dataset: str, avatar: str, stage: str = "all", steps: dict | None = None,
+                 resume: bool = True, device: str = "auto", gaussians: int = 0):
+        """`steps`: {stage: steps} for the stages whose default is not wanted; `gaussians`: Stage 1's
+        initial count (0: its default)."""
+        self.stages = STAGES if stage == "all" else (stage,)
+        config = {name: {"steps": int(n)} for name, n in (steps or {}).items()}
+        if gaussians:
+            config.setdefault("neutral", {})["model"] = {"n_gaussians": int(gaussians)}
+        params = {"dataset": dataset, "avatar": avatar, "stage": stage, "resume": resume, "device": device,
+                  "config": config}
+        super().__init__(client, "train", params, read=[dataset], write=[avatar])
+        self.held_out: dict[str, float | None] = {}
+        self.summaries: list[str] = []
+
+    def on_progress(self, event: dict) -> None:
+        stage = str(event.get("stage", "")).removeprefix("train ")
+        index = self.stages.index(stage) if stage in self.stages else 0
+        if event.get("finished"):
+            self.held_out[stage] = event.get("held_out_psnr")
+            self.summaries.append(event.get("summary", ""))
+            self.fraction = (index + 1) / len(self.stages)
+        else:
+            total = max(int(event.get("total") or 1), 1)
+            step = int(event.get("step", 0))
+            self.fraction = (index + min(step / total, 1.0)) / len(self.stages)
+            psnr = f", PSNR {event['psnr']:.1f} dB" if isinstance(event.get("psnr"), (int, float)) else ""
+            self.message = (f"{STAGE_TITLES.get(stage, stage)} ({index + 1} of {len(self.stages)}) "
+                            f"step {step}/{total}{psnr}{self._held_out_text()}")
+
+    def _held_out_text(self) -> str:
+        done = [f"{STAGE_TITLES[s]} {v:.2f} dB" for s, v in self.held_out.items() if v is not None]
+        return f"; held-out PSNR: {', '.join(done)}" if done else ""
+
+
+class EMOTALKER_OT_train_avatar(JobOperator, bpy.types.Operator):
+    """Train an avatar from a dataset folder (every stage or one) and import it when done"""
+
+    bl_idname = "emotalker.train_avatar"
+    bl_label = "Train EmoTalker Avatar"
+
+    dataset: StringProperty(name="Dataset", subtype="DIR_PATH", description="emotalker-dataset/1 folder")
+    directory: StringProperty(name="Avatar Folder", subtype="DIR_PATH",
+                              description="Where the avatar is written (an existing one is trained further)")
+    stage: EnumProperty(name="Stages", default="ALL", items=[
+        ("ALL", "All", "Stage 1, A2E, then Stage 2"), ("NEUTRAL", "Stage 1", "The Gaussian blendshapes"),
+        ("A2E", "A2E", "Audio to expression"), ("EMOTION", "Stage 2", "The emotion offsets (needs Stage 1)")])
+    neutral_steps: IntProperty(name="Stage 1 Steps", default=0, min=0, description="0: the stage's default")
+    a2e_steps: IntProperty(name="A2E Steps", default=0, min=0, description="0: the stage's default")
+    emotion_steps: IntProperty(name="Stage 2 Steps", default=0, min=0, description="0: the stage's default")
+    gaussians: IntProperty(name="Gaussians", default=0, min=0, description="Stage 1's initial Gaussians (0: the default)")
+    resume: BoolProperty(name="Resume", default=True, description="Continue each stage from its checkpoint")
+    import_result: BoolProperty(name="Import When Done", default=True)
+    name: StringProperty(name="Name", default="Avatar", description="Name of the imported avatar")
+
+    def invoke(self, context, event):
+        return context.window_manager.invoke_props_dialog(self, width=420)
+
+    def make_job(self, context):
+        dataset, out = (bpy.path.abspath(p) for p in (self.dataset, self.directory))
+        if not dataset or not out:
+            raise OSError("choose a dataset folder and an avatar folder")
+        steps = {s: n for s, n in (("neutral", self.neutral_steps), ("a2e", self.a2e_steps),
+                                   ("emotion", self.emotion_steps)) if n > 0}
+        Path(out).mkdir(parents=True, exist_ok=True)
+        return TrainJob(session.worker(context), dataset, out, self.stage.lower(), steps, self.resume,
+                        session.device(context), self.gaussians)
+
+    def cancelled_message(self) -> str:
+        return "training cancelled; run it again with Resume to continue from the last step"
+
+    def finished(self, context, result):
+        for line in self._job.summaries:
+            self.report({"INFO"}, line)
+        if self.import_result:
+            bpy.ops.emotalker.import_avatar(directory=result["avatar"], name=self.name)
+
+
+CLASSES = (EMOTALKER_OT_train_avatar,)
+
+register, unregister = bpy.utils.register_classes_factory(CLASSES)
