@@ -76,8 +76,13 @@ def clip_section(scene: Scene, bundle, clip: str, clip_video: ClipVideo | None) 
         return page.note("No A2E-driven clip: this avatar has no A2E model (a2e.safetensors).")
     if clip_video is None:
         return page.note("No A2E-driven clip: no video maker was given to this report.")
+    from emotalker.core.base.errors import InputError
+
     info = scene.dataset.clip(clip)
-    data, mime = clip_video(bundle.root, scene.dataset.root, clip)
+    try:
+        data, mime = clip_video(bundle.root, scene.dataset.root, clip)
+    except InputError as exc:  # e.g. a clip without audio: the rest of the report still stands
+        return page.note(f"No A2E-driven clip of held-out clip {clip}: {exc}")
     caption = f"Held-out clip {clip} ({info.emotion}, intensity {info.intensity:g}): A2E drives the face from its audio."
     return sections.clip_video(data, mime, caption)
 
