@@ -53,7 +53,7 @@ def browser_check(page, tmp_path) -> dict:
     """What chromium found in the page: {"images": [...], "videos": [...]}."""
     checked = tmp_path / "checked.html"
     checked.write_text(page.read_text(encoding="utf-8").replace("</body>", CHECKER + "</body>"), encoding="utf-8")
-    proc = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--mute-audio",
+    proc = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--mute-audio",
                            f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000", "--dump-dom",
                            checked.as_uri()], capture_output=True, text=True, timeout=180)
     found = re.search(r'<pre id="report-check">(.*?)</pre>', proc.stdout, re.S)
