@@ -53,9 +53,9 @@ def browser_check(page, tmp_path) -> dict:
     """What chromium found in the page: {"images": [...], "videos": [...]}."""
     checked = tmp_path / "checked.html"
     checked.write_text(page.read_text(encoding="utf-8").replace("</body>", CHECKER + "</body>"), encoding="utf-8")
-    proc = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--mute-audio",
-                           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000", "--dump-dom",
-                           checked.as_uri()], capture_output=True, text=True, timeout=180)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--mute-audio",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000", "--dump-dom"]
+    proc = subprocess.run([chromium(), *flags, checked.as_uri()], capture_output=True, text=True, timeout=180)
     found = re.search(r'<pre id="report-check">(.*?)</pre>', proc.stdout, re.S)
     assert found, f"the checker never reported (chromium status {proc.returncode}): {proc.stderr[-2000:]}"
     return json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
