@@ -59,7 +59,7 @@ def render_grid(scene: Scene, clip_id: str) -> list[list[np.ndarray]]:
                 params = a2e_frame_params(scene, clip_id, frame.t, weights, level, params)
             x = replace(conditions, params=params, emotion=torch.from_numpy(weights)[None],
                         intensity=torch.tensor([level], dtype=torch.float64))
-            g = scene.avatar.evaluate_differentiable(x).unbind()[0]
+            g = scene.avatar.evaluate(x).unbind()[0]
             tiles.append(to_uint8(render_avatar(g, frame.camera, frames.background).rgb[0]))
         rows.append(tiles)
     return rows
