@@ -146,3 +146,14 @@ def test_history_is_thinned_evenly_keeping_both_ends():
     kept = thinned_history(history, 400)
     assert len(kept) == 400 and kept[0]["step"] == 10 and kept[-1]["step"] == 30000
     assert thinned_history(history[:5], 400) == history[:5]
+
+
+def test_the_running_mean_of_the_curves_is_centred_and_shorter_at_the_ends():
+    import numpy as np
+
+    from emotalker.core.evaluation.report.curves import running_mean
+
+    assert np.allclose(running_mean([2.0] * 50), 2.0)
+    ramp = np.arange(40.0)
+    smooth = running_mean(ramp, share=0.1)  # a window of 5: a straight line stays itself inside
+    assert np.allclose(smooth[2:-2], ramp[2:-2]) and smooth[0] == 1.0 and smooth[-1] == 38.0

@@ -17,12 +17,13 @@ def summary(name: str, manifest: dict, dataset: str | None) -> str:
     stages = manifest.get("stages", {})
     neutral = stages.get("neutral", {})
     minutes = [s.get("train_minutes") for s in stages.values() if s.get("train_minutes") is not None]
+    # Text cells, left-aligned like the labels: this table is read, not compared down a column.
     rows = [["stages trained", ", ".join(STAGE_NAMES.get(s, s) for s in stages) or "none"],
-            ["Gaussians (face + teeth)", neutral.get("n_gaussians")],
+            ["Gaussians (face + teeth)", f"{neutral['n_gaussians']:,}" if neutral.get("n_gaussians") else None],
             ["training resolution", "x".join(map(str, neutral["resolution"])) if neutral.get("resolution") else None],
-            ["frame rate", manifest.get("fps")],
+            ["frame rate", f"{manifest['fps']:g} fps" if manifest.get("fps") else None],
             ["dataset", dataset or "none"],
-            ["training time, all stages (min)", float(sum(minutes)) if minutes else None]]
+            ["training time, all stages", f"{sum(minutes):.1f} min" if minutes else None]]
     return page.section(f"Avatar {name}", page.table(None, rows))
 
 
