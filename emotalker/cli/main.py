@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "emotalker.cli.train",
     "emotalker.cli.a2e",
     "emotalker.cli.avatar",
+    "emotalker.cli.report",
     "emotalker.cli.bake",
 )
 

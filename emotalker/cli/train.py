@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 from emotalker.cli.options import LazyOptionsParser, add_config_options, config_from_args, config_leaves
+from emotalker.cli.report import write_avatar_report
 
 # Per stage: the fields that are not options (training sets them from the rig, Stage 1 or
 # the features) and {field path: CLI name} where the name is not the field's.
@@ -99,6 +100,7 @@ def run_train(args) -> None:
     run = dict(device=args.device, progress=args.progress, resume=args.resume)
     if args.stage == "all":
         train_all(args.dataset, args.out, config, **run, on_stage=lambda stage, metrics: report(stage, metrics, args))
+        write_avatar_report(args.out, args.dataset, device=args.device, progress=args.progress)
     else:
         report(args.stage, dict(STAGES)[args.stage](args.dataset, args.out, config, **run), args)
 

@@ -241,7 +241,7 @@ def train_a2e(dataset: str | os.PathLike, avatar_dir: str | os.PathLike, config:
     model.cpu().save(bundle.stage_path("a2e"), extra)
     bundle.update_manifest("a2e", file=bundle.stage_path("a2e").name, config=model_cfg.to_dict(), fps=ds.fps,
                            features=cfg.features.kind, steps=cfg.steps, dataset=str(ds.root), metrics=metrics,
-                           train_minutes=round(minutes, 3))
+                           train_minutes=round(minutes, 3), train=to_dict(cfg))
     bundle.update_manifest(None, fps=ds.fps)
     for done in bundle.checkpoints("a2e"):
         done.unlink()

@@ -270,6 +270,7 @@ def train_emotion(dataset: str | os.PathLike, avatar_dir: str | os.PathLike,
     from emotalker.core.training.resume import checkpoint_to_resume, resumed
     from emotalker.core.datasets.dataset import Dataset
     from emotalker.core.evaluation.emotion import evaluate_emotion
+    from emotalker.core.training.history import thinned_history
 
     if config.steps < 1:
         raise InputError(None, "steps must be at least 1")
@@ -307,7 +308,8 @@ def train_emotion(dataset: str | os.PathLike, avatar_dir: str | os.PathLike,
         trainer.stage1.cpu().save(bundle.stage_path("neutral"))
     bundle.update_manifest("emotion", file=bundle.stage_path("emotion").name, config=trainer.deformer.cfg.to_dict(),
                            steps=cfg.steps, dataset=str(ds.root), metrics=metrics,
-                           neutral_tuned=cfg.neutral_lr_scale > 0, train_minutes=round(minutes, 3))
+                           neutral_tuned=cfg.neutral_lr_scale > 0, train_minutes=round(minutes, 3),
+                           train=to_dict(cfg), history=thinned_history(trainer.history))
     for done in bundle.checkpoints("emotion"):
         done.unlink()
     return {**metrics, "train_minutes": minutes, "train_seconds_per_step": trainer.seconds / max(trainer.step, 1)}

@@ -384,6 +384,7 @@ def train_neutral(dataset: str | os.PathLike, avatar_dir: str | os.PathLike,
     from emotalker.core.base.progress import Progress
     from emotalker.core.datasets.dataset import Dataset
     from emotalker.core.models.bundle import AvatarBundle
+    from emotalker.core.training.history import thinned_history
 
     cfg = config
     if cfg.steps < 1:
@@ -412,7 +413,8 @@ def train_neutral(dataset: str | os.PathLike, avatar_dir: str | os.PathLike,
                            train_minutes=round(state.seconds / 60, 2), resolution=[frames.width, frames.height],
                            n_gaussians=model.n_gaussians + model.n_teeth, n_face_gaussians=model.n_gaussians,
                            n_teeth=model.n_teeth, n_blendshapes=model.config.n_blendshapes,
-                           sh_degree=model.config.sh_degree, background=list(trainer.cfg.background), metrics=metrics)
+                           sh_degree=model.config.sh_degree, background=list(trainer.cfg.background), metrics=metrics,
+                           train=to_dict(trainer.cfg), history=thinned_history(state.history))
     return {**metrics, "steps": state.step, "n_gaussians": model.n_gaussians + model.n_teeth,
             "train_minutes": state.seconds / 60}
 
