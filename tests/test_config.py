@@ -217,7 +217,7 @@ def test_the_three_entry_points_share_one_signature():
     from emotalker.core.training.emotion import train_emotion
     from emotalker.core.training.neutral import train_neutral
 
-    expected = ["dataset", "avatar_dir", "config", "device", "progress", "resume"]
+    expected = ["dataset", "avatar_dir", "config", "device", "progress", "resume", "progress_sink"]
     for fn in (train_neutral, train_a2e, train_emotion):
         assert list(inspect.signature(fn).parameters) == expected, fn.__name__
 
