@@ -8,9 +8,11 @@ and help are the fields' own. OPTIONS names where a CLI name differs from its fi
 from __future__ import annotations
 
 import json
+import sys
 
 from emotalker.cli.options import LazyOptionsParser, add_config_options, config_from_args, config_leaves
 from emotalker.cli.report import write_avatar_report
+from emotalker.core.base.errors import EmoTalkerError
 
 # Per stage: the fields that are not options (training sets them from the rig, Stage 1 or
 # the features) and {field path: CLI name} where the name is not the field's.
@@ -100,7 +102,11 @@ def run_train(args) -> None:
     run = dict(device=args.device, progress=args.progress, resume=args.resume)
     if args.stage == "all":
         train_all(args.dataset, args.out, config, **run, on_stage=lambda stage, metrics: report(stage, metrics, args))
-        write_avatar_report(args.out, args.dataset, device=args.device, progress=args.progress)
+        try:
+            write_avatar_report(args.out, args.dataset, device=args.device, progress=args.progress)
+        except (EmoTalkerError, OSError) as exc:  # the avatar is whole: a report that fails does not undo it
+            print(f"the avatar is trained, but its report failed ({exc}); `emotalker report {args.out}` "
+                  f"writes it again", file=sys.stderr)
     else:
         report(args.stage, dict(STAGES)[args.stage](args.dataset, args.out, config, **run), args)
 
