@@ -4,7 +4,8 @@ The operator asks for the dataset, the avatar folder and the steps, then runs
 the worker's `train` (emotalker/worker/methods.py) as a JobOperator: per-stage
 progress and each finished stage's held-out PSNR in the status bar, Esc
 cancels (the step reached is checkpointed), and the same operator again
-resumes from there.
+resumes from there. After all stages the worker writes the avatar report,
+which opens in the web browser.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ class TrainJob(WorkerJob):
 
     def on_progress(self, event: dict) -> None:
         stage = str(event.get("stage", "")).removeprefix("train ")
+        if stage == "report":  # after every stage: the avatar report
+            self.message = f"writing the avatar report{self._held_out_text()}"
+            return
         index = self.stages.index(stage) if stage in self.stages else 0
         if event.get("finished"):
             self.held_out[stage] = event.get("held_out_psnr")
@@ -76,6 +80,8 @@ class EMOTALKER_OT_train_avatar(JobOperator, bpy.types.Operator):
     gaussians: IntProperty(name="Gaussians", default=0, min=0, description="Stage 1's initial Gaussians (0: the default)")
     resume: BoolProperty(name="Resume", default=True, description="Continue each stage from its checkpoint")
     import_result: BoolProperty(name="Import When Done", default=True)
+    open_report: BoolProperty(name="Open the Report", default=True,
+                              description="Open the avatar report (written after all stages) in the web browser")
     name: StringProperty(name="Name", default="Avatar", description="Name of the imported avatar")
 
     def invoke(self, context, event):
@@ -97,8 +103,12 @@ class EMOTALKER_OT_train_avatar(JobOperator, bpy.types.Operator):
     def finished(self, context, result):
         for line in self._job.summaries:
             self.report({"INFO"}, line)
+        if result.get("report_error"):
+            self.report({"WARNING"}, f"the avatar report failed: {result['report_error']}")
         if self.import_result:
             bpy.ops.emotalker.import_avatar(directory=result["avatar"], name=self.name)
+        if result.get("report") and self.open_report and not bpy.app.background:
+            bpy.ops.wm.url_open(url=Path(result["report"]).as_uri())
 
 
 CLASSES = (EMOTALKER_OT_train_avatar,)

@@ -472,6 +472,8 @@ def test_train_job_shows_the_stage_its_step_and_the_held_out_psnr_of_stages_done
     job.on_progress({"stage": "train emotion", "step": 1, "total": 2, "psnr": 30.0})
     assert job.message == "Stage 2 (3 of 3) step 1/2, PSNR 30.0 dB; held-out PSNR: Stage 1 31.50 dB"
     assert job.fraction == pytest.approx(2.5 / 3) and job.summaries == ["Stage 1: ...", "A2E: ..."]
+    job.on_progress({"stage": "report", "step": 0, "total": 1})
+    assert job.message == "writing the avatar report; held-out PSNR: Stage 1 31.50 dB"
     one = TrainJob(client=None, dataset="/d", avatar="/a", stage="emotion")
     one.on_progress({"stage": "train emotion", "step": 1, "total": 4})
     assert one.message == "Stage 2 (1 of 1) step 1/4" and one.fraction == 0.25
@@ -489,6 +491,7 @@ def test_train_operator_trains_every_stage_and_imports_the_avatar(addon, tmp_pat
     assert bundle.manifest()["stages"]["neutral"]["steps"] == 3
     avatar = bpy.data.objects["Trained"]
     assert Path(avatar.emotalker.avatar_path) == out
+    assert (out / "report.html").is_file()  # the avatar report, as `train all` writes it
 
 
 def test_train_operator_reports_a_folder_that_is_no_dataset(addon, tmp_path):

@@ -139,5 +139,6 @@ def test_training_from_the_window_is_modal_cancels_on_esc_and_resumes(tmp_path):
     assert first_step > 1, resumed["messages"][:3]
     assert any(m.startswith("Stage 2 (3 of 3)") and "held-out PSNR: Stage 1 " in m for m in resumed["messages"])
     assert resumed["imported"] and Path(results["avatar_path"]) == tmp_path / "out" / "avatar"
+    assert resumed["report"] and resumed["messages"][-1].startswith("writing the avatar report")
     # The UI thread kept beating while the worker trained (Blender's own redraws included).
     assert results["heartbeat_gap_ms"]["median"] < 60

@@ -180,3 +180,4 @@ def test_the_worker_trains_every_stage_and_a_cancelled_run_resumes_from_the_step
     assert set(result["stages"]) == {"neutral", "a2e", "emotion"} and result["avatar"] == str(out)
     assert result["stages"]["neutral"]["summary"].startswith("Stage 1: ")
     assert all(AvatarBundle.open(out).has_stage(s) for s in ("neutral", "a2e", "emotion"))
+    assert result["report"] == str(out / "report.html") and (out / "report.html").stat().st_size > 10_000

@@ -1,4 +1,4 @@
-"""The avatar report's video: a few seconds of a held-out dataset clip's audio baked by `bake_clip` (A2E
+"""The avatar report with its video (`write_avatar_report`, for the CLI and the worker). The video: a few seconds of a held-out dataset clip's audio baked by `bake_clip` (A2E
 drives the face, the clip's emotion and intensity Stage 2) from the clip's own tracked camera, as an MP4.
 
 H.264 in MP4 (bake_clip's encoder): Debian's chromium 156 decodes it (tests/test_report.py checks the page
@@ -48,3 +48,15 @@ def heldout_clip_video(avatar: Path, dataset_root: Path, clip_id: str, *, device
                         camera=str(camera), name="clip")
         result = bake_clip(spec, RunOptions(device=device, progress="none"))
         return Path(result.outputs["mp4"]).read_bytes(), "video/mp4"
+
+
+def write_avatar_report(avatar, dataset=None, out=None, *, device: str = "auto", frames: int = 8) -> Path:
+    """core.evaluation.report.write_report with this module's held-out clip as its video; returns the page."""
+    from functools import partial
+
+    from emotalker.core.base.device import resolve_device
+    from emotalker.core.evaluation.report import write_report
+
+    dev = resolve_device(device)
+    return write_report(avatar, dataset, out, clip_video=partial(heldout_clip_video, device=str(dev)), device=dev,
+                        frames=frames)

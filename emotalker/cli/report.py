@@ -29,16 +29,10 @@ def run_report(args) -> None:
 
 def write_avatar_report(avatar, dataset=None, out=None, *, device: str = "auto", frames: int = 8,
                         progress: str = "bar"):
-    """The report with the bake path's clip; says where it is in a line (a JSON object with progress "json")."""
-    from functools import partial
+    """The report (emotalker.bake.report_clip); says where it is in a line (a JSON object with progress "json")."""
+    from emotalker.bake.report_clip import write_avatar_report as write
 
-    from emotalker.bake.report_clip import heldout_clip_video
-    from emotalker.core.base.device import resolve_device
-    from emotalker.core.evaluation.report import write_report
-
-    dev = resolve_device(device)
-    path = write_report(avatar, dataset, out, clip_video=partial(heldout_clip_video, device=str(dev)), device=dev,
-                        frames=frames)
+    path = write(avatar, dataset, out, device=device, frames=frames)
     if progress == "json":
         print(json.dumps({"stage": "report", "done": True, "report": str(path)}))
     else:

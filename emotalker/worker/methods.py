@@ -20,7 +20,7 @@ import numpy as np
 from emotalker.bake.clip import ClipSpec, RunOptions
 from emotalker.core.base.emotions import EMOTIONS, NEUTRAL, one_hot
 from emotalker.core.models.bundle import STAGE_FILES, AvatarBundle
-from emotalker.core.base.errors import InputError
+from emotalker.core.base.errors import EmoTalkerError, InputError
 from emotalker.core.base.fileio import atomic_path
 from emotalker.core.rig.flame import FlameModel
 from emotalker.core.training.pipeline import TrainAllConfig
@@ -156,10 +156,13 @@ def bake(params: BakeParams, ctx) -> dict:
 
 def train(params: TrainParams, ctx) -> dict:
     """Train as `emotalker train` does, with progress through the protocol, and an event as each stage
-    ends: {"stage": "train <stage>", "finished": true, "summary": one line, "held_out_psnr": dB or null}.
+    ends: {"stage": "train <stage>", "finished": true, "summary": one line, "held_out_psnr": dB or null};
+    after every stage (`all`), the avatar report, as `train all` writes it.
 
     A cancel stops at the next step, which is checkpointed first; the same request again resumes.
-    Returns {"avatar": folder, "stages": {stage: {"summary", "held_out_psnr"}}}."""
+    Returns {"avatar": folder, "stages": {stage: {"summary", "held_out_psnr"}}}, and for `all` "report"
+    (the page's path) or "report_error" (why it failed; the avatar is whole)."""
+    from emotalker.bake.report_clip import write_avatar_report
     from emotalker.core.training.pipeline import STAGES, held_out_psnr, stage_summary, train_all
 
     outcome = {}
@@ -169,12 +172,17 @@ def train(params: TrainParams, ctx) -> dict:
         ctx.progress({"stage": f"train {stage}", "finished": True, **outcome[stage]})
 
     run = dict(device=params.device, progress="json", resume=params.resume, progress_sink=ctx.progress)
-    if params.stage == "all":
-        train_all(params.dataset, params.avatar, params.config, on_stage=finished, **run)
-    else:
+    if params.stage != "all":
         finished(params.stage, dict(STAGES)[params.stage](params.dataset, params.avatar,
                                                           getattr(params.config, params.stage), **run))
-    return {"avatar": params.avatar, "stages": outcome}
+        return {"avatar": params.avatar, "stages": outcome}
+    train_all(params.dataset, params.avatar, params.config, on_stage=finished, **run)
+    ctx.progress({"stage": "report", "step": 0, "total": 1})
+    try:
+        report = {"report": str(write_avatar_report(params.avatar, params.dataset, device=params.device))}
+    except (EmoTalkerError, OSError) as exc:  # the avatar is whole: a report that fails does not undo it
+        report = {"report_error": str(exc)}
+    return {"avatar": params.avatar, "stages": outcome, **report}
 
 
 def _train_paths(params: TrainParams) -> PathUse:

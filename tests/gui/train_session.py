@@ -30,7 +30,7 @@ def start_training() -> set:
     window, area, _ = view3d()
     with bpy.context.temp_override(window=window, screen=window.screen, area=area):  # as from the panel
         return bpy.ops.emotalker.train_avatar("EXEC_DEFAULT", dataset=str(DATASET), directory=str(AVATAR),
-                                              name="Trained", **STEPS)
+                                              name="Trained", open_report=False, **STEPS)
 
 
 def watch(until, seconds: float, messages: list[str]):
@@ -68,7 +68,7 @@ def steps():
     messages = []
     yield from watch(lambda: not RUNNING, 900, messages)
     results["resumed"] = {"messages": messages, "seconds": time.perf_counter() - started,
-                          "imported": "Trained" in bpy.data.objects}
+                          "imported": "Trained" in bpy.data.objects, "report": (AVATAR / "report.html").is_file()}
     gaps = np.diff(beats) * 1000
     results["heartbeat_gap_ms"] = {"max": float(gaps.max()), "median": float(np.median(gaps)),
                                    "p99": float(np.percentile(gaps, 99)), "beats": len(gaps)}
