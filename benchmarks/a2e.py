@@ -34,11 +34,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import emotalker  # noqa: E402,F401  (before torch: it sets OpenMP's wait policy, docs/renderer.md)
+import torch  # noqa: E402
 from emotalker.core.models.a2e import A2EModel, infer_curves, split_params  # noqa: E402
 from emotalker.core.evaluation.a2e_metrics import cosine  # noqa: E402
 from emotalker.core.audio.waveform import load_audio  # noqa: E402

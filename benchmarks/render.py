@@ -33,12 +33,12 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parent.parent
 # a --worker run times the code under --code (a baseline's folder) instead of this tree's
 sys.path.insert(0, sys.argv[sys.argv.index("--code") + 1] if "--code" in sys.argv else str(ROOT))
 
+import emotalker  # noqa: E402,F401  (before torch: it sets OpenMP's wait policy, docs/renderer.md)
+import torch  # noqa: E402
 from emotalker.core.render import rasterize  # noqa: E402
 
 HEAD_AXES = (0.075, 0.10, 0.09)   # ellipsoid semi-axes, metres (x, y, z)

@@ -20,10 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import emotalker  # noqa: E402,F401  (before torch: it sets OpenMP's wait policy, docs/renderer.md)
+import torch  # noqa: E402
 from benchmarks.render import _render, head_scene  # noqa: E402
 from emotalker.core.render import cpu, cpu_project, cpu_raster  # noqa: E402
 

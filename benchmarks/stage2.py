@@ -36,10 +36,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import emotalker  # noqa: E402,F401  (before torch: it sets OpenMP's wait policy, docs/renderer.md)
+import torch  # noqa: E402
 from emotalker.core.base.emotions import EMOTIONS, one_hot, parse_mix  # noqa: E402
 from emotalker.core.models.avatar import Avatar, render_avatar  # noqa: E402
 from emotalker.core.models.bundle import AvatarBundle  # noqa: E402

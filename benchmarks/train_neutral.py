@@ -28,10 +28,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import emotalker  # noqa: E402,F401  (before torch: it sets OpenMP's wait policy, docs/renderer.md)
+import torch  # noqa: E402
 from emotalker.core.datasets.dataset import Dataset  # noqa: E402
 from emotalker.core.evaluation.neutral import evaluate, render_neutral_frame  # noqa: E402
 from emotalker.core.rig.flame import FlameParams  # noqa: E402

@@ -28,10 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import emotalker  # noqa: E402,F401  (before torch: it sets OpenMP's wait policy, docs/renderer.md)
+import torch  # noqa: E402
 from benchmarks import render_phases as rp  # noqa: E402
 from emotalker.core.datasets.dataset import Dataset  # noqa: E402
 from emotalker.core.datasets.frames import FrameSet  # noqa: E402
