@@ -117,21 +117,9 @@ def test_compat_fcurves_are_made_once_and_found_and_strips_listed_inside_metas()
 
 def test_camera_conversion_matches_blenders_projection():
     from bpy_extras.object_utils import world_to_camera_view
-    from mathutils import Matrix, Vector
+    from mathutils import Vector
 
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    scene = bpy.context.scene
-    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = 320, 240, 100
-    cam = bpy.data.objects.new("cam", bpy.data.cameras.new("cam"))
-    scene.collection.objects.link(cam)
-    cam.data.lens, cam.data.shift_x, cam.data.shift_y = 70.0, 0.05, -0.03
-    cam.location = (0.1, -0.6, 0.05)
-    cam.rotation_euler = (np.radians(88), 0.0, np.radians(8))
-    avatar = bpy.data.objects.new("avatar", None)
-    scene.collection.objects.link(avatar)
-    avatar.matrix_world = Matrix(camera.FLAME_TO_BLENDER.tolist()) @ Matrix.Translation((0.01, 0.0, 0.02))
-    bpy.context.view_layer.update()
-
+    scene, cam, avatar = camera_scene("PERSP")
     V, K, W, H = camera.scene_camera(scene, cam, avatar)
     rng = np.random.default_rng(0)
     for p in rng.normal(scale=0.05, size=(10, 3)):
