@@ -35,9 +35,9 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private, local cluster: 
 from emotalker.bake.batch import run_batch  # noqa: E402
 from emotalker.bake.clip import RunOptions  # noqa: E402
 from emotalker.cli.bake import bake_clip_job  # noqa: E402
+from emotalker.core.base.emotions import EMOTIONS  # noqa: E402
 
 DATA = ROOT / "emotalker" / "data"
-EMOTIONS = ("happy", "sad", "angry", "surprised", "fear", "disgusted", "contempt", "neutral")
 
 
 def noop_job(job) -> dict:
