@@ -67,3 +67,11 @@ def test_main_prints_the_report(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[0] == "5" and lines[0].endswith("Thing.outer")
     assert lines[-1] == "2 function(s) longer than 3 lines"
+
+
+def test_folders_of_code_that_is_not_ours_are_skipped(tmp_path):
+    tool = load_tool()
+    for folder in ("pkg", "build/venv/lib", ".venv/lib", "pkg/__pycache__"):
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+        (tmp_path / folder / "m.py").write_text("x = 1\n")
+    assert tool.python_files([tmp_path]) == [tmp_path / "pkg" / "m.py"]

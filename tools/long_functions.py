@@ -2,7 +2,8 @@
 
     python tools/long_functions.py [PATH ...] [--max N]
 
-PATHs are files or folders (default: the repository, hidden folders skipped).
+PATHs are files or folders (default: the repository; hidden folders, build/ and other folders of
+code that is not ours skipped).
 A function's length runs from its `def` line to its last line, decorators not
 counted; a nested function is listed on its own and also counts in its parent.
 Functions decorated with numba's `njit`/`jit` (bare, called, or as `numba.njit`)
@@ -19,6 +20,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 NUMBA_DECORATORS = {"njit", "jit"}
+NOT_OURS = {"__pycache__", "build", "node_modules", "site-packages"}
+"""Folders skipped besides hidden ones: caches, and build/, where the Blender version tests keep whole venvs."""
 
 
 def decorator_name(node: ast.expr) -> str:
@@ -59,8 +62,8 @@ def python_files(paths: list[Path]) -> list[Path]:
             files.append(path)
             continue
         for file in sorted(path.rglob("*.py")):
-            hidden = any(part.startswith(".") or part == "__pycache__" for part in file.relative_to(path).parts)
-            if not hidden:
+            parts = file.relative_to(path).parts
+            if not any(part.startswith(".") or part in NOT_OURS for part in parts):
                 files.append(file)
     return files
 
