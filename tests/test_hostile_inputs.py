@@ -682,14 +682,21 @@ def session_processes(session: int) -> list[str]:
     return alive
 
 
+INTERRUPTED_FRAMES = 250
+
+
 def interrupt_batch(baked: Path, tmp_path: Path, signame: str, to_group: bool) -> list[str]:
-    """Start `bake-batch` on three tiny clips, two at a time, and send it `signame` once a clip has baked a frame
+    """Start `bake-batch` on three clips, two at a time, and send it `signame` once a clip has baked a frame
     (to its process group: what Ctrl-C in a terminal does); check that it exits with the shell's status for
     the signal and one line naming the clips it stopped, that none of its processes is left and that the status
     file says which clips were interrupted. -> the command line, to run again."""
     import signal
 
-    manifest = batch_manifest(tmp_path, baked, [{"id": "a"}, {"id": "b"}, {"id": "c"}])
+    # Clips long enough (250 frames with a PNG each) to be still baking when the signal arrives: the
+    # 4-frame clips of the other batch tests can finish before it since the renderer got fast.
+    long = make_speech(tmp_path / "long.wav", seconds=INTERRUPTED_FRAMES / 25)
+    clip = {"audio": str(long), "frames": f"1:{INTERRUPTED_FRAMES}", "ply": True, "png": True, "resolution": 64}
+    manifest = batch_manifest(tmp_path, baked, [{"id": "a", **clip}, {"id": "b", **clip}, {"id": "c", **clip}])
     args = ["bake-batch", str(manifest), "--workers", "2", "--progress", "none", "--chunk", "1"]
     env = cli_env()
     # A session of its own: every process the batch starts (clips, resource tracker) can be found in it.
@@ -721,7 +728,7 @@ def test_sigterm_ends_every_process_of_bake_batch_and_a_rerun_finishes(baked, tm
     state = json.loads((tmp_path / "batch.status.json").read_text())
     assert set(state["clips"].values()) <= {"done", "skipped (finished earlier)"}, state
     for clip in ("a", "b", "c"):
-        assert len(list((tmp_path / "bake" / clip).glob(f"{clip}_0*.ply"))) == 4
+        assert len(list((tmp_path / "bake" / clip).glob(f"{clip}_0*.ply"))) == INTERRUPTED_FRAMES
 
 
 def test_ctrl_c_ends_every_process_of_bake_batch_with_one_line(baked, tmp_path):
