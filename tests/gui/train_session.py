@@ -22,7 +22,7 @@ from window import HEARTBEAT, beats, heartbeat, start, view3d  # noqa: E402
 
 OUT, DATASET = (Path(a).resolve() for a in sys.argv[sys.argv.index("--") + 1:][:2])
 AVATAR = OUT / "avatar"
-STEPS = {"neutral_steps": 60, "a2e_steps": 2, "emotion_steps": 2, "gaussians": 300}
+STEPS = {"neutral_steps": 200, "a2e_steps": 2, "emotion_steps": 2, "gaussians": 300}  # Esc comes well before Stage 1 ends
 results: dict = {"blender": bpy.app.version_string}
 
 
@@ -55,7 +55,7 @@ def steps():
     first = start_training()
     assert first == {"RUNNING_MODAL"}, f"the training did not start modally: {first}"
     messages: list[str] = []
-    yield from watch(lambda: RUNNING and RUNNING[0].fraction > 5 / 60 / 3, 300, messages)
+    yield from watch(lambda: RUNNING and RUNNING[0].fraction > 5 / STEPS["neutral_steps"] / 3, 300, messages)
     window, area, _ = view3d()
     window.event_simulate(type="ESC", value="PRESS", x=area.x + area.width // 2, y=area.y + area.height // 2)
     window.event_simulate(type="ESC", value="RELEASE", x=area.x + area.width // 2, y=area.y + area.height // 2)
