@@ -25,6 +25,7 @@ import tempfile
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +38,10 @@ from emotalker.core.datasets.dataset import Dataset  # noqa: E402
 from emotalker.core.evaluation.neutral import evaluate, render_neutral_frame  # noqa: E402
 from emotalker.core.rig.flame import FlameParams  # noqa: E402
 from emotalker.core.datasets.frames import FrameSet  # noqa: E402
+from emotalker.core.training.budget import StepBudget  # noqa: E402
 from emotalker.core.training.neutral import NeutralTrainer, TrainNeutralConfig, new_model  # noqa: E402
-
-
-class _Stop(Exception):
-    pass
+from emotalker.core.training.pipeline import TrainAllConfig  # noqa: E402
+from emotalker.core.training.plan import plan_training  # noqa: E402
 
 
 def evenly(n_total: int, n: int) -> list[int]:
@@ -83,38 +83,20 @@ def parse_args() -> argparse.Namespace:
 
 
 class BudgetedRun:
-    """The trainer's per-step hook: fits the schedule to the time budget after a probe, records
-    the held-out curve, and stops at the budget. Evaluation pauses are not training time."""
-
-    PROBE_STEPS = 50
+    """The trainer's per-step hook: records the held-out curve; evaluation pauses are left out of
+    the time budget (the trainer's StepBudget, the one `--minutes` uses, fits the steps to it)."""
 
     def __init__(self, args: argparse.Namespace, test: FrameSet, curve_idx: list[int]):
         self.args, self.test, self.curve_idx = args, test, curve_idx
-        self.budget = args.minutes * 60
-        self.t10 = 0.0
+        self.budget = None if args.steps else StepBudget(args.minutes * 60)
         self.curve: list[dict] = []
         self.paused = 0.0
         self.next_eval = 0.0
 
     def __call__(self, tr: NeutralTrainer, stats) -> None:
-        step, t = tr.state.step, tr.state.seconds
-        if step == 10:
-            self.t10 = t
-        if not self.args.steps and step == self.PROBE_STEPS:
-            self.fit_schedule(tr, t)
-        if t >= self.next_eval or step == tr.cfg.steps:
+        t = tr.state.seconds
+        if t >= self.next_eval or tr.state.step == tr.cfg.steps:
             self.curve_point(tr, stats, t)
-        if tr.state.seconds - self.paused > self.budget * 1.02 and not self.args.steps:
-            raise _Stop
-
-    def fit_schedule(self, tr: NeutralTrainer, t: float) -> None:
-        """Fit the schedule (lr decay, densification window) to the time left; the first steps
-        (JIT compilation) are left out of the rate."""
-        per_step = (t - self.t10) / (self.PROBE_STEPS - 10)
-        total = int(self.PROBE_STEPS + (self.budget - t) / per_step * 0.97)
-        tr.cfg = TrainNeutralConfig(**{**tr.cfg.__dict__, "steps": total, "densify_from": None,
-                                       "densify_until": None, "sh_increase_every": None}).resolved()
-        print(f"probe: {per_step * 1000:.0f} ms/step -> {total} steps", flush=True)
 
     def curve_point(self, tr: NeutralTrainer, stats, t: float) -> None:
         t0 = time.monotonic()
@@ -126,6 +108,8 @@ class BudgetedRun:
         print(f"  {minutes:6.2f} min  step {tr.state.step:6d}  test PSNR {m['psnr']:.2f} dB  n={stats['n']}", flush=True)
         self.next_eval = t + self.args.eval_every * 60
         self.paused += time.monotonic() - t0  # evaluation time is not training time
+        if self.budget is not None:
+            self.budget.exclude(time.monotonic() - t0)
 
 
 def minutes_to(curve: list[dict], psnr: float) -> float | None:
@@ -211,14 +195,17 @@ def main() -> int:
     model = new_model(ds.flame_model(), args.gaussians)
     baseline = evaluate(model, test, test_idx)
     print(f"baseline (untrained init): test PSNR {baseline['psnr']:.2f} dB, mouth {baseline['mouth_psnr']:.2f} dB", flush=True)
-    cfg = TrainNeutralConfig(steps=args.steps or 10**6, resolution=args.resolution, max_gaussians=args.max_gaussians,
-                             checkpoint_every=10**9, delta_every=args.delta_every)
+    cfg = TrainNeutralConfig(steps=args.steps or 1, minutes=None if args.steps else args.minutes,
+                             resolution=args.resolution, max_gaussians=args.max_gaussians,
+                             checkpoint_every=10**9, delta_every=args.delta_every,
+                             model=replace(model.config))
+    if not args.steps:  # the CLI's plan: the first count from a probe; the StepBudget refits it while training
+        plan = plan_training(args.dataset, TrainAllConfig(neutral=cfg), ["neutral"], "cpu", None)
+        print("\n".join(plan.lines()), flush=True)
+        cfg = replace(cfg, steps=plan.stages[0].steps)
     trainer = NeutralTrainer(model, train, cfg)
     run = BudgetedRun(args, test, evenly(len(test), args.curve_frames))
-    try:
-        trainer.run(on_step=run)
-    except _Stop:
-        print("stopped at the time budget", flush=True)
+    trainer.run(on_step=run, budget=run.budget)
     train_seconds = trainer.state.seconds - run.paused
     model = trainer.model
     model.active_sh_degree = trainer.sh_degree_at(trainer.state.step)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import bpy
-from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
 from . import session
 from .job import JobOperator, WorkerJob
@@ -26,13 +26,21 @@ class TrainJob(WorkerJob):
     """One `train` request; its message tells the stage, the step and the held-out PSNR of stages done."""
 
     def __init__(self, client, dataset: str, avatar: str, stage: str = "all", steps: dict | None = None,
-                 resume: bool = True, device: str = "auto", gaussians: int = 0):
+                 resume: bool = True, device: str = "auto", gaussians: int = 0, minutes: float = 0.0):
         """`steps`: {stage: steps} for the stages whose default is not wanted; `gaussians`: Stage 1's
-        initial count (0: its default)."""
+        initial count (0: its default); `minutes`: a time budget for the stage or the whole run (0: the
+        device's default for all stages, which is 30 minutes on a CPU unless steps are given)."""
         self.stages = STAGES if stage == "all" else (stage,)
         config = {name: {"steps": int(n)} for name, n in (steps or {}).items()}
         if gaussians:
             config.setdefault("neutral", {})["model"] = {"n_gaussians": int(gaussians)}
+        if minutes > 0:
+            if stage == "all":
+                config["minutes"] = float(minutes)
+            else:
+                config.setdefault(stage, {})["minutes"] = float(minutes)
+        self.plan: list[str] = []
+        self.planned = ""
         params = {"dataset": dataset, "avatar": avatar, "stage": stage, "resume": resume, "device": device,
                   "config": config}
         super().__init__(client, "train", params, read=[dataset], write=[avatar])
@@ -41,6 +49,12 @@ class TrainJob(WorkerJob):
 
     def on_progress(self, event: dict) -> None:
         stage = str(event.get("stage", "")).removeprefix("train ")
+        if stage == "plan":  # before the first step: what will be trained and for how long
+            self.plan = list(event.get("lines", []))
+            self.planned = f"; about {event.get('estimate_minutes') or 0:.0f} min planned"
+            self.message = "planned: " + ", ".join(
+                f"{STAGE_TITLES.get(s['stage'], s['stage'])} {s['steps']} steps" for s in event.get("stages", [])) + self.planned
+            return
         if stage == "report":  # after every stage: the avatar report
             self.message = f"writing the avatar report{self._held_out_text()}"
             return
@@ -55,7 +69,7 @@ class TrainJob(WorkerJob):
             self.fraction = (index + min(step / total, 1.0)) / len(self.stages)
             psnr = f", PSNR {event['psnr']:.1f} dB" if isinstance(event.get("psnr"), (int, float)) else ""
             self.message = (f"{STAGE_TITLES.get(stage, stage)} ({index + 1} of {len(self.stages)}) "
-                            f"step {step}/{total}{psnr}{self._held_out_text()}")
+                            f"step {step}/{total}{psnr}{self._held_out_text()}{self.planned}")
 
     def _held_out_text(self) -> str:
         done = [f"{STAGE_TITLES[s]} {v:.2f} dB" for s, v in self.held_out.items() if v is not None]
@@ -78,6 +92,9 @@ class EMOTALKER_OT_train_avatar(JobOperator, bpy.types.Operator):
     a2e_steps: IntProperty(name="A2E Steps", default=0, min=0, description="0: the stage's default")
     emotion_steps: IntProperty(name="Stage 2 Steps", default=0, min=0, description="0: the stage's default")
     gaussians: IntProperty(name="Gaussians", default=0, min=0, description="Stage 1's initial Gaussians (0: the default)")
+    minutes: FloatProperty(name="Time Budget (min)", default=0.0, min=0.0,
+                           description="Fit the steps to this many minutes (0: 30 on a CPU for all stages unless "
+                                       "steps are given; none on CUDA)")
     resume: BoolProperty(name="Resume", default=True, description="Continue each stage from its checkpoint")
     import_result: BoolProperty(name="Import When Done", default=True)
     open_report: BoolProperty(name="Open the Report", default=True,
@@ -95,13 +112,13 @@ class EMOTALKER_OT_train_avatar(JobOperator, bpy.types.Operator):
                                    ("emotion", self.emotion_steps)) if n > 0}
         Path(out).mkdir(parents=True, exist_ok=True)
         return TrainJob(session.worker(context), dataset, out, self.stage.lower(), steps, self.resume,
-                        session.device(context), self.gaussians)
+                        session.device(context), self.gaussians, self.minutes)
 
     def cancelled_message(self) -> str:
         return "training cancelled; run it again with Resume to continue from the last step"
 
     def finished(self, context, result):
-        for line in self._job.summaries:
+        for line in self._job.plan + self._job.summaries:
             self.report({"INFO"}, line)
         if result.get("report_error"):
             self.report({"WARNING"}, f"the avatar report failed: {result['report_error']}")

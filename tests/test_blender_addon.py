@@ -467,6 +467,23 @@ def test_train_job_shows_the_stage_its_step_and_the_held_out_psnr_of_stages_done
     assert one.message == "Stage 2 (1 of 1) step 1/4" and one.fraction == 0.25
 
 
+def test_train_job_shows_the_plan_before_the_first_step_and_sends_a_time_budget():
+    from blender_addon.ops_train import TrainJob
+
+    job = TrainJob(client=None, dataset="/d", avatar="/a", minutes=12.0)
+    assert job.params["config"] == {"minutes": 12.0}
+    job.on_progress({"stage": "plan", "lines": ["plan (cpu, a budget of 12 min; probed in 20 s):", "..."],
+                     "estimate_minutes": 12.0, "stages": [{"stage": "neutral", "steps": 4000},
+                                                          {"stage": "a2e", "steps": 900},
+                                                          {"stage": "emotion", "steps": 700}]})
+    assert job.message == "planned: Stage 1 4000 steps, A2E 900 steps, Stage 2 700 steps; about 12 min planned"
+    assert job.plan[0].startswith("plan (cpu")  # reported in the info log when the job ends
+    job.on_progress({"stage": "train neutral", "step": 10, "total": 4000})
+    assert job.message == "Stage 1 (1 of 3) step 10/4000; about 12 min planned"
+    one = TrainJob(client=None, dataset="/d", avatar="/a", stage="emotion", minutes=3.0)
+    assert one.params["config"] == {"emotion": {"minutes": 3.0}}
+
+
 def test_train_operator_trains_every_stage_and_imports_the_avatar(addon, tmp_path):
     from emotion_fixture import make_emotion_dataset
 

@@ -154,9 +154,12 @@ def test_the_worker_trains_every_stage_and_a_cancelled_run_resumes_from_the_step
               "config": {"neutral": {"steps": 40, "checkpoint_every": 1000, "model": {"n_gaussians": 100}},
                          "a2e": {"steps": 2}, "emotion": {"steps": 2, "eval_stride": 8}}}
     client = WorkerClient(sys.executable)
-    seen = []
+    seen, plans = [], []
 
     def cancel_at_the_third_step(event: dict) -> None:
+        if event["stage"] == "plan":  # before the first step
+            plans.append(event)
+            return
         seen.append(event["step"])
         if len(seen) == 3:
             client.cancel(event["id"])
@@ -166,6 +169,8 @@ def test_the_worker_trains_every_stage_and_a_cancelled_run_resumes_from_the_step
             client.call("train", params, timeout=300, on_progress=cancel_at_the_third_step,
                         read=[dataset_root], write=[out])
         assert cancelled.value.kind == "cancelled" and seen[:3] == [1, 2, 3]
+        assert [(st["stage"], st["steps"]) for st in plans[0]["stages"]] == [("neutral", 40), ("a2e", 2), ("emotion", 2)]
+        assert plans[0]["lines"][0].startswith("plan (cpu, no time budget")  # steps were given
         assert AvatarBundle.open(out).checkpoints("neutral")
 
         events = []

@@ -138,7 +138,11 @@ def test_cli_train_render_eval(dataset, tmp_path, capsys):
                "--gaussians", "300", "--max-gaussians", "1000", "--progress", "json", "--eval-frames", "3"])
     assert rc == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert lines[0]["stage"] == "train neutral" and lines[-1]["done"]
+    # The plan comes first (30 steps are too few to probe), then the stage's progress.
+    assert lines[0]["stage"] == "plan" and lines[0]["stages"][0] == {
+        "stage": "neutral", "steps": 30, "ms_per_step": None, "budget_minutes": None, "estimate_minutes": None,
+        "gaussians": "300 -> 1,000 Gaussians", "resolution": "32 px"}
+    assert lines[1]["stage"] == "train neutral" and lines[-1]["done"]
     manifest = json.loads((out / "avatar.json").read_text())
     info = manifest["stages"]["neutral"]
     assert info["steps"] == 30 and info["resolution"] == [32, 32] and "test_psnr" in info["metrics"]

@@ -58,7 +58,8 @@ def all_options() -> dict:
     """`add_config_options` arguments of TrainAllConfig: each stage's fields under `<stage>.`, named as above."""
     skip, names = set(), {}
     for stage, spec in OPTIONS.items():
-        skip |= {f"{stage}.{p}" for p in spec["skip"]}
+        # One --minutes budgets the whole run; the stages' own are for `train <stage>`.
+        skip |= {f"{stage}.{p}" for p in spec["skip"]} | {f"{stage}.minutes"}
         for leaf in config_leaves(config_class(stage), spec["skip"]):
             own = spec["names"].get(leaf.path, leaf.name.replace("_", "-"))
             path = f"{stage}.{leaf.path}"
@@ -95,20 +96,28 @@ def add_stage_options(p, stage: str) -> None:
 
 
 def run_train(args) -> None:
-    from emotalker.core.training.pipeline import STAGES, train_all
+    from emotalker.core.training.pipeline import TrainAllConfig, stages_to_train, train_all
 
     cls, options = stage_options(args.stage)
     config = config_from_args(cls, args, **options)
-    run = dict(device=args.device, progress=args.progress, resume=args.resume)
+    config, stages = stages_to_train(args.stage, config if args.stage == "all" else TrainAllConfig(**{args.stage: config}))
+    train_all(args.dataset, args.out, config, device=args.device, progress=args.progress, resume=args.resume,
+              stages=stages, on_plan=lambda plan: show_plan(plan, args),
+              on_stage=lambda stage, metrics: report(stage, metrics, args))
     if args.stage == "all":
-        train_all(args.dataset, args.out, config, **run, on_stage=lambda stage, metrics: report(stage, metrics, args))
         try:
             write_avatar_report(args.out, args.dataset, device=args.device, progress=args.progress)
         except (EmoTalkerError, OSError) as exc:  # the avatar is whole: a report that fails does not undo it
             print(f"the avatar is trained, but its report failed ({exc}); `emotalker report {args.out}` "
                   f"writes it again", file=sys.stderr)
+
+
+def show_plan(plan, args) -> None:
+    """The plan before the first step: a JSON line with --progress json, else a table for a person."""
+    if args.progress == "json":
+        print(json.dumps({"stage": "plan", **plan.to_dict()}), flush=True)
     else:
-        report(args.stage, dict(STAGES)[args.stage](args.dataset, args.out, config, **run), args)
+        print("\n".join(plan.lines()), flush=True)
 
 
 def report(stage: str, metrics: dict, args) -> None:

@@ -157,13 +157,14 @@ def bake(params: BakeParams, ctx) -> dict:
 def train(params: TrainParams, ctx) -> dict:
     """Train as `emotalker train` does, with progress through the protocol, and an event as each stage
     ends: {"stage": "train <stage>", "finished": true, "summary": one line, "held_out_psnr": dB or null};
+    before the first step, the plan: {"stage": "plan", "lines": [the CLI's lines], **TrainingPlan.to_dict()};
     after every stage (`all`), the avatar report, as `train all` writes it.
 
     A cancel stops at the next step, which is checkpointed first; the same request again resumes.
     Returns {"avatar": folder, "stages": {stage: {"summary", "held_out_psnr"}}}, and for `all` "report"
     (the page's path) or "report_error" (why it failed; the avatar is whole)."""
     from emotalker.bake.report_clip import write_avatar_report
-    from emotalker.core.training.pipeline import STAGES, held_out_psnr, stage_summary, train_all
+    from emotalker.core.training.pipeline import held_out_psnr, stage_summary, stages_to_train, train_all
 
     outcome = {}
 
@@ -171,12 +172,12 @@ def train(params: TrainParams, ctx) -> dict:
         outcome[stage] = {"summary": stage_summary(stage, metrics), "held_out_psnr": held_out_psnr(stage, metrics)}
         ctx.progress({"stage": f"train {stage}", "finished": True, **outcome[stage]})
 
-    run = dict(device=params.device, progress="json", resume=params.resume, progress_sink=ctx.progress)
+    config, stages = stages_to_train(params.stage, params.config)
+    train_all(params.dataset, params.avatar, config, device=params.device, progress="json", resume=params.resume,
+              progress_sink=ctx.progress, stages=stages, on_stage=finished,
+              on_plan=lambda plan: ctx.progress({"stage": "plan", "lines": plan.lines(), **plan.to_dict()}))
     if params.stage != "all":
-        finished(params.stage, dict(STAGES)[params.stage](params.dataset, params.avatar,
-                                                          getattr(params.config, params.stage), **run))
         return {"avatar": params.avatar, "stages": outcome}
-    train_all(params.dataset, params.avatar, params.config, on_stage=finished, **run)
     ctx.progress({"stage": "report", "step": 0, "total": 1})
     try:
         report = {"report": str(write_avatar_report(params.avatar, params.dataset, device=params.device))}

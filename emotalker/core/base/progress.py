@@ -62,6 +62,13 @@ class Progress:
                 sys.stdout.write(json.dumps(event) + "\n")
                 sys.stdout.flush()
 
+    def set_total(self, total: int) -> None:
+        """The stage now ends at `total` steps (a time budget refitted them)."""
+        self.total = total
+        if self._bar is not None:
+            self._bar.total = total
+            self._bar.refresh()
+
     def __exit__(self, *exc) -> None:
         if self._bar is not None:
             self._bar.close()

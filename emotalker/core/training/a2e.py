@@ -39,6 +39,7 @@ from emotalker.core.base.config import to_dict
 from emotalker.core.base.errors import InputError
 from emotalker.core.base.fileio import load_tensors, save_tensors
 from emotalker.core.base.progress import Progress, StopRequested
+from emotalker.core.training.budget import stage_budget
 from emotalker.core.training.resume import checkpoint_to_resume, resumed
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class TrainA2EConfig:
 
     steps: int = 2000
     """Training steps."""
+    minutes: float | None = None
+    """Fit `steps` to this wall-clock budget in minutes, loading and evaluation included (None: train `steps`)."""
     batch: int = 16
     """Windows a step."""
     window: int = 64
@@ -194,6 +197,12 @@ def _lr_at(step: int, cfg: TrainA2EConfig) -> float:
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(t, 1.0))))
 
 
+def check_config(cfg: TrainA2EConfig) -> None:
+    """What no dataset can fix, before anything is read: one InputError."""
+    if cfg.features.kind == "speech" and not cfg.features.model_dir:
+        raise InputError(None, "speech features need a local model folder (features.model_dir, --speech-model)")
+
+
 def train_a2e(dataset: str | os.PathLike, avatar_dir: str | os.PathLike, config: TrainA2EConfig = TrainA2EConfig(),
               device: str = "auto", progress: str = "bar", resume: bool = False,
               progress_sink: Callable[[dict], None] | None = None) -> dict:
@@ -204,8 +213,7 @@ def train_a2e(dataset: str | os.PathLike, avatar_dir: str | os.PathLike, config:
     from emotalker.core.datasets.dataset import Dataset
 
     cfg = config
-    if cfg.features.kind == "speech" and not cfg.features.model_dir:
-        raise InputError(None, "speech features need a local model folder (features.model_dir, --speech-model)")
+    check_config(cfg)
     dev = resolve_device(device)
     started = time.monotonic()
     ds = Dataset.open(dataset)
@@ -231,7 +239,9 @@ def train_a2e(dataset: str | os.PathLike, avatar_dir: str | os.PathLike, config:
     if path is not None:
         start = _load_checkpoint(path, model, opt, cfg)
         resumed(progress, path, start)
-    _fit(model, opt, train_clips, lips, cfg, start, bundle.checkpoint_path("a2e"), dev, progress, progress_sink)
+    steps = _fit(model, opt, train_clips, lips, cfg, start, bundle.checkpoint_path("a2e"), dev, progress, progress_sink,
+                 stage_budget(cfg, started))
+    cfg = replace(cfg, steps=steps)
 
     model.eval()
     metrics = evaluate(model, test_clips or train_clips, lips, model.out_mean.cpu()) if (test_clips or train_clips) else {}
@@ -249,9 +259,9 @@ def train_a2e(dataset: str | os.PathLike, avatar_dir: str | os.PathLike, config:
 
 
 def _fit(model: A2EModel, opt: torch.optim.Optimizer, train_clips: list[ClipData], lips: LipRig,
-         cfg: TrainA2EConfig, start: int, ckpt: Path, dev, progress: str, progress_sink=None) -> None:
-    """The training loop from step `start` to cfg.steps; checkpoints to `ckpt` on the way, on Ctrl-C
-    and when the progress sink asks to stop."""
+         cfg: TrainA2EConfig, start: int, ckpt: Path, dev, progress: str, progress_sink=None, budget=None) -> int:
+    """The training loop from step `start` to cfg.steps (refitted by `budget`, a StepBudget, when given);
+    checkpoints to `ckpt` on the way, on Ctrl-C and when the progress sink asks to stop. Returns the steps trained."""
     window = min(cfg.window, min(len(c.params) for c in train_clips))
     # Lip loss in units of the training set's lip motion, so it weighs like the normalised parameter loss.
     all_params = torch.from_numpy(np.concatenate([c.params for c in train_clips]))
@@ -286,9 +296,13 @@ def _fit(model: A2EModel, opt: torch.optim.Optimizer, train_clips: list[ClipData
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
                 step += 1
+                if budget is not None and (steps := budget.steps(step, cfg.steps)) != cfg.steps:
+                    cfg = replace(cfg, steps=steps)
+                    bar.set_total(steps)
                 bar.update(1, loss=loss.item(), lip=loss_lip.item())
                 if step % cfg.checkpoint_every == 0 and step < cfg.steps:
                     _save_checkpoint(ckpt, model, opt, step, cfg)
         except (KeyboardInterrupt, StopRequested):
             _save_checkpoint(ckpt, model, opt, step, cfg)
             raise
+    return step

@@ -53,6 +53,8 @@ class TrainEmotionConfig:
 
     steps: int = 2000
     """Training steps, one frame each."""
+    minutes: float | None = None
+    """Fit `steps` to this wall-clock budget in minutes, loading and evaluation included (None: train `steps`)."""
     # 10x the paper's 1e-4 -> 1e-5: the zero-initialised heads must travel far in the few thousand
     # single-frame steps a CPU affords (600 steps at 1e-4 added 0.05 dB, at 1e-3 1.1 dB; docs/stage2.md).
     lr: float = 1e-3
@@ -228,14 +230,18 @@ class EmotionTrainer:
 
     # -- loop ----------------------------------------------------------------------------
 
-    def run(self, checkpoint: str | Path | None = None, progress=None) -> None:
-        """Train to cfg.steps; checkpoint every cfg.checkpoint_every steps, on Ctrl-C and when the progress
-        sink asks to stop."""
+    def run(self, checkpoint: str | Path | None = None, progress=None, budget=None) -> None:
+        """Train to cfg.steps (refitted by `budget`, a StepBudget, when given); checkpoint every
+        cfg.checkpoint_every steps, on Ctrl-C and when the progress sink asks to stop."""
         t0 = time.monotonic() - self.seconds
         try:
             while self.step < self.cfg.steps:
                 stats = self.train_step()
                 self.seconds = time.monotonic() - t0
+                if budget is not None and (steps := budget.steps(self.step, self.cfg.steps)) != self.cfg.steps:
+                    self.cfg = replace(self.cfg, steps=steps)
+                    if progress is not None:
+                        progress.set_total(steps)
                 if self.step % 10 == 0 or self.step == self.cfg.steps:
                     self.history.append({"step": self.step, "loss": stats["loss"], "psnr": stats["psnr"],
                                          "seconds": round(self.seconds, 3)})
@@ -270,6 +276,7 @@ def train_emotion(dataset: str | os.PathLike, avatar_dir: str | os.PathLike,
     from emotalker.core.training.resume import checkpoint_to_resume, resumed
     from emotalker.core.datasets.dataset import Dataset
     from emotalker.core.evaluation.emotion import evaluate_emotion
+    from emotalker.core.training.budget import stage_budget
     from emotalker.core.training.history import thinned_history
 
     if config.steps < 1:
@@ -292,8 +299,9 @@ def train_emotion(dataset: str | os.PathLike, avatar_dir: str | os.PathLike,
         resumed(progress, path, trainer.step)
     trainer.deformer.train()
     with Progress("train emotion", cfg.steps, mode=progress, initial=trainer.step, sink=progress_sink) as bar:
-        trainer.run(bundle.checkpoint_path("emotion"), bar)
+        trainer.run(bundle.checkpoint_path("emotion"), bar, stage_budget(cfg, started))
     trainer.deformer.eval()
+    cfg = trainer.cfg  # with the steps a budget fitted
 
     test_ids = [c.id for c in ds.split("test")]
     metrics: dict = {}

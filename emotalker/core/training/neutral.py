@@ -47,6 +47,8 @@ class TrainNeutralConfig:
 
     steps: int = 30000
     """Training steps, one frame each."""
+    minutes: float | None = None
+    """Fit `steps` to this wall-clock budget in minutes, loading and evaluation included (None: train `steps`)."""
     resolution: int | None = None
     """Train at this size of the longer image side (None: the dataset's)."""
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
@@ -172,7 +174,8 @@ class NeutralTrainer:
     def __init__(self, model: GaussianBlendshapes, frames: FrameSet, cfg: TrainNeutralConfig, device="cpu"):
         self.model = model.to(device)
         self.frames = frames
-        self.cfg = replace(cfg, model=model.config).resolved(device)  # the model's own, e.g. from a checkpoint
+        self.schedule = replace(cfg, model=model.config)  # the model's own, e.g. from a checkpoint
+        self.cfg = self.schedule.resolved(device)
         self.device = torch.device(device)
         self.opt = build_optimizer(self.model, self.cfg)
         self.state = TrainState()
@@ -188,6 +191,10 @@ class NeutralTrainer:
                              f"{model.n_gaussians + model.n_teeth} Gaussians")
 
     # ------------------------------------------------------------------ one step
+
+    def set_steps(self, steps: int) -> None:
+        """Train to `steps` instead: the step-valued settings left at None follow the new count."""
+        self.cfg = replace(self.schedule, steps=steps).resolved(self.device)
 
     def sh_degree_at(self, step: int) -> int:
         return min(self.model.config.sh_degree, step // self.cfg.sh_increase_every)
@@ -317,8 +324,8 @@ class NeutralTrainer:
         # (absent from checkpoints written before it existed).
         known = {f.name for f in fields(TrainNeutralConfig)} - {"model"}
         train_cfg = from_dict(TrainNeutralConfig, {k: v for k, v in saved.items() if k in known}, path)
-        train_cfg = replace(train_cfg, steps=cfg.steps, max_gaussians=cfg.max_gaussians, backend=cfg.backend,
-                            eval_frames=cfg.eval_frames)
+        train_cfg = replace(train_cfg, steps=cfg.steps, minutes=cfg.minutes, max_gaussians=cfg.max_gaussians,
+                            backend=cfg.backend, eval_frames=cfg.eval_frames)
         trainer = cls(model, frames, train_cfg, device)
         for group in trainer.opt.param_groups:
             name = group["name"]
@@ -337,25 +344,28 @@ class NeutralTrainer:
 
     # ------------------------------------------------------------------ loop
 
-    def run(self, checkpoint: str | Path | None = None, progress=None, on_step=None) -> TrainState:
+    def run(self, checkpoint: str | Path | None = None, progress=None, on_step=None, budget=None) -> TrainState:
         """Train from the current step to cfg.steps; checkpoint every cfg.checkpoint_every steps
         and at the end. `progress`: a Progress (update per step); `on_step(trainer, stats)`:
-        a hook called after each step (evaluation curves, tests that stop a run)."""
-        cfg = self.cfg
+        a hook called after each step (evaluation curves, tests that stop a run); `budget`: a
+        StepBudget that refits cfg.steps as the run goes."""
         # Adam's second moments of the tiny delta gradients fall into denormal floats,
         # which make CPU arithmetic (sqrt above all) tens of times slower.
         torch.set_flush_denormal(True)
         t0 = time.monotonic() - self.state.seconds
         try:
-            while self.state.step < cfg.steps:
+            while self.state.step < self.cfg.steps:
                 stats = self.train_step()
                 self.state.seconds = time.monotonic() - t0
-                if self.state.step % 10 == 0 or self.state.step == cfg.steps:
-                    self.state.history.append({"step": self.state.step, "loss": stats["loss"], "psnr": stats["psnr"],
+                if budget is not None:
+                    self._follow_budget(budget, progress)
+                step, cfg = self.state.step, self.cfg
+                if step % 10 == 0 or step == cfg.steps:
+                    self.state.history.append({"step": step, "loss": stats["loss"], "psnr": stats["psnr"],
                                                "seconds": round(self.state.seconds, 3), "n": stats["n"]})
                 if progress is not None:
                     progress.update(1, loss=stats["loss"], psnr=stats["psnr"], gaussians=stats["n"])
-                if checkpoint is not None and (self.state.step % cfg.checkpoint_every == 0 or self.state.step == cfg.steps):
+                if checkpoint is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
                     self.save_checkpoint(checkpoint)
                 if on_step is not None:
                     on_step(self, stats)
@@ -365,6 +375,13 @@ class NeutralTrainer:
             raise
         self.model.active_sh_degree = self.sh_degree_at(self.state.step)
         return self.state
+
+    def _follow_budget(self, budget, progress) -> None:
+        steps = budget.steps(self.state.step, self.cfg.steps)
+        if steps != self.cfg.steps:
+            self.set_steps(steps)
+            if progress is not None:
+                progress.set_total(steps)
 
 
 def new_model(flame_model, n_gaussians: int, sh_degree: int = 1, seed: int = 0, **overrides) -> GaussianBlendshapes:
@@ -386,6 +403,9 @@ def train_neutral(dataset: str | os.PathLike, avatar_dir: str | os.PathLike,
     from emotalker.core.models.bundle import AvatarBundle
     from emotalker.core.training.history import thinned_history
 
+    from emotalker.core.training.budget import stage_budget
+
+    started = time.monotonic()
     cfg = config
     if cfg.steps < 1:
         raise InputError(None, "steps must be at least 1")
@@ -399,7 +419,7 @@ def train_neutral(dataset: str | os.PathLike, avatar_dir: str | os.PathLike,
     bundle = AvatarBundle.create(avatar_dir)
     trainer = _trainer(bundle, flame, frames, cfg, dev, progress, resume)
     with Progress("train neutral", cfg.steps, mode=progress, initial=trainer.state.step, sink=progress_sink) as bar:
-        state = trainer.run(checkpoint=bundle.checkpoint_path("neutral"), progress=bar)
+        state = trainer.run(checkpoint=bundle.checkpoint_path("neutral"), progress=bar, budget=stage_budget(cfg, started))
 
     model = trainer.model
     flame.save(bundle.flame_path)
