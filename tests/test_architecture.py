@@ -22,8 +22,9 @@ PACKAGE_MAY_IMPORT = {
     "core": set(),
     "sample": {"core"},
     "bake": {"core"},
+    "track": {"core"},
     "worker": {"core", "bake"},
-    "cli": {"core", "bake", "worker", "sample"},
+    "cli": {"core", "bake", "worker", "sample", "track"},
 }
 # The add-on runs inside Blender's Python: the standard library, Blender's own modules and numpy.
 BLENDER_MODULES = {"bpy", "bpy_extras", "mathutils", "gpu", "gpu_extras", "blf", "bmesh", "numpy"}
