@@ -144,11 +144,7 @@ def _landmarks(work: Path, info: VideoInfo, fps: float, progress: str):
         return LandmarkTrack.load(path)
     estimate = max(1, int(round(info.duration * fps)))
     with Progress("landmarks", total=estimate, mode=progress) as bar:
-        def frames():
-            for rgb in read_frames(info, fps):
-                yield rgb
-                bar.update(1)
-        lm = detect_frames(frames())
+        lm = detect_frames(read_frames(info, fps), progress=bar)
     lm.save(path)
     return lm
 
