@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -117,22 +118,29 @@ def _track_into(work: Path, info: VideoInfo, target: "_Target", fps: float, reso
     """Every file of the clip in `work`: landmarks and fit (cached), audio, frames, tracking, sheet."""
     from emotalker.track.landmarks import LandmarkTrack
 
+    clock = [time.monotonic()]
     lm = _landmarks(work, info, fps, progress)
+    clock.append(time.monotonic())
     check_faces(info.path, lm)
     extract_audio(info, work / "audio.wav", len(lm.found) / fps)
     crop = face_crop(lm, info.width, info.height, resolution)
     cropped = LandmarkTrack(points=crop.points(lm.points) if crop else lm.points, found=lm.found, n_faces=lm.n_faces)
     emb = target.embedding(work, progress)
+    clock.append(time.monotonic())
     fit = _fit(work, target, emb, cropped, resolution, fps, settings, progress)
+    clock.append(time.monotonic())
     verts = target.posed(fit)
     _write_frames(work, info, fps, crop, resolution, target.model.faces, verts, fit.tracking, progress)
+    clock.append(time.monotonic())
     fit.tracking.save(work / "tracking.npz")
     if sheet:
         _sheet(work, target, emb, cropped, fit.tracking, verts)
     target.keep_fit(fit, emb)
     return {"frames": len(lm.found), "frames_without_face": int((~lm.found).sum()),
             "crop": asdict(crop) if crop else None, "focal_px": float(fit.focal),
-            "residual_px_mean": float(np.mean(fit.residual_px)), "residual_px_max": float(np.max(fit.residual_px))}
+            "residual_px_mean": float(np.mean(fit.residual_px)), "residual_px_max": float(np.max(fit.residual_px)),
+            # this run's seconds (near 0 where the partial folder's cache served)
+            "seconds": {"landmarks": clock[1] - clock[0], "fit": clock[3] - clock[2], "frames": clock[4] - clock[3]}}
 
 
 def _landmarks(work: Path, info: VideoInfo, fps: float, progress: str):
