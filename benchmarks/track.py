@@ -9,10 +9,10 @@ audio (frames over a plain grey background), tracked with the sample's own rig
 - landmark_px: mean distance between the landmark embedding's points projected
   through the tracked fit and through the ground truth (pixels at 512 wide);
   fit_residual_px is the fit's own error against the detected landmarks;
-- jaw_corr: Pearson correlation of the mouth opening (the inner lips' gap,
-  mediapipe points 13 and 14 on the posed meshes) over all frames; jaw_angle_corr
-  the same for the jaw's rotation alone (the fit may open the mouth with expression
-  components instead);
+- jaw_corr: Pearson correlation of the mouth opening (the gap between the inner
+  lips' upper and lower middle points on the posed meshes) over all frames;
+  jaw_angle_corr the same for the jaw's rotation alone (the fit may open the mouth
+  with expression components instead);
 - expr_error_ratio: RMS expression-coefficient error over the RMS error of the
   baseline that answers every frame with the ground truth's mean expression;
 - rot_deg: mean angle between the head's orientation in the camera's frame,
@@ -46,7 +46,7 @@ from emotalker.core.datasets.dataset import ClipInfo, Dataset, write_dataset_jso
 TRAIN_ARGS = "--neutral-steps 2000 --a2e-steps 300 --emotion-steps 200"
 BACKGROUND = (0.5, 0.5, 0.5)
 RIGID = ("forehead", "nose", "scalp")  # regions that move with the skull only
-MOUTH = (13, 14)  # mediapipe: the inner lips' upper and lower middle points
+MOUTH = ((81, 82, 13, 312, 311), (178, 87, 14, 317, 402))  # mediapipe: the inner lips, upper and lower middle
 
 
 def render_video(ds: Dataset, clip_id: str, out: Path) -> Path:
@@ -106,14 +106,14 @@ def compare_clip(gt: Dataset, tracked: Dataset, clip_id: str, emb) -> dict:
     lm = np.array([np.linalg.norm(project(pt[t], tt.viewmat[t].astype(np.float64), tt.K[t].astype(np.float64))
                                   - project(pg[t], tg.viewmat[t].astype(np.float64), tg.K[t].astype(np.float64)), axis=1).mean()
                    for t in range(len(tg))]) * scale
-    upper, lower = emb.index_of(MOUTH)
+    upper, lower = (emb.index_of(ids) for ids in MOUTH)
+    gap = lambda p: np.linalg.norm(p[:, upper].mean(1) - p[:, lower].mean(1), axis=1)  # noqa: E731
     model = gt.flame_model()
     rigid = np.concatenate([model.regions[r] for r in RIGID if r in model.regions]) if model.regions else np.arange(model.n_verts)
     cg, ct = to_camera(vg[:, rigid], tg.viewmat.astype(np.float64)), to_camera(vt[:, rigid], tt.viewmat.astype(np.float64))
     E = max(tg.expr.shape[1], tt.expr.shape[1])
     pad = lambda e: np.pad(e, ((0, 0), (0, E - e.shape[1])))  # noqa: E731
-    return {"landmark_px": lm, "mouth_gt": np.linalg.norm(pg[:, upper] - pg[:, lower], axis=1),
-            "mouth_tracked": np.linalg.norm(pt[:, upper] - pt[:, lower], axis=1),
+    return {"landmark_px": lm, "mouth_gt": gap(pg), "mouth_tracked": gap(pt),
             "jaw_gt": tg.jaw[:, 0], "jaw_tracked": tt.jaw[:, 0], "expr_gt": pad(tg.expr), "expr_tracked": pad(tt.expr),
             "rot_deg": np.array([kabsch_angle(ct[t], cg[t]) for t in range(len(tg))]),
             "rot_deg_viewmat": rotation_angles(tt.viewmat[:, :3, :3], tg.viewmat[:, :3, :3])}
