@@ -127,6 +127,15 @@ def test_cache_is_reused_and_remade_when_the_rig_changes(rig, monkeypatch):
     assert len(made) == 3
 
 
+def test_a_rig_without_a_face_is_refused_in_one_line(tmp_path, mediapipe):
+    from standin_rig import standin_model
+
+    path = tmp_path / "egg.npz"
+    with pytest.raises(InputError, match="FaceMesh found a face in 0 of") as info:
+        landmark_embedding(standin_model(), path)
+    assert str(path) in str(info.value) and not emb_mod.cache_path(path).exists()
+
+
 def test_embedding_file_round_trip_and_bad_file(tmp_path, rig):
     _, _, emb = rig
     emb.save(tmp_path / "e.npz")

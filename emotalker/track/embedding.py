@@ -1,16 +1,18 @@
 """Where mediapipe's landmarks sit on a FLAME-format rig, found by rendering the rig itself.
 
 No hand-made correspondence is needed, so this works for the procedural head and for a
-converted FLAME model alike: the rig's neutral template is drawn with its albedo from a few
-views (`mesh_preview`'s rasteriser), FaceMesh finds the 478 landmarks on each render, and
+converted FLAME model alike. The rig's template, with the jaw a little open (JAW_OPEN, so
+that each lip's inner contour lands on its own lip), is drawn with its albedo from a few
+views by `mesh_preview`'s rasteriser; FaceMesh finds the 478 landmarks on each render, and
 each landmark pixel is cast back onto the mesh through the rasteriser's face id and
-barycentrics. Per landmark the views vote: the median of the 3D hits, the hits near it kept
-(the weight is the share of views that agree), then the nearest surface point among the
-triangles they hit becomes a (triangle, barycentric) pair. Landmarks the views do not agree
-on (the face oval where the rig has no surface there, points a view sees only edge-on) are
-dropped. The result is cached beside the rig, keyed by a hash of the rig's arrays. The template is drawn with the jaw
-a little open (JAW_OPEN), so that the two lips' inner contours land on their own lips; a
-(triangle, barycentric) pair holds in every pose, so nothing else depends on that.
+barycentrics (through the front surface when it lies on a depth edge). Per landmark the
+views vote: the median of the 3D hits, the hits near it kept (the weight is the share of
+views that agree), then the surface point nearest their mean becomes a (triangle,
+barycentric) pair, which holds in every pose. Landmarks the views do not agree on (parts of
+the face oval, points some views see only edge-on) are dropped. The result is cached beside
+the rig, keyed by a hash of the rig's arrays.
+
+A rig without an albedo is drawn grey; FaceMesh still finds it, less precisely (irises above all).
 """
 
 from __future__ import annotations
@@ -32,12 +34,13 @@ METHOD_VERSION = 1
 RESOLUTION = 512
 # (yaw, pitch) in degrees of the camera around the head: frontal first; small angles, where FaceMesh
 # is sure of the whole face, outnumber the wider ones that mostly help the cheeks and the jaw line.
-VIEWS = ((0, 0), (-15, 0), (15, 0), (0, -12), (0, 12), (-30, 5), (30, 5))
+VIEWS = ((0, 0), (-15, 0), (15, 0), (0, -12), (0, 12), (-10, -10), (10, 10), (-30, 5), (30, 5))
 AGREE = 0.012  # hits within this fraction of the head's bounding-box diagonal of the median agree
 MIN_AGREE = 0.5  # a landmark needs this share of the views that found the face to agree
 # The template is rendered with the jaw this far open (radians): with the lips apart the inner-lip
 # landmarks of the lower lip land on the lower lip, not on the upper one they touch at rest.
-JAW_OPEN = 0.1
+# 0.05: at 0.03 two of them still took the upper lip; 0.07 and 0.1 fitted the sample's frames a little worse.
+JAW_OPEN = 0.05
 EDGE_PX, EDGE_DEPTH = 3, 0.004  # a landmark this many pixels from a depth step of this many metres is on an edge
 
 
@@ -47,8 +50,9 @@ class LandmarkEmbedding:
 
     landmark [L] int64: the mediapipe index of each embedded point; face [L] int64: its rig
     triangle; vertex_ids [L,3] int64: that triangle's vertices (the rig's faces[face]);
-    bary [L,3] float32: barycentric weights; weight [L] float32 in 0..1: how many views agree.
-    `key` is the hash of the rig arrays it was made from.
+    bary [L,3] float32: barycentric weights; weight [L] float32 in 0..1: the share of the views
+    that agree on the point. `key` is the hash of the rig arrays it was made from. A track's
+    detections that match `points(vertices)` are `track.points[:, emb.landmark]`.
     """
 
     landmark: np.ndarray
@@ -99,6 +103,9 @@ class LandmarkEmbedding:
         for name, shape in shapes.items():
             if data[name].shape != shape:
                 raise InputError(path, f"{name} has shape {list(data[name].shape)}, expected {list(shape)}")
+        if L and not (0 <= data["landmark"].min() and data["landmark"].max() < N_LANDMARKS
+                      and np.isfinite(data["bary"]).all() and np.isfinite(data["weight"]).all()):
+            raise InputError(path, "landmark indices out of range or non-finite weights")
         return cls(data["landmark"].astype(np.int64), data["face"].astype(np.int64),
                    data["vertex_ids"].astype(np.int64), data["bary"].astype(np.float32),
                    data["weight"].astype(np.float32), key=str(data.get("key", "")))
@@ -106,7 +113,8 @@ class LandmarkEmbedding:
 
 def rig_key(model: FlameModel) -> str:
     """A hash of what the embedding depends on: the template, the triangles, the albedo and the method."""
-    h = hashlib.sha256(f"{FORMAT} {METHOD_VERSION} {RESOLUTION} {VIEWS} {AGREE} {MIN_AGREE} {JAW_OPEN} {EDGE_PX} {EDGE_DEPTH}".encode())
+    settings = (FORMAT, METHOD_VERSION, RESOLUTION, VIEWS, AGREE, MIN_AGREE, JAW_OPEN, EDGE_PX, EDGE_DEPTH)
+    h = hashlib.sha256(repr(settings).encode())
     # the skinning too: the template is rendered with the jaw open
     for a in (model.v_template, model.faces, model.albedo, model.weights, model.J_regressor, model.kintree_table,
               model.posedirs):
@@ -240,10 +248,10 @@ def make_embedding(model: FlameModel, progress=None, source=None) -> LandmarkEmb
     if len(hits) < 2:
         raise InputError(source, f"FaceMesh found a face in {len(hits)} of {len(VIEWS)} renders of this rig's "
                                  "neutral template; a landmark embedding needs a recognisable face (and an albedo)")
-    return vote(model, verts, np.stack(hits), np.stack(faces))
+    return vote(model, verts, np.stack(hits), np.stack(faces), source)
 
 
-def vote(model: FlameModel, verts: np.ndarray, hits: np.ndarray, faces: np.ndarray) -> LandmarkEmbedding:
+def vote(model: FlameModel, verts: np.ndarray, hits: np.ndarray, faces: np.ndarray, source=None) -> LandmarkEmbedding:
     """hits [N,478,3] (NaN: missed) on verts [V,3], faces [N,478], per view that found the face -> the embedding."""
     tol = AGREE * float(np.linalg.norm(verts.max(0) - verts.min(0)))
     n_views = hits.shape[0]
@@ -259,7 +267,7 @@ def vote(model: FlameModel, verts: np.ndarray, hits: np.ndarray, faces: np.ndarr
         face, bary = nearest_on_faces(verts, model.faces, np.unique(faces[agree, k]), hits[agree, k].mean(0))
         rows.append((k, face, bary, agree.sum() / n_views))
     if not rows:
-        raise InputError(None, "no landmark landed on the rig's surface consistently across the views")
+        raise InputError(source, "no landmark landed on the rig's surface consistently across the views")
     landmark, face, bary, weight = zip(*rows)
     face = np.array(face, np.int64)
     return LandmarkEmbedding(np.array(landmark, np.int64), face, model.faces[face].astype(np.int64),
