@@ -1,14 +1,18 @@
 """Where mediapipe's landmarks sit on a FLAME-format rig, found by rendering the rig itself.
 
 No hand-made correspondence is needed, so this works for the procedural head and for a
-converted FLAME model alike: the rig's neutral template is drawn with its albedo from a few
-views (`mesh_preview`'s rasteriser), FaceMesh finds the 478 landmarks on each render, and
+converted FLAME model alike. The rig's template, with the jaw a little open (JAW_OPEN, so
+that each lip's inner contour lands on its own lip), is drawn with its albedo from a few
+views by `mesh_preview`'s rasteriser; FaceMesh finds the 478 landmarks on each render, and
 each landmark pixel is cast back onto the mesh through the rasteriser's face id and
-barycentrics. Per landmark the views vote: the median of the 3D hits, the hits near it kept
-(the weight is the share of views that agree), then the nearest surface point among the
-triangles they hit becomes a (triangle, barycentric) pair. Landmarks the views do not agree
-on (the face oval where the rig has no surface there, points a view sees only edge-on) are
-dropped. The result is cached beside the rig, keyed by a hash of the rig's arrays.
+barycentrics (through the front surface when it lies on a depth edge). Per landmark the
+views vote: the median of the 3D hits, the hits near it kept (the weight is the share of
+views that agree), then the surface point nearest their mean becomes a (triangle,
+barycentric) pair, which holds in every pose. Landmarks the views do not agree on (parts of
+the face oval, points some views see only edge-on) are dropped. The result is cached beside
+the rig, keyed by a hash of the rig's arrays.
+
+A rig without an albedo is drawn grey; FaceMesh still finds it, less precisely (irises above all).
 """
 
 from __future__ import annotations
@@ -30,9 +34,14 @@ METHOD_VERSION = 1
 RESOLUTION = 512
 # (yaw, pitch) in degrees of the camera around the head: frontal first; small angles, where FaceMesh
 # is sure of the whole face, outnumber the wider ones that mostly help the cheeks and the jaw line.
-VIEWS = ((0, 0), (-15, 0), (15, 0), (0, -12), (0, 12), (-30, 5), (30, 5))
+VIEWS = ((0, 0), (-15, 0), (15, 0), (0, -12), (0, 12), (-10, -10), (10, 10), (-30, 5), (30, 5))
 AGREE = 0.012  # hits within this fraction of the head's bounding-box diagonal of the median agree
 MIN_AGREE = 0.5  # a landmark needs this share of the views that found the face to agree
+# The template is rendered with the jaw this far open (radians): with the lips apart the inner-lip
+# landmarks of the lower lip land on the lower lip, not on the upper one they touch at rest.
+# 0.05: at 0.03 two of them still took the upper lip; 0.07 and 0.1 fitted the sample's frames a little worse.
+JAW_OPEN = 0.05
+EDGE_PX, EDGE_DEPTH = 3, 0.004  # a landmark this many pixels from a depth step of this many metres is on an edge
 
 
 @dataclass
@@ -41,8 +50,9 @@ class LandmarkEmbedding:
 
     landmark [L] int64: the mediapipe index of each embedded point; face [L] int64: its rig
     triangle; vertex_ids [L,3] int64: that triangle's vertices (the rig's faces[face]);
-    bary [L,3] float32: barycentric weights; weight [L] float32 in 0..1: how many views agree.
-    `key` is the hash of the rig arrays it was made from.
+    bary [L,3] float32: barycentric weights; weight [L] float32 in 0..1: the share of the views
+    that agree on the point. `key` is the hash of the rig arrays it was made from. A track's
+    detections that match `points(vertices)` are `track.points[:, emb.landmark]`.
     """
 
     landmark: np.ndarray
@@ -93,6 +103,9 @@ class LandmarkEmbedding:
         for name, shape in shapes.items():
             if data[name].shape != shape:
                 raise InputError(path, f"{name} has shape {list(data[name].shape)}, expected {list(shape)}")
+        if L and not (0 <= data["landmark"].min() and data["landmark"].max() < N_LANDMARKS
+                      and np.isfinite(data["bary"]).all() and np.isfinite(data["weight"]).all()):
+            raise InputError(path, "landmark indices out of range or non-finite weights")
         return cls(data["landmark"].astype(np.int64), data["face"].astype(np.int64),
                    data["vertex_ids"].astype(np.int64), data["bary"].astype(np.float32),
                    data["weight"].astype(np.float32), key=str(data.get("key", "")))
@@ -100,8 +113,11 @@ class LandmarkEmbedding:
 
 def rig_key(model: FlameModel) -> str:
     """A hash of what the embedding depends on: the template, the triangles, the albedo and the method."""
-    h = hashlib.sha256(f"{FORMAT} {METHOD_VERSION} {RESOLUTION} {VIEWS} {AGREE} {MIN_AGREE}".encode())
-    for a in (model.v_template, model.faces, model.albedo):
+    settings = (FORMAT, METHOD_VERSION, RESOLUTION, VIEWS, AGREE, MIN_AGREE, JAW_OPEN, EDGE_PX, EDGE_DEPTH)
+    h = hashlib.sha256(repr(settings).encode())
+    # the skinning too: the template is rendered with the jaw open
+    for a in (model.v_template, model.faces, model.albedo, model.weights, model.J_regressor, model.kintree_table,
+              model.posedirs):
         a = np.zeros(0) if a is None else np.ascontiguousarray(a)
         h.update(f"{a.dtype} {a.shape}".encode())
         h.update(a.tobytes())
@@ -143,6 +159,17 @@ def landmark_embedding(model: FlameModel, rig_path: str | os.PathLike | None = N
 # ---------------------------------------------------------------------------
 
 
+def posed_template(model: FlameModel) -> np.ndarray:
+    """The template's vertices [V,3] (float64) with the jaw JAW_OPEN radians open."""
+    import torch
+
+    from emotalker.core.rig.flame import FlameParams, FlameRig
+
+    with torch.no_grad():
+        verts, _ = FlameRig(model)(FlameParams(jaw=torch.tensor([[JAW_OPEN, 0.0, 0.0]])))
+    return verts[0].numpy().astype(np.float64)
+
+
 def view_cameras(model: FlameModel, resolution: int = RESOLUTION):
     """(viewmat, K) per view in VIEWS: the camera orbits the template's bounding-box centre,
     far enough that the whole head fits the frame."""
@@ -161,26 +188,45 @@ def view_cameras(model: FlameModel, resolution: int = RESOLUTION):
     return cams
 
 
-def cast_view(model: FlameModel, colours: np.ndarray, viewmat, K, resolution: int, detector):
-    """Render one view, detect, and cast: (hits [478,3] float64 NaN where missed, faces [478] -1 where missed),
-    or None when FaceMesh finds no face."""
+def cast_view(model: FlameModel, verts: np.ndarray, colours: np.ndarray, viewmat, K, resolution: int, detector):
+    """Render verts [V,3] from one view, detect, and cast: (hits [478,3] float64 NaN where missed,
+    faces [478] -1 where missed), or None when FaceMesh finds no face."""
     from emotalker.core.rig.mesh_preview import rasterize, render_mesh
 
-    verts = model.v_template.astype(np.float64)
     img = render_mesh(verts, model.faces, colours, viewmat, K, resolution, resolution, background=(0.5, 0.5, 0.5))
     pts, _ = detector.detect(img)
     if pts is None:
         return None
     fid, bary = rasterize(verts, model.faces, viewmat, K, resolution, resolution)
-    ij = np.floor(pts).astype(np.int64)
-    inside = ((ij >= 0) & (ij < resolution)).all(1)
+    z = verts @ viewmat[2, :3] + viewmat[2, 3]
+    depth = np.where(fid >= 0, (z[model.faces[np.maximum(fid, 0)]] * bary).sum(-1), np.inf)
     face = np.full(N_LANDMARKS, -1, np.int64)
-    face[inside] = fid[ij[inside, 1], ij[inside, 0]]
     hits = np.full((N_LANDMARKS, 3), np.nan)
-    ok = face >= 0
-    w = bary[ij[ok, 1], ij[ok, 0]]
-    hits[ok] = (verts[model.faces[face[ok]]] * w[:, :, None]).sum(1)
+    for k, (x, y) in enumerate(pts):
+        pix = front_pixel(depth, int(np.floor(y)), int(np.floor(x)))
+        if pix is not None:
+            face[k] = fid[pix]
+            hits[k] = bary[pix] @ verts[model.faces[face[k]]]
     return hits, face
+
+
+def front_pixel(depth: np.ndarray, i: int, j: int, radius: int = EDGE_PX, edge: float = EDGE_DEPTH):
+    """The pixel to cast a landmark at (i, j) through: itself, unless it lies behind a depth edge within
+    `radius` pixels (a lip's edge with the mouth's inside behind it, the face's outline), where the
+    nearest pixel of the front surface is taken: a landmark on an edge belongs to the front side."""
+    h, w = depth.shape
+    if not (0 <= i < h and 0 <= j < w):
+        return None
+    i0, j0 = max(i - radius, 0), max(j - radius, 0)
+    win = depth[i0:i + radius + 1, j0:j + radius + 1]
+    front = win.min()
+    if not np.isfinite(front):
+        return None
+    if depth[i, j] <= front + edge:
+        return i, j
+    ii, jj = np.nonzero(win <= front + edge)
+    k = int(np.argmin((ii + i0 - i) ** 2 + (jj + j0 - j) ** 2))
+    return int(ii[k] + i0), int(jj[k] + j0)
 
 
 def make_embedding(model: FlameModel, progress=None, source=None) -> LandmarkEmbedding:
@@ -189,10 +235,11 @@ def make_embedding(model: FlameModel, progress=None, source=None) -> LandmarkEmb
     from emotalker.track.landmarks import LandmarkDetector, _progress
 
     colours = model.albedo if model.albedo is not None else np.full((model.n_verts, 3), 0.75)
+    verts = posed_template(model)
     hits, faces = [], []
     with LandmarkDetector(static_images=True, max_faces=1) as det, _progress(progress, len(VIEWS)) as bar:
         for viewmat, K in view_cameras(model):
-            cast = cast_view(model, colours, viewmat, K, RESOLUTION, det)
+            cast = cast_view(model, verts, colours, viewmat, K, RESOLUTION, det)
             if cast is not None:
                 hits.append(cast[0])
                 faces.append(cast[1])
@@ -201,12 +248,11 @@ def make_embedding(model: FlameModel, progress=None, source=None) -> LandmarkEmb
     if len(hits) < 2:
         raise InputError(source, f"FaceMesh found a face in {len(hits)} of {len(VIEWS)} renders of this rig's "
                                  "neutral template; a landmark embedding needs a recognisable face (and an albedo)")
-    return vote(model, np.stack(hits), np.stack(faces))
+    return vote(model, verts, np.stack(hits), np.stack(faces), source)
 
 
-def vote(model: FlameModel, hits: np.ndarray, faces: np.ndarray) -> LandmarkEmbedding:
-    """hits [N,478,3] (NaN: missed), faces [N,478] per view that found the face -> the embedding."""
-    verts = model.v_template.astype(np.float64)
+def vote(model: FlameModel, verts: np.ndarray, hits: np.ndarray, faces: np.ndarray, source=None) -> LandmarkEmbedding:
+    """hits [N,478,3] (NaN: missed) on verts [V,3], faces [N,478], per view that found the face -> the embedding."""
     tol = AGREE * float(np.linalg.norm(verts.max(0) - verts.min(0)))
     n_views = hits.shape[0]
     rows = []
@@ -221,7 +267,7 @@ def vote(model: FlameModel, hits: np.ndarray, faces: np.ndarray) -> LandmarkEmbe
         face, bary = nearest_on_faces(verts, model.faces, np.unique(faces[agree, k]), hits[agree, k].mean(0))
         rows.append((k, face, bary, agree.sum() / n_views))
     if not rows:
-        raise InputError(None, "no landmark landed on the rig's surface consistently across the views")
+        raise InputError(source, "no landmark landed on the rig's surface consistently across the views")
     landmark, face, bary, weight = zip(*rows)
     face = np.array(face, np.int64)
     return LandmarkEmbedding(np.array(landmark, np.int64), face, model.faces[face].astype(np.int64),

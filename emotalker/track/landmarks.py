@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -40,9 +42,6 @@ LANDMARK_GROUPS: dict[str, np.ndarray] = {k: np.array(v, np.int64) for k, v in {
 
 def import_mediapipe():
     """The mediapipe module, or an InputError saying how to install the `track` extra."""
-    # FaceMesh's C++ side logs every graph start on stderr; keep it to warnings unless the user asked.
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         import mediapipe
     except ImportError:
@@ -88,6 +87,37 @@ class LandmarkTrack:
         return cls(points.astype(np.float32), found.astype(bool), n_faces.astype(np.int32))
 
 
+@contextlib.contextmanager
+def native_stderr_to(held):
+    """Send what C++ code writes to file descriptor 2 meanwhile into the file `held`: FaceMesh's graph
+    prints start-up notices there (TFLite's delegate, absl warnings) as it meets its first images, and
+    no setting silences them. What was held is shown after all when the block fails."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(held.fileno(), 2)
+    try:
+        yield
+    except BaseException:
+        _flush_c_stdio()
+        os.dup2(saved, 2)
+        held.seek(0)
+        sys.stderr.write(held.read().decode(errors="replace"))
+        raise
+    finally:
+        _flush_c_stdio()  # C's stderr can be buffered: what it holds belongs to the redirected side
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _flush_c_stdio() -> None:
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):  # no C library to flush through (never on Linux or macOS)
+        pass
+
+
 def _as_rgb8(image: np.ndarray) -> np.ndarray:
     """uint8 [H,W,3] contiguous from uint8 or 0..1 float RGB or RGBA (FaceMesh wants exactly that)."""
     image = np.asarray(image)
@@ -106,10 +136,11 @@ class LandmarkDetector:
     """
 
     def __init__(self, static_images: bool = False, max_faces: int = 2):
-        mp = import_mediapipe()
-        self._mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=static_images, max_num_faces=max_faces,
-                                                     refine_landmarks=True, min_detection_confidence=0.5,
-                                                     min_tracking_confidence=0.5)
+        self._mp = import_mediapipe()  # here, so that a missing extra is reported before any work
+        self._options = dict(static_image_mode=static_images, max_num_faces=max_faces, refine_landmarks=True,
+                             min_detection_confidence=0.5, min_tracking_confidence=0.5)
+        self._mesh = None
+        self._held = tempfile.TemporaryFile()
 
     def __enter__(self) -> "LandmarkDetector":
         return self
@@ -119,14 +150,21 @@ class LandmarkDetector:
 
     def close(self) -> None:
         if self._mesh is not None:
-            self._mesh.close()
+            with native_stderr_to(self._held):
+                self._mesh.close()
             self._mesh = None
+        self._held.close()
 
     def detect(self, rgb: np.ndarray) -> tuple[np.ndarray | None, int]:
         """([478,2] float32 pixels of the largest face, or None when there is none; faces found)."""
         rgb = _as_rgb8(rgb)
         h, w = rgb.shape[:2]
-        result = self._mesh.process(rgb)
+        with native_stderr_to(self._held):
+            # The graph opens its models in its own threads once started: started here, inside the
+            # redirect, its notices land in the held file rather than amid the caller's output.
+            if self._mesh is None:
+                self._mesh = self._mp.solutions.face_mesh.FaceMesh(**self._options)
+            result = self._mesh.process(rgb)
         faces = result.multi_face_landmarks or []
         if not faces:
             return None, 0
