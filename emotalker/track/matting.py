@@ -19,21 +19,33 @@ MARGIN = 0.01
 
 
 class SelfieMatte:
-    """mediapipe's selfie segmentation (its bundled model), as a context manager: `matte(rgb)` -> [H,W] in 0..1."""
+    """mediapipe's selfie segmentation (its bundled model), as a context manager: `matte(rgb)` -> [H,W] in 0..1.
+    Its start-up notices are held back as the landmark detector's are (`native_stderr_to`)."""
 
     def __enter__(self) -> "SelfieMatte":
+        import tempfile
+
         from emotalker.track.landmarks import import_mediapipe
 
-        mp = import_mediapipe()
-        self._seg = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
+        self._mp, self._held, self._seg = import_mediapipe(), tempfile.TemporaryFile(), None
         return self
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        mask = self._seg.process(np.ascontiguousarray(rgb)).segmentation_mask
+        from emotalker.track.landmarks import native_stderr_to
+
+        with native_stderr_to(self._held):
+            if self._seg is None:
+                self._seg = self._mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
+            mask = self._seg.process(np.ascontiguousarray(rgb)).segmentation_mask
         return np.clip(np.asarray(mask, np.float32), 0.0, 1.0)
 
     def __exit__(self, *exc) -> None:
-        self._seg.close()
+        from emotalker.track.landmarks import native_stderr_to
+
+        if self._seg is not None:
+            with native_stderr_to(self._held):
+                self._seg.close()
+        self._held.close()
 
 
 def head_silhouette(verts: np.ndarray, faces: np.ndarray, viewmat: np.ndarray, K: np.ndarray, size: int) -> np.ndarray:
