@@ -25,6 +25,16 @@ def head(tmp_path_factory):
     return FlameModel.load(path), path
 
 
+@pytest.fixture()
+def quick_fit(monkeypatch):
+    """Fewer optimiser steps: these tests check the command and its files; the fit's accuracy has its own tests."""
+    import functools
+
+    import emotalker.track.fit as fit
+
+    monkeypatch.setattr(fit, "FitSettings", functools.partial(fit.FitSettings, rigid_steps=40, steps=80))
+
+
 def head_frames(model: FlameModel, n: int, side: int = SIDE) -> list[np.ndarray]:
     """n uint8 RGB renders of the head talking (the jaw opening and closing), framed as make-sample frames it."""
     import torch
@@ -100,7 +110,7 @@ def test_two_faces_are_one_error(tmp_path, capsys, head):
     assert pair in line and "more than one face in 15 of 15 frames" in line
 
 
-def test_a_video_of_the_head_tracks_into_a_dataset_and_a_rerun_skips_it(tmp_path, capsys, head, monkeypatch):
+def test_a_video_of_the_head_tracks_into_a_dataset_and_a_rerun_skips_it(tmp_path, capsys, head, monkeypatch, quick_fit):
     model, rig = head
     frames = [wide(f, SIDE + 60) for f in head_frames(model, int(FPS * SECONDS))]
     video = write_video(tmp_path / "take 1.mp4", frames, tmp_path)
@@ -128,7 +138,7 @@ def test_a_video_of_the_head_tracks_into_a_dataset_and_a_rerun_skips_it(tmp_path
     assert Dataset.open(out).clip("take_1").split == "test"  # labels follow the latest run
 
 
-def test_an_interrupted_run_resumes_from_its_landmarks_and_fit(tmp_path, head, monkeypatch):
+def test_an_interrupted_run_resumes_from_its_landmarks_and_fit(tmp_path, head, monkeypatch, quick_fit):
     import emotalker.track.fit as fit
     import emotalker.track.landmarks as landmarks
     import emotalker.track.pipeline as pipeline
