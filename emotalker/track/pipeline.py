@@ -123,7 +123,8 @@ def _track_into(work: Path, info: VideoInfo, target: "_Target", fps: float, reso
     clock.append(time.monotonic())
     check_faces(info.path, lm)
     extract_audio(info, work / "audio.wav", len(lm.found) / fps)
-    crop = face_crop(lm, info.width, info.height, resolution)
+    # frames already square at the output's size are taken whole (the sample's renders, a re-encoded dataset)
+    crop = None if info.width == info.height == resolution else face_crop(lm, info.width, info.height, resolution)
     cropped = LandmarkTrack(points=crop.points(lm.points) if crop else lm.points, found=lm.found, n_faces=lm.n_faces)
     emb = target.embedding(work, progress)
     clock.append(time.monotonic())
@@ -182,14 +183,12 @@ def _spans(frames: np.ndarray, most: int = 4) -> str:
     return ", ".join(runs[:most]) + (", ..." if len(runs) > most else "")
 
 
-def face_crop(lm, width: int, height: int, resolution: int) -> Crop | None:
-    """The clip's fixed square crop around the face (none when the frames already are the output's size).
+def face_crop(lm, width: int, height: int, resolution: int) -> Crop:
+    """The clip's fixed square crop around the face, scaled to `resolution`.
 
     From the landmarks' robust box over the frames (percentiles, so a few wild frames do not widen it),
     enlarged to take in the head and moved inside the frame (shrunk when the frame is smaller).
     """
-    if width == height == resolution:
-        return None
     pts = lm.points[lm.found]
     lo = np.percentile(pts.min(1), 2, axis=0)
     hi = np.percentile(pts.max(1), 98, axis=0)
@@ -267,6 +266,22 @@ def _sheet(work: Path, target: "_Target", emb, track, tracking: Tracking, verts:
     write_sheet(work / "tracking_sheet.png", cells, labels)
 
 
+def posed_vertices(model, tracking: Tracking, shape: np.ndarray | None = None) -> np.ndarray:
+    """The rig posed by a clip's tracking, with an identity `shape` [S] (none: the rig's own): [T,V,3] float64."""
+    from dataclasses import replace
+
+    import torch
+
+    from emotalker.core.rig.flame import FlameRig
+
+    params = tracking.flame_params()
+    if shape is not None and np.size(shape):
+        params = replace(params, shape=torch.from_numpy(np.asarray(shape, np.float32)).reshape(1, -1).expand(len(tracking), -1))
+    with torch.no_grad():
+        verts, _ = FlameRig(model)(params)
+    return verts.double().numpy()
+
+
 class _Target:
     """The dataset a video goes into: its rig (the dataset's own, or the base rig of a new one) and its clips."""
 
@@ -322,18 +337,7 @@ class _Target:
 
     def posed(self, fit) -> np.ndarray:
         """The rig posed by a fit: vertices [T,V,3] float64."""
-        from dataclasses import replace
-
-        import torch
-
-        from emotalker.core.rig.flame import FlameRig
-
-        params = fit.tracking.flame_params()
-        shape = torch.from_numpy(np.asarray(fit.shape, np.float32)).reshape(1, -1)
-        params = replace(params, shape=shape.expand(len(fit.tracking), -1)) if shape.shape[1] else params
-        with torch.no_grad():
-            verts, _ = FlameRig(self.model)(params)
-        return verts.double().numpy()
+        return posed_vertices(self.model, fit.tracking, fit.shape)
 
     def keep_fit(self, fit, emb) -> None:
         self.fit, self.emb = fit, emb
