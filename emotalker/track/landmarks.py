@@ -13,7 +13,6 @@ import os
 import sys
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -98,24 +97,13 @@ def native_stderr_to(held):
     try:
         yield
     except BaseException:
-        _flush_c_stdio()
         os.dup2(saved, 2)
         held.seek(0)
         sys.stderr.write(held.read().decode(errors="replace"))
         raise
     finally:
-        _flush_c_stdio()  # C's stderr can be buffered: what it holds belongs to the redirected side
         os.dup2(saved, 2)
         os.close(saved)
-
-
-def _flush_c_stdio() -> None:
-    import ctypes
-
-    try:
-        ctypes.CDLL(None).fflush(None)
-    except (OSError, AttributeError):  # no C library to flush through (never on Linux or macOS)
-        pass
 
 
 def _as_rgb8(image: np.ndarray) -> np.ndarray:
@@ -132,7 +120,7 @@ class LandmarkDetector:
     """mediapipe FaceMesh with iris refinement, as a context manager.
 
     static_images=True treats every image on its own (photographs, renders from different
-    views); False tracks from frame to frame, faster and steadier on a video's frames in order.
+    views); False follows the face from frame to frame, for a video's frames in order.
     """
 
     def __init__(self, static_images: bool = False, max_faces: int = 2):
