@@ -232,12 +232,12 @@ def front_pixel(depth: np.ndarray, i: int, j: int, radius: int = EDGE_PX, edge: 
 def make_embedding(model: FlameModel, progress=None, source=None) -> LandmarkEmbedding:
     """Render, detect, cast and vote (see the module's docstring). InputError when FaceMesh
     finds the face in fewer than two views (a rig without a recognisable face or albedo)."""
-    from emotalker.track.landmarks import LandmarkDetector, _progress
+    from emotalker.track.landmarks import LandmarkDetector, progress_context
 
     colours = model.albedo if model.albedo is not None else np.full((model.n_verts, 3), 0.75)
     verts = posed_template(model)
     hits, faces = [], []
-    with LandmarkDetector(static_images=True, max_faces=1) as det, _progress(progress, len(VIEWS)) as bar:
+    with LandmarkDetector(static_images=True, max_faces=1) as det, progress_context(progress, len(VIEWS), "landmark embedding") as bar:
         for viewmat, K in view_cameras(model):
             cast = cast_view(model, verts, colours, viewmat, K, RESOLUTION, det)
             if cast is not None:

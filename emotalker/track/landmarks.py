@@ -162,22 +162,24 @@ class LandmarkDetector:
         return pts[int(np.argmax(area))], len(faces)
 
 
-def _progress(progress, total: int):
+def progress_context(progress, total: int, stage: str = "landmarks"):
     """A Progress for a mode string, else `progress` itself (None or an object with update)."""
     from emotalker.core.base.progress import Progress
 
-    return Progress("landmarks", total, mode=progress) if isinstance(progress, str) else contextlib.nullcontext(progress)
+    return Progress(stage, total, mode=progress) if isinstance(progress, str) else contextlib.nullcontext(progress)
 
 
-def detect_frames(frames: Iterable[np.ndarray], progress=None, static_images: bool = False) -> LandmarkTrack:
-    """Landmarks of every frame, in order (FaceMesh tracks between frames unless static_images).
+def detect_frames(frames: Iterable[np.ndarray], progress=None, static_images: bool = False,
+                  total: int | None = None) -> LandmarkTrack:
+    """Landmarks of every frame, in order (FaceMesh follows the face between frames unless static_images).
 
-    Frames without a face get found=False and zero points. progress: None (silent), a
-    Progress mode ("bar", "json", "none") or an object whose `update(1)` is called per frame.
+    Frames without a face get found=False and zero points. frames may be a generator (decoded
+    as it goes); `total` then sizes the progress bar. progress: None (silent), a Progress mode
+    ("bar", "json", "none") or an object whose `update(1)` is called per frame.
     """
-    total = len(frames) if hasattr(frames, "__len__") else 0
+    total = len(frames) if hasattr(frames, "__len__") else (total or 0)
     points, found, n_faces = [], [], []
-    with LandmarkDetector(static_images=static_images) as det, _progress(progress, total) as bar:
+    with LandmarkDetector(static_images=static_images) as det, progress_context(progress, total) as bar:
         for frame in frames:
             p, n = det.detect(frame)
             points.append(np.zeros((N_LANDMARKS, 2), np.float32) if p is None else p)
