@@ -88,6 +88,20 @@ def test_embedding_lands_on_the_right_regions(rig):
     assert left[:, 0].min() > 0.02 and right[:, 0].max() < -0.02
 
 
+def test_a_rig_without_an_albedo_is_embedded_too(rig):
+    """A converted FLAME model has no albedo: the grey render still gives lips, eyelids and eyeballs."""
+    model, _, _ = rig
+    grey = FlameModel(**{**vars(model), "albedo": None})
+    emb = landmark_embedding(grey)
+    assert len(emb) >= 350
+    points = emb.points(torch.tensor(grey.v_template)[None])[0].numpy()
+    for group in ("lips_outer", "left_eye", "right_eye", "left_iris", "right_iris"):
+        region, limit = GROUP_REGIONS[group]
+        rows = emb.index_of(LANDMARK_GROUPS[group])
+        assert len(rows) >= 0.8 * len(LANDMARK_GROUPS[group]), f"{group}: {len(rows)} embedded"
+        assert distance_to_region(grey, points[rows], region).max() < limit, group
+
+
 def test_embedded_points_follow_the_jaw_and_carry_gradients(rig):
     model, _, emb = rig
     rig_t = FlameRig(model)

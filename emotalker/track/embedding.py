@@ -130,7 +130,8 @@ def cache_path(rig_path: str | os.PathLike) -> Path:
     return rig_path.with_name(rig_path.name.removesuffix(".npz") + ".landmarks.npz")
 
 
-def landmark_embedding(model: FlameModel, rig_path: str | os.PathLike | None = None, progress=None) -> LandmarkEmbedding:
+def landmark_embedding(model: FlameModel, rig_path: str | os.PathLike | None = None,
+                       progress=None) -> LandmarkEmbedding:
     """The rig's landmark embedding: read from `<rig>.landmarks.npz` when its key matches the
     rig, else made (a few seconds) and written there. No rig_path: made, not cached; a folder
     that cannot be written to is not an error (the embedding is just made again next time).
@@ -232,12 +233,13 @@ def front_pixel(depth: np.ndarray, i: int, j: int, radius: int = EDGE_PX, edge: 
 def make_embedding(model: FlameModel, progress=None, source=None) -> LandmarkEmbedding:
     """Render, detect, cast and vote (see the module's docstring). InputError when FaceMesh
     finds the face in fewer than two views (a rig without a recognisable face or albedo)."""
-    from emotalker.track.landmarks import LandmarkDetector, _progress
+    from emotalker.track.landmarks import LandmarkDetector, progress_context
 
     colours = model.albedo if model.albedo is not None else np.full((model.n_verts, 3), 0.75)
     verts = posed_template(model)
     hits, faces = [], []
-    with LandmarkDetector(static_images=True, max_faces=1) as det, _progress(progress, len(VIEWS)) as bar:
+    with (LandmarkDetector(static_images=True, max_faces=1) as det,
+          progress_context(progress, len(VIEWS), "landmark embedding") as bar):
         for viewmat, K in view_cameras(model):
             cast = cast_view(model, verts, colours, viewmat, K, RESOLUTION, det)
             if cast is not None:

@@ -13,7 +13,6 @@ import os
 import sys
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -98,24 +97,13 @@ def native_stderr_to(held):
     try:
         yield
     except BaseException:
-        _flush_c_stdio()
         os.dup2(saved, 2)
         held.seek(0)
         sys.stderr.write(held.read().decode(errors="replace"))
         raise
     finally:
-        _flush_c_stdio()  # C's stderr can be buffered: what it holds belongs to the redirected side
         os.dup2(saved, 2)
         os.close(saved)
-
-
-def _flush_c_stdio() -> None:
-    import ctypes
-
-    try:
-        ctypes.CDLL(None).fflush(None)
-    except (OSError, AttributeError):  # no C library to flush through (never on Linux or macOS)
-        pass
 
 
 def _as_rgb8(image: np.ndarray) -> np.ndarray:
@@ -132,7 +120,7 @@ class LandmarkDetector:
     """mediapipe FaceMesh with iris refinement, as a context manager.
 
     static_images=True treats every image on its own (photographs, renders from different
-    views); False tracks from frame to frame, faster and steadier on a video's frames in order.
+    views); False follows the face from frame to frame, for a video's frames in order.
     """
 
     def __init__(self, static_images: bool = False, max_faces: int = 2):
@@ -174,22 +162,24 @@ class LandmarkDetector:
         return pts[int(np.argmax(area))], len(faces)
 
 
-def _progress(progress, total: int):
+def progress_context(progress, total: int, stage: str = "landmarks"):
     """A Progress for a mode string, else `progress` itself (None or an object with update)."""
     from emotalker.core.base.progress import Progress
 
-    return Progress("landmarks", total, mode=progress) if isinstance(progress, str) else contextlib.nullcontext(progress)
+    return Progress(stage, total, mode=progress) if isinstance(progress, str) else contextlib.nullcontext(progress)
 
 
-def detect_frames(frames: Iterable[np.ndarray], progress=None, static_images: bool = False) -> LandmarkTrack:
-    """Landmarks of every frame, in order (FaceMesh tracks between frames unless static_images).
+def detect_frames(frames: Iterable[np.ndarray], progress=None, static_images: bool = False,
+                  total: int | None = None) -> LandmarkTrack:
+    """Landmarks of every frame, in order (FaceMesh follows the face between frames unless static_images).
 
-    Frames without a face get found=False and zero points. progress: None (silent), a
-    Progress mode ("bar", "json", "none") or an object whose `update(1)` is called per frame.
+    Frames without a face get found=False and zero points. frames may be a generator (decoded
+    as it goes); `total` then sizes the progress bar. progress: None (silent), a Progress mode
+    ("bar", "json", "none") or an object whose `update(1)` is called per frame.
     """
-    total = len(frames) if hasattr(frames, "__len__") else 0
+    total = len(frames) if hasattr(frames, "__len__") else (total or 0)
     points, found, n_faces = [], [], []
-    with LandmarkDetector(static_images=static_images) as det, _progress(progress, total) as bar:
+    with LandmarkDetector(static_images=static_images) as det, progress_context(progress, total) as bar:
         for frame in frames:
             p, n = det.detect(frame)
             points.append(np.zeros((N_LANDMARKS, 2), np.float32) if p is None else p)
