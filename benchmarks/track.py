@@ -15,9 +15,9 @@ audio (frames over a plain grey background), tracked with the sample's own rig
   with expression components instead);
 - expr_error_ratio: RMS expression-coefficient error over the RMS error of the
   baseline that answers every frame with the ground truth's mean expression;
-- rot_deg: mean angle between the head's orientation in the camera's frame,
-  tracked vs true (the rigid part of the head, aligned by Kabsch, so the split
-  between neck and camera does not count); rot_deg_viewmat compares the viewmats alone;
+- rot_deg: mean angle between the head's rotation in camera axes, tracked vs
+  true (each viewmat's rotation after the neck's, so the split of the head's
+  motion between neck and camera does not count);
 - fps_landmarks, fps_fit: frames a second of landmark detection and of fitting;
 - photo_landmark_px: a real photograph (scikit-image's astronaut) fitted as a
   one-frame clip with the procedural head, the fit's mean landmark error (pixels
@@ -48,7 +48,6 @@ from emotalker.core.datasets.dataset import ClipInfo, Dataset, write_dataset_jso
 
 TRAIN_ARGS = "--neutral-steps 2000 --a2e-steps 300 --emotion-steps 200"
 BACKGROUND = (0.5, 0.5, 0.5)
-RIGID = ("forehead", "nose", "scalp")  # regions that move with the skull only
 MOUTH = ((81, 82, 13, 312, 311), (178, 87, 14, 317, 402))  # mediapipe: the inner lips, upper and lower middle
 
 
@@ -64,30 +63,11 @@ def render_video(ds: Dataset, clip_id: str, out: Path) -> Path:
     return path
 
 
-def to_camera(verts: np.ndarray, viewmat: np.ndarray) -> np.ndarray:
-    """[T,V,3] world -> camera space through per-frame viewmats [T,4,4]."""
-    return np.einsum("tij,tvj->tvi", viewmat[:, :3, :3], verts) + viewmat[:, None, :3, 3]
-
-
-def kabsch_angle(a: np.ndarray, b: np.ndarray) -> float:
-    """Degrees of the rotation that best aligns point set a [N,3] to b [N,3] (centred)."""
-    a, b = a - a.mean(0), b - b.mean(0)
-    u, _, vt = np.linalg.svd(a.T @ b)
-    d = np.sign(np.linalg.det(u @ vt))
-    R = (u @ np.diag([1, 1, d]) @ vt).T
-    return float(np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1, 1))))
-
-
-def rotation_angles(Ra: np.ndarray, Rb: np.ndarray) -> np.ndarray:
-    """Degrees between rotations [T,3,3] pairwise."""
-    tr = np.einsum("tij,tij->t", Ra, Rb)
-    return np.degrees(np.arccos(np.clip((tr - 1) / 2, -1, 1)))
-
-
 def compare_clip(gt: Dataset, tracked: Dataset, clip_id: str, emb) -> dict:
     """Per-frame arrays comparing one tracked clip with its ground truth."""
     import torch
 
+    from emotalker.track.fit import head_rotations, rotation_error_deg
     from emotalker.track.pipeline import posed_vertices
     from emotalker.track.sheet import project
 
@@ -101,15 +81,11 @@ def compare_clip(gt: Dataset, tracked: Dataset, clip_id: str, emb) -> dict:
                    for t in range(len(tg))]) * scale
     upper, lower = (emb.index_of(ids) for ids in MOUTH)
     gap = lambda p: np.linalg.norm(p[:, upper].mean(1) - p[:, lower].mean(1), axis=1)  # noqa: E731
-    model = gt.flame_model()
-    rigid = np.concatenate([model.regions[r] for r in RIGID if r in model.regions]) if model.regions else np.arange(model.n_verts)
-    cg, ct = to_camera(vg[:, rigid], tg.viewmat.astype(np.float64)), to_camera(vt[:, rigid], tt.viewmat.astype(np.float64))
     E = max(tg.expr.shape[1], tt.expr.shape[1])
     pad = lambda e: np.pad(e, ((0, 0), (0, E - e.shape[1])))  # noqa: E731
     return {"landmark_px": lm, "mouth_gt": gap(pg), "mouth_tracked": gap(pt),
             "jaw_gt": tg.jaw[:, 0], "jaw_tracked": tt.jaw[:, 0], "expr_gt": pad(tg.expr), "expr_tracked": pad(tt.expr),
-            "rot_deg": np.array([kabsch_angle(ct[t], cg[t]) for t in range(len(tg))]),
-            "rot_deg_viewmat": rotation_angles(tt.viewmat[:, :3, :3], tg.viewmat[:, :3, :3])}
+            "rot_deg": rotation_error_deg(head_rotations(tt), head_rotations(tg))}
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -122,7 +98,7 @@ def summarise(rows: list[dict]) -> dict:
             "jaw_angle_corr": float(np.corrcoef(cat["jaw_tracked"], cat["jaw_gt"])[0, 1]),
             "expr_error_ratio": float(np.sqrt(err / base)),
             "rot_deg": float(cat["rot_deg"].mean()), "rot_deg_max": float(cat["rot_deg"].max()),
-            "rot_deg_viewmat": float(cat["rot_deg_viewmat"].mean()), "frames": int(len(cat["rot_deg"]))}
+            "frames": int(len(cat["rot_deg"]))}
 
 
 def photo_figures(overlay_png: Path | None) -> dict:
@@ -231,7 +207,7 @@ def main() -> int:
         rows.append(compare_clip(gt, tracked, c.id, emb))
         r = summarise([rows[-1]])
         print(f"{c.id:24s} landmarks {r['landmark_px']:.2f} px  mouth r {r['jaw_corr']:.3f} (jaw angle {r['jaw_angle_corr']:.3f})"
-              f"  expr error ratio {r['expr_error_ratio']:.2f}  rotation {r['rot_deg']:.2f} deg (viewmat {r['rot_deg_viewmat']:.2f})")
+              f"  expr error ratio {r['expr_error_ratio']:.2f}  rotation {r['rot_deg']:.2f} deg")
     summary = {"clips": len(test), "width": gt.width, **summarise(rows), **speeds(tracked, test),
                **photo_figures(Path(args.photo_overlay) if args.photo_overlay else None),
                "load_average": os.getloadavg()[0], "minutes": (time.monotonic() - start) / 60}

@@ -287,11 +287,23 @@ class _Target:
 
     def __init__(self, out: Path, model, rig_key: str, rig_path: Path | None, clips: list[ClipInfo], fps: float,
                  size: int, new: bool):
-        self.out, self.model, self.rig_key, self.rig_path = out, model, rig_key, rig_path
+        self.out, self._model, self.rig_key, self.rig_path = out, model, rig_key, rig_path
         self.clips, self.fps, self.size, self.new = clips, fps, size, new
-        # A new dataset fits the identity; later videos hold the dataset's (already applied to its rig).
-        self.shape = None if new else np.zeros(model.n_shape, np.float32)
         self.fit = self.emb = None
+
+    @property
+    def model(self):
+        """The rig; the procedural head is built (seconds) only when first needed, after the faces are checked."""
+        if self._model is None:
+            from emotalker.core.head import make_head
+
+            self._model = make_head()
+        return self._model
+
+    @property
+    def shape(self) -> np.ndarray | None:
+        """None: a new dataset fits the identity; later videos hold the dataset's (applied to its rig)."""
+        return None if self.new else np.zeros(self.model.n_shape, np.float32)
 
     @classmethod
     def open(cls, out: Path, rig: str | os.PathLike | None, size: int, fps: float) -> "_Target":
@@ -304,15 +316,13 @@ class _Target:
             clips = open_target(out, model, size, size, fps)
             stamp = (out / "flame_model.npz").stat().st_mtime_ns
             return cls(out, model, f"dataset:{stamp}", None, clips, fps, size, new=False)
-        if rig is not None:
-            rig = Path(rig)
-            model, st = FlameModel.load(rig), rig.stat()
-            key = f"{rig.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-        else:
-            from emotalker.core.head import make_head
-
-            model, key = make_head(), "procedural"
-        return cls(out, model, key, Path(rig) if rig else None, open_target(out, model, size, size, fps), fps, size, new=True)
+        clips = open_target(out, None, size, size, fps)  # a new dataset: only the folder is checked
+        if rig is None:
+            return cls(out, None, "procedural", None, clips, fps, size, new=True)
+        rig = Path(rig)
+        st = rig.stat() if rig.is_file() else None
+        key = f"{rig.resolve()}:{st.st_size}:{st.st_mtime_ns}" if st else str(rig)
+        return cls(out, FlameModel.load(rig), key, rig, clips, fps, size, new=True)
 
     def has_clip(self, clip_id: str, key: dict) -> bool:
         """Whether the dataset already holds this clip tracked from the same video with the same settings."""

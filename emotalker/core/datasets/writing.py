@@ -39,8 +39,9 @@ def swap_in_clip(out: Path, clip_id: str) -> None:
     os.replace(partial_dir(out, clip_id), clip_dir)
 
 
-def open_target(out: Path, model: FlameModel, width: int, height: int, fps: float) -> list[ClipInfo]:
-    """Clips already in `out`, after checking the new clip fits there."""
+def open_target(out: Path, model: FlameModel | None, width: int, height: int, fps: float) -> list[ClipInfo]:
+    """Clips already in `out`, after checking the new clip fits there (`model`: its rig, needed only when `out`
+    holds a dataset)."""
     if not (out / "dataset.json").exists():
         if out.exists() and any(p for p in out.iterdir() if p.name != "clips"):
             raise InputError(out, "folder exists, is not empty and holds no dataset.json")
