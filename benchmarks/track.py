@@ -131,7 +131,7 @@ def photo_figures(overlay_png: Path | None) -> dict:
         on_mesh = emb.points(torch.from_numpy(verts)).numpy()[0]
         rgba = np.concatenate([rgb, np.full((size, size, 1), 255, np.uint8)], -1)
         cell = overlay(rgba, verts[0], model.faces, model.albedo, vm, K, track.points[0][emb.landmark], project(on_mesh, vm, K))
-        write_sheet(overlay_png, [rgb, cell], ["astronaut (scikit-image)", f"fit: {fit.residual_px[0]:.2f} px"], cell_size=size)
+        write_sheet(overlay_png, [rgb, cell], ["astronaut (scikit-image)", f"fit: {fit.residual_px[0]:.2f} px"], cell_size=384)
     return {"photo_landmark_px": float(fit.residual_px[0]) * 512 / size}
 
 
