@@ -187,6 +187,7 @@ def main() -> int:
     ap.add_argument("--sample", default="/tmp/emotalker-sample-default", help="a make-sample dataset")
     ap.add_argument("--work", default="/tmp/emotalker-track-bench", help="videos, tracked dataset, avatars")
     ap.add_argument("--clips", type=int, default=0, help="at most this many held-out clips (0: all)")
+    ap.add_argument("--train-clips", type=int, default=0, help="at most this many train clips for the training runs (0: all)")
     ap.add_argument("--skip-train", action="store_true", help="no training: tracking figures only")
     ap.add_argument("--train-args", default=TRAIN_ARGS, help=f"`train all` settings for both runs (default: {TRAIN_ARGS!r})")
     ap.add_argument("--progress", choices=("bar", "json", "none"), default="none")
@@ -198,7 +199,7 @@ def main() -> int:
 
     gt, work = Dataset.open(args.sample), Path(args.work)
     test = gt.split("test")[: args.clips or None]
-    clips = test if args.skip_train else gt.split("train") + test
+    clips = test if args.skip_train else gt.split("train")[: args.train_clips or None] + test
     start = time.monotonic()
     tracked = track_all(gt, clips, work, args.progress)
     emb = landmark_embedding(gt.flame_model(), gt.root / "flame_model.npz")
