@@ -89,6 +89,12 @@ def test_a_file_that_is_not_a_video_is_one_error(tmp_path, capsys):
     assert not (tmp_path / "ds").exists()
 
 
+def test_a_clip_id_that_would_leave_the_dataset_is_one_error(tmp_path, capsys):
+    line = one_error(capsys, ["track", str(tmp_path / "v.mp4"), "--out", str(tmp_path / "ds"), "--clip-id", "../evil"])
+    assert "clip id '../evil'" in line
+    assert not (tmp_path / "ds").exists() and not (tmp_path / "evil").exists()
+
+
 def test_too_short_and_silent_videos_are_one_error_each(tmp_path, capsys):
     grey = [np.full((64, 64, 3), 120, np.uint8)] * 5
     short = write_video(tmp_path / "short.mp4", grey, tmp_path)

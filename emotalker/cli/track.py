@@ -30,11 +30,13 @@ def run_track(args) -> int:
     from pathlib import Path
 
     from emotalker.core.base.errors import InputError
-    from emotalker.core.datasets.writing import check_labels
+    from emotalker.core.datasets.writing import check_clip_id, check_labels
     from emotalker.track.video import probe
 
     if args.clip_id and len(args.videos) > 1:
         raise InputError("--clip-id", f"names one clip, but {len(args.videos)} videos were given")
+    if args.clip_id:
+        check_clip_id(args.clip_id)
     check_labels(args.emotion, args.intensity, args.split)
     for video in args.videos:
         probe(video)

@@ -25,7 +25,7 @@ from emotalker.core.base.errors import InputError
 from emotalker.core.base.fileio import read_json, read_npz, write_json
 from emotalker.core.base.progress import Progress, note
 from emotalker.core.datasets.dataset import FRAME_NAME, ClipInfo, Dataset, Tracking, load_tracking, write_dataset_json
-from emotalker.core.datasets.writing import check_labels, open_target, partial_dir, swap_in_clip
+from emotalker.core.datasets.writing import check_clip_id, check_labels, open_target, partial_dir, swap_in_clip
 from emotalker.track.video import Crop, VideoInfo, extract_audio, probe, read_frames
 
 MAX_MISSING = 0.2
@@ -58,7 +58,7 @@ def track_video(video: str | os.PathLike, out: str | os.PathLike, rig: str | os.
     info = probe(video)
     if not info.has_audio:
         raise InputError(info.path, "video has no sound track; the avatar learns its mouth from the speech")
-    clip_id = clip_id or clip_name(info.path)
+    clip_id = check_clip_id(clip_id or clip_name(info.path))
     target = _Target.open(out, rig, resolution, fps)
     key = _work_key(info, fps, resolution, target.rig_key)
     info_clip = ClipInfo(clip_id, emotion, float(intensity), split)

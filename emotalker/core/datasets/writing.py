@@ -15,7 +15,7 @@ import numpy as np
 
 from emotalker.core.base.emotions import check_intensity, emotion_index
 from emotalker.core.base.errors import InputError
-from emotalker.core.datasets.dataset import SPLITS, ClipInfo, Dataset
+from emotalker.core.datasets.dataset import _CLIP_ID_RE, SPLITS, ClipInfo, Dataset
 from emotalker.core.rig.flame import FlameModel
 
 
@@ -25,6 +25,13 @@ def check_labels(emotion: str, intensity: float, split: str) -> None:
     check_intensity(intensity)
     if split not in SPLITS:
         raise InputError(None, f"split must be train or test, got {split!r}")
+
+
+def check_clip_id(clip_id: str) -> str:
+    """A clip id as the format allows it (letters, digits, _ . -; so it never leaves the clips folder)."""
+    if not _CLIP_ID_RE.match(clip_id):
+        raise InputError(None, f"clip id {clip_id!r} may hold only letters, digits, _ . - (pass --clip-id)")
+    return clip_id
 
 
 def partial_dir(out: Path, clip_id: str) -> Path:

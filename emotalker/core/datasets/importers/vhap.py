@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from emotalker.core.datasets.dataset import _CLIP_ID_RE, FRAME_NAME, ClipInfo, Tracking, write_dataset_json
+from emotalker.core.datasets.dataset import FRAME_NAME, ClipInfo, Tracking, write_dataset_json
 from emotalker.core.base.errors import InputError
 from emotalker.core.base.fileio import read_json, read_npz
-from emotalker.core.datasets.writing import check_labels, open_target, partial_dir, swap_in_clip, write_audio
+from emotalker.core.datasets.writing import check_clip_id, check_labels, open_target, partial_dir, swap_in_clip, write_audio
 from emotalker.core.rig.flame import FlameModel
 
 TRANSFORMS_FILES = ("transforms.json", "transforms_train.json", "transforms_val.json", "transforms_test.json")
@@ -232,10 +232,7 @@ def _world_to_camera(fr: dict, t: int) -> np.ndarray:
 
 def _clip_id(src: Path, clip_id: str | None) -> str:
     """The clip's id: as given, or the export folder's name."""
-    clip_id = clip_id or (src if src.is_dir() else src.parent).resolve().name
-    if not _CLIP_ID_RE.match(clip_id):
-        raise InputError(None, f"clip id {clip_id!r} may hold only letters, digits, _ . - (pass --clip-id)")
-    return clip_id
+    return check_clip_id(clip_id or (src if src.is_dir() else src.parent).resolve().name)
 
 
 
