@@ -109,6 +109,28 @@ def test_a_video_without_a_face_is_one_error(tmp_path, capsys):
     assert flat in line and "no face found in any of its 15 frames" in line
 
 
+def test_frames_without_a_face_are_named(tmp_path, capsys, head):
+    frames = head_frames(head[0], int(FPS * SECONDS), 128)
+    frames[:7] = [np.full_like(frames[0], 90)] * 7  # the person steps in late
+    late = write_video(tmp_path / "late.mp4", frames, tmp_path)
+    line = one_error(capsys, ["track", late, "--out", str(tmp_path / "ds"), "--fps", str(FPS), "--progress", "none"])
+    assert "no face found in 7 of 15 frames (47 %, more than 20 %): frames 0-6" in line
+
+
+def test_absurd_headers_are_refused_before_decoding(tmp_path):
+    from dataclasses import replace
+
+    from emotalker.core.base.errors import InputError
+    from emotalker.track.video import _check_size, probe
+
+    info = probe(write_video(tmp_path / "v.mp4", [np.full((64, 64, 3), 90, np.uint8)] * 15, tmp_path))
+    assert (info.width, info.height, info.has_audio) == (64, 64, True) and abs(info.duration - 1.5) < 0.1
+    with pytest.raises(InputError, match="sides must be 16..16384"):
+        _check_size(replace(info, width=100_000))
+    with pytest.raises(InputError, match="more than the limit"):
+        _check_size(replace(info, duration=1e7))
+
+
 def test_two_faces_are_one_error(tmp_path, capsys, head):
     frames = head_frames(head[0], int(FPS * SECONDS), 160)
     pair = write_video(tmp_path / "pair.mp4", [np.concatenate([f, f], 1) for f in frames], tmp_path)
