@@ -118,7 +118,8 @@ def photo_figures(overlay_png: Path | None) -> dict:
     with LandmarkDetector(static_images=True) as det:
         points, n = det.detect(image)
     crop = face_crop(LandmarkTrack(points[None], np.array([True]), np.array([n], np.int32)), image.shape[1], image.shape[0], size)
-    rgb = np.asarray(Image.fromarray(image[crop.y:crop.y + crop.side, crop.x:crop.x + crop.side]).resize((size, size), Image.LANCZOS))
+    square = image[crop.y:crop.y + crop.side, crop.x:crop.x + crop.side]
+    rgb = np.asarray(Image.fromarray(square).resize((size, size), Image.LANCZOS))
     track = LandmarkTrack(crop.points(points)[None], np.array([True]), np.array([n], np.int32))
     model = make_head()
     emb = landmark_embedding(model)

@@ -61,7 +61,8 @@ def write_video(path, frames: list[np.ndarray], tmp, sound: bool = True, fps: fl
     if sound:
         t = np.arange(int(16000 * len(frames) / fps)) / 16000
         audio = tmp / "tone.wav"
-        soundfile.write(str(audio), (0.2 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32), 16000)
+        tone = 0.2 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t))
+        soundfile.write(str(audio), tone.astype(np.float32), 16000)
     encode_mp4(pngs, path, fps, audio=audio)
     return str(path)
 

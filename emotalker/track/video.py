@@ -110,7 +110,8 @@ def read_frames(info: VideoInfo, fps: float, crop: Crop | None = None) -> Iterat
                 yield np.frombuffer(buf, np.uint8).reshape(h, w, 3)
             if proc.wait() != 0:
                 log.seek(0)
-                raise InputError(info.path, f"ffmpeg could not decode the video: {log.read().decode(errors='replace').strip()[-300:]}")
+                said = log.read().decode(errors="replace").strip()[-300:]
+                raise InputError(info.path, f"ffmpeg could not decode the video: {said}")
         finally:
             if proc.poll() is None:
                 proc.kill()
