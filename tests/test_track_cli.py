@@ -90,6 +90,14 @@ def test_a_file_that_is_not_a_video_is_one_error(tmp_path, capsys):
     assert not (tmp_path / "ds").exists()
 
 
+def test_without_mediapipe_one_line_names_the_extra(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "mediapipe", None)  # import mediapipe now raises ImportError
+    line = one_error(capsys, ["track", str(tmp_path / "v.mp4"), "--out", str(tmp_path / "ds")])
+    assert "install.py --extras track" in line and not (tmp_path / "ds").exists()
+
+
 def test_a_clip_id_that_would_leave_the_dataset_is_one_error(tmp_path, capsys):
     line = one_error(capsys, ["track", str(tmp_path / "v.mp4"), "--out", str(tmp_path / "ds"), "--clip-id", "../evil"])
     assert "clip id '../evil'" in line

@@ -31,7 +31,10 @@ def run_track(args) -> int:
 
     from emotalker.core.base.errors import InputError
     from emotalker.core.datasets.writing import check_clip_id, check_labels
+    from emotalker.track.landmarks import import_mediapipe
     from emotalker.track.video import probe
+
+    import_mediapipe()  # without the track extra: one line saying how to install it, before anything is read
 
     if args.clip_id and len(args.videos) > 1:
         raise InputError("--clip-id", f"names one clip, but {len(args.videos)} videos were given")
