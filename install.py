@@ -2,7 +2,7 @@
 """Set up EmoTalker in ./.venv with one command; re-running is quick.
 
     python3 install.py                   # the package and the CLI
-    python3 install.py --test            # + test, Blender, USD and farm extras, then run the tests
+    python3 install.py --test            # + test, Blender, USD, farm and track extras, then run the tests
     python3 install.py --extras clip,speech
     python3 install.py --blender /path/to/blender   # also install the Blender add-on
 
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 STAMP = VENV / ".emotalker-install.json"
 TORCH = "torch==2.13.0"
-TEST_EXTRAS = ("test", "blender", "usd", "farm")
+TEST_EXTRAS = ("test", "blender", "usd", "farm", "track")
 
 
 def say(msg: str) -> None:
@@ -148,7 +148,7 @@ def install_addon(blender: str) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--extras", default="", help="comma-separated extras: blender, clip, speech, cuda, usd, farm, test")
+    ap.add_argument("--extras", default="", help="comma-separated extras: blender, clip, speech, cuda, usd, farm, track, test")
     ap.add_argument("--test", action="store_true", help="install the test extras and run the test suite")
     ap.add_argument("--blender", help="path of a Blender 4.2+ executable to install the add-on into")
     ap.add_argument("--no-system", action="store_true", help="never call apt-get")

@@ -16,14 +16,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # docs/architecture.md: a core sub-package may import only those before it.
 CORE_ORDER = ("base", "rig", "head", "render", "audio", "models", "datasets", "evaluation", "training")
-OUTSIDE_CORE = ("emotalker.bake", "emotalker.cli", "emotalker.worker", "emotalker.sample", "bpy")
+OUTSIDE_CORE = ("emotalker.bake", "emotalker.cli", "emotalker.worker", "emotalker.sample", "emotalker.track", "bpy")
 # docs/architecture.md: which of emotalker's other packages each package may import.
 PACKAGE_MAY_IMPORT = {
     "core": set(),
     "sample": {"core"},
     "bake": {"core"},
     "worker": {"core", "bake"},
-    "cli": {"core", "bake", "worker", "sample"},
+    "track": {"core", "bake"},
+    "cli": {"core", "bake", "worker", "sample", "track"},
 }
 # The add-on runs inside Blender's Python: the standard library, Blender's own modules and numpy.
 BLENDER_MODULES = {"bpy", "bpy_extras", "mathutils", "gpu", "gpu_extras", "blf", "bmesh", "numpy"}

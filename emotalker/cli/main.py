@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "emotalker.cli.head",
     "emotalker.cli.worker",
     "emotalker.cli.dataset",
+    "emotalker.cli.track",
     "emotalker.cli.train",
     "emotalker.cli.a2e",
     "emotalker.cli.avatar",

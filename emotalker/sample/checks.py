@@ -19,13 +19,10 @@ def posed_vertices(ds: Dataset, clip_id: str) -> np.ndarray:
     """The rig posed by the clip's tracking: [T,V,3] float64 (FLAME space)."""
     import torch
 
-    from emotalker.core.rig.flame import FlameParams, FlameRig
+    from emotalker.core.rig.flame import FlameRig
 
-    tr = ds.tracking(clip_id)
-    p = FlameParams(expr=torch.from_numpy(tr.expr), jaw=torch.from_numpy(tr.jaw), neck=torch.from_numpy(tr.neck),
-                    eyes=torch.from_numpy(tr.eyes), eyelids=torch.from_numpy(tr.eyelids))
     with torch.no_grad():
-        verts, _ = FlameRig(ds.flame_model())(p)
+        verts, _ = FlameRig(ds.flame_model())(ds.tracking(clip_id).flame_params())
     return verts.double().numpy()
 
 

@@ -75,6 +75,15 @@ class Tracking:
     def __len__(self) -> int:
         return int(self.expr.shape[0])
 
+    def flame_params(self):
+        """The per-frame FLAME parameters (a FlameParams of torch tensors) that pose the rig for each frame."""
+        import torch
+
+        from emotalker.core.rig.flame import FlameParams
+
+        return FlameParams(**{k: torch.from_numpy(np.asarray(getattr(self, k), np.float32))
+                              for k in ("expr", "jaw", "neck", "eyes", "eyelids")})
+
     def save(self, path: str | os.PathLike) -> None:
         """Write tracking.npz atomically (K kept per frame)."""
         from emotalker.core.base.fileio import atomic_path

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from emotalker.core.base.emotions import check_intensity, emotion_index
-from emotalker.core.datasets.dataset import _CLIP_ID_RE, FRAME_NAME, SPLITS, ClipInfo, Dataset, Tracking, write_dataset_json
+from emotalker.core.datasets.dataset import FRAME_NAME, ClipInfo, Tracking, write_dataset_json
 from emotalker.core.base.errors import InputError
 from emotalker.core.base.fileio import read_json, read_npz
+from emotalker.core.datasets.writing import check_clip_id, check_labels, open_target, partial_dir, swap_in_clip, write_audio
 from emotalker.core.rig.flame import FlameModel
 
 TRANSFORMS_FILES = ("transforms.json", "transforms_train.json", "transforms_val.json", "transforms_test.json")
@@ -137,30 +137,24 @@ def import_vhap(src: str | os.PathLike, out: str | os.PathLike, opts: ImportOpti
     Adding to an existing dataset needs the same identity, frame size and fps.
     """
     src, out = Path(src), Path(out)
-    _check_labels(opts)
+    check_labels(opts.emotion, opts.intensity, opts.split)
     frames, shared, root, cam = _camera_frames(src, opts.camera)
     params = [_load_params(root / f["flame_param_path"]) for f in frames]
     model = _rig_with_identity(opts.flame, params[0], root / frames[0]["flame_param_path"])
     tracking, (width, height) = _tracking(frames, params, shared, root, model, opts.flame)
     clip_id = _clip_id(src, opts.clip_id)
     info = ClipInfo(clip_id, opts.emotion, float(opts.intensity), opts.split)
-    existing = _open_target(out, model, width, height, opts.fps, clip_id)
+    existing = open_target(out, model, width, height, opts.fps)
     _write_clip(src, out, clip_id, frames, root, (width, height), tracking, opts.audio)
     if not (out / "flame_model.npz").exists():
         model.save(out / "flame_model.npz")
-    _swap_in_clip(out, clip_id)
+    swap_in_clip(out, clip_id)
     clips = [c for c in existing if c.id != clip_id] + [info]
     write_dataset_json(out, opts.fps, width, height, clips)
     log(f"imported {len(frames)} frames of camera {cam} from {src} as clip {clip_id!r} into {out}")
     return info
 
 
-def _check_labels(opts: ImportOptions) -> None:
-    """The clip's emotion, intensity and split, checked before any file is read."""
-    emotion_index(opts.emotion)
-    check_intensity(opts.intensity)
-    if opts.split not in SPLITS:
-        raise InputError(None, f"split must be train or test, got {opts.split!r}")
 
 
 def _camera_frames(src: Path, camera: int | None) -> tuple[list[dict], dict, Path, int]:
@@ -238,15 +232,9 @@ def _world_to_camera(fr: dict, t: int) -> np.ndarray:
 
 def _clip_id(src: Path, clip_id: str | None) -> str:
     """The clip's id: as given, or the export folder's name."""
-    clip_id = clip_id or (src if src.is_dir() else src.parent).resolve().name
-    if not _CLIP_ID_RE.match(clip_id):
-        raise InputError(None, f"clip id {clip_id!r} may hold only letters, digits, _ . - (pass --clip-id)")
-    return clip_id
+    return check_clip_id(clip_id or (src if src.is_dir() else src.parent).resolve().name)
 
 
-def _partial_dir(out: Path, clip_id: str) -> Path:
-    """Where a clip is built before it is moved into place, so an interrupted import never leaves half a clip."""
-    return out / "clips" / f".{clip_id}.partial"
 
 
 def _write_clip(src: Path, out: Path, clip_id: str, frames: list[dict], root: Path, size: tuple[int, int],
@@ -254,7 +242,7 @@ def _write_clip(src: Path, out: Path, clip_id: str, frames: list[dict], root: Pa
     """Write the clip's images (RGBA, the mask as alpha), audio and tracking into its partial folder."""
     from PIL import Image
 
-    clip_dir, tmp = out / "clips" / clip_id, _partial_dir(out, clip_id)
+    clip_dir, tmp = out / "clips" / clip_id, partial_dir(out, clip_id)
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "images").mkdir(parents=True)
     for t, fr in enumerate(frames):
@@ -264,7 +252,7 @@ def _write_clip(src: Path, out: Path, clip_id: str, frames: list[dict], root: Pa
         rgba = _read_rgba(img_path, root / fr["fg_mask_path"] if fr.get("fg_mask_path") else None, size)
         Image.fromarray(rgba, "RGBA").save(tmp / "images" / FRAME_NAME.format(t))
     if audio is not None:
-        _write_audio(Path(audio), tmp / "audio.wav")
+        write_audio(Path(audio), tmp / "audio.wav")
     elif (clip_dir / "audio.wav").is_file():  # re-importing a clip keeps its sound
         shutil.copy2(clip_dir / "audio.wav", tmp / "audio.wav")
     else:
@@ -272,26 +260,8 @@ def _write_clip(src: Path, out: Path, clip_id: str, frames: list[dict], root: Pa
     tracking.save(tmp / "tracking.npz")
 
 
-def _swap_in_clip(out: Path, clip_id: str) -> None:
-    """Replace the clip's folder with its finished partial folder."""
-    clip_dir = out / "clips" / clip_id
-    shutil.rmtree(clip_dir, ignore_errors=True)
-    os.replace(_partial_dir(out, clip_id), clip_dir)
 
 
-def _open_target(out: Path, model: FlameModel, width: int, height: int, fps: float, clip_id: str) -> list[ClipInfo]:
-    """Clips already in `out`, after checking the new clip fits there."""
-    if not (out / "dataset.json").exists():
-        if out.exists() and any(p for p in out.iterdir() if p.name != "clips"):
-            raise InputError(out, "folder exists, is not empty and holds no dataset.json")
-        return []
-    ds = Dataset.open(out)
-    if (ds.width, ds.height) != (width, height) or abs(ds.fps - fps) > 1e-6:
-        raise InputError(out / "dataset.json", f"dataset is {ds.width}x{ds.height} at {ds.fps} fps; the clip is {width}x{height} at {fps} fps")
-    have = ds.flame_model()
-    if have.v_template.shape != model.v_template.shape or np.abs(have.v_template - model.v_template).max() > 1e-5:
-        raise InputError(out / "flame_model.npz", "the dataset's identity differs from this export's (shape or static offset)")
-    return list(ds.clips)
 
 
 def _read_rgba(path: Path, mask_path: Path | None, size: tuple[int, int]) -> np.ndarray:
@@ -311,21 +281,3 @@ def _read_rgba(path: Path, mask_path: Path | None, size: tuple[int, int]) -> np.
         raise InputError(path, f"image is {rgba.shape[1]}x{rgba.shape[0]} but transforms say {size[0]}x{size[1]}")
     return rgba
 
-
-def _write_audio(src: Path, dst: Path, rate: int = 16000) -> None:
-    """Copy the clip's audio as 16 kHz mono PCM WAV."""
-    import soundfile
-
-    try:
-        data, sr = soundfile.read(str(src), dtype="float32", always_2d=True)
-    except (RuntimeError, OSError, soundfile.LibsndfileError) as exc:
-        raise InputError(src, f"not a readable audio file ({exc})") from None
-    mono = data.mean(1)
-    if sr != rate:
-        from math import gcd
-
-        from scipy.signal import resample_poly
-
-        g = gcd(sr, rate)
-        mono = resample_poly(mono, rate // g, sr // g).astype(np.float32)
-    soundfile.write(str(dst), mono, rate, subtype="PCM_16")
