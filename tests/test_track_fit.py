@@ -168,3 +168,18 @@ def test_bad_inputs_are_one_clear_error(head):
     far = LandmarkEmbedding(emb.landmark, emb.face + len(head.faces), emb.vertex_ids, emb.bary, emb.weight)
     with pytest.raises(InputError, match="does not fit this rig"):
         fit_clip(head, far, some, 256, 256, 25.0)
+
+
+def test_levenberg_marquardt_refinement_fits_closer_than_adam(head):
+    rng = np.random.default_rng(4)
+    T = 12
+    tr, _ = known_motion(head, T, rng)
+    emb = synthetic_embedding(head, 200)
+    points = project(emb.points(torch.as_tensor(posed_vertices(head, tr))).numpy(), tr).astype(np.float32)
+    track = LandmarkTrack(points, np.ones(T, bool), np.ones(T, np.int32))
+    kw = dict(shape=np.zeros(head.n_shape, np.float32), focal=440.0)
+    fps = T / 1.2
+    adam = fit_clip(head, emb, track, 256, 256, fps, settings=FitSettings(rigid_steps=80, steps=100), **kw)
+    refined = fit_clip(head, emb, track, 256, 256, fps, settings=FitSettings(rigid_steps=80, steps=100, refine_steps=4), **kw)
+    r_adam, r_lm = np.nanmean(adam.residual_px), np.nanmean(refined.residual_px)
+    assert r_lm < min(r_adam, 0.05), (r_lm, r_adam)
