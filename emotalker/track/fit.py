@@ -50,7 +50,8 @@ class FitSettings:
     steps: int = 350
     """Adam steps of the second stage (everything)."""
     refine_steps: int = 0
-    """L-BFGS iterations after the second stage (each a few evaluations)."""
+    """Levenberg-Marquardt iterations after the second stage (each costs about as many Adam steps
+    as a frame has parameters)."""
     lr: float = 0.02
     """Adam's step size for rotations, expression, jaw, eyes, eyelids and shape (translations: lr / 10 m)."""
     init_fov: float = 30.0
@@ -375,22 +376,121 @@ def _optimise(state: _State, prob: _Problem, lrig: LandmarkRig, s: FitSettings, 
             bar.update(1, loss=float(cost))
 
 
+FRAME_FIELDS = ("rot", "trans", "expr", "jaw", "gaze", "lids")
+SMOOTH_WEIGHTS = ("smooth_rotation", "smooth_translation", "smooth_expr", "smooth_jaw", "smooth_eyes", "smooth_eyelids")
+
+
+def _residuals(state: _State, prob: _Problem, lrig: LandmarkRig, s: FitSettings, irls: torch.Tensor) -> torch.Tensor:
+    """Per-frame residuals [T,M] whose squares sum to the energy's landmark, prior and limit terms
+    (the robust loss as iteratively reweighted least squares, `irls` [T,L]); no smoothness."""
+    T = state.rot.shape[0]
+    frames = (prob.weight.sum(-1) > 0).float()
+    scale = prob.norm * torch.sqrt(irls * prob.weight / prob.weight.sum(-1, keepdim=True).clamp_min(1e-9) / frames.sum().clamp_min(1.0))
+    data = (_project(state, prob, lrig.points(*state.rig_args())) - prob.obs) * scale[..., None]
+    lo, hi = s.jaw_open
+    limits = torch.cat([torch.relu(state.jaw[:, :1] - hi), torch.relu(lo - state.jaw[:, :1]),
+                        torch.relu(state.gaze.abs() - s.eyes_max), torch.relu(state.lids - s.eyelids[1]),
+                        torch.relu(s.eyelids[0] - state.lids)], 1)
+    return torch.cat([data.reshape(T, -1), math.sqrt(s.prior_expr / T) * state.expr,
+                      math.sqrt(s.prior_jaw_side / T) * state.jaw[:, 1:], math.sqrt(s.limit_weight / T) * limits], 1)
+
+
+def _gauss_newton_system(state: _State, prob: _Problem, lrig: LandmarkRig, s: FitSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """The energy's gradient [T,P] over the per-frame parameters and each frame's Gauss-Newton block [T,P,P]
+    of its landmark, prior and limit terms (smoothness, which couples frames, is added by `_banded`)."""
+    fields = [getattr(state, f) for f in FRAME_FIELDS]
+    cost, resid = _energy(state, prob, lrig.points(*state.rig_args()), s, False)
+    grad = torch.cat(torch.autograd.grad(cost, fields), 1).double()
+    r2 = (resid.detach() * prob.norm) ** 2
+    irls = s.robust_px**4 / (r2 + s.robust_px**2) ** 2  # Geman-McClure's derivative in r^2
+    sizes = [f.shape[1] for f in fields]
+    cols = []
+    with torch.no_grad():
+        for i, field in enumerate(fields):
+            for k in range(sizes[i]):
+                tangent = [torch.zeros_like(f) for f in fields]
+                tangent[i][:, k] = 1.0
+                cols.append(_jvp(state, prob, lrig, s, irls, fields, tangent))
+    J = torch.stack(cols, -1).double()  # [T,M,P]
+    H = 2 * J.transpose(1, 2) @ J
+    return grad, H
+
+
+def _jvp(state, prob, lrig, s, irls, fields, tangent) -> torch.Tensor:
+    """The residuals' derivative [T,M] along `tangent` (one tensor a per-frame field)."""
+    def f(*values):
+        saved = [getattr(state, n) for n in FRAME_FIELDS]
+        for n, v in zip(FRAME_FIELDS, values):
+            setattr(state, n, v)
+        try:
+            return _residuals(state, prob, lrig, s, irls)
+        finally:
+            for n, v in zip(FRAME_FIELDS, saved):
+                setattr(state, n, v)
+
+    import warnings
+
+    import torch.autograd.forward_ad as fwad
+
+    with warnings.catch_warnings(), fwad.dual_level():
+        warnings.simplefilter("ignore", DeprecationWarning)  # forward AD's first use scripts a helper
+        out = f(*(fwad.make_dual(x.detach(), t) for x, t in zip(fields, tangent)))
+        return fwad.unpack_dual(out).tangent
+
+
+def _banded(H: torch.Tensor, sizes: list[int], s: FitSettings, fps: float) -> np.ndarray:
+    """The whole Hessian in solveh_banded's upper form (frame-major unknowns, bandwidth two frames):
+    the frames' blocks H [T,P,P] plus the smoothness terms' exact second differences."""
+    T, P, _ = H.shape
+    u = 2 * P
+    ab = np.zeros((u + 1, T * P))
+    Hn = H.numpy()
+    for d in range(P):  # the blocks' d-th superdiagonals
+        ab[u - d].reshape(T, P)[:, d:] = np.diagonal(Hn, offset=d, axis1=1, axis2=2)
+    if T >= 3:
+        D = np.zeros((T - 2, T))
+        D[np.arange(T - 2), np.arange(T - 2)] = D[np.arange(T - 2), np.arange(2, T)] = 1.0
+        D[np.arange(T - 2), np.arange(1, T - 1)] = -2.0
+        M = D.T @ D  # pentadiagonal
+        c = np.concatenate([np.full(n, 2 * getattr(s, w) * fps**4 / (T - 2)) for n, w in zip(sizes, SMOOTH_WEIGHTS)])
+        for k in range(3):  # frame offsets 0, 1, 2
+            band = np.diagonal(M, offset=k)[:, None] * c[None]  # [T-k, P]
+            ab[u - k * P].reshape(T, P)[k:] += band
+    return ab
+
+
 def _refine(state: _State, prob: _Problem, lrig: LandmarkRig, s: FitSettings, steps: int, bar) -> None:
-    """L-BFGS on everything, after Adam: it follows the long flat valleys (expression against jaw,
-    focal length against distance) that Adam's per-parameter steps crawl along."""
-    params = [p for g in state.params(False) for p in g["params"]]
-    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=1, history_size=20, line_search_fn="strong_wolfe")
+    """Levenberg-Marquardt on all per-frame parameters at once after Adam (a banded system: frames
+    couple only through smoothness). It walks the long flat valleys (expression against jaw and
+    eyelids) that Adam's per-parameter steps crawl along."""
+    from scipy.linalg import solveh_banded
 
-    def closure():
-        opt.zero_grad(set_to_none=True)
-        cost, _ = _energy(state, prob, lrig.points(*state.rig_args()), s, False)
-        cost.backward()
-        return cost
-
+    fields = [getattr(state, f) for f in FRAME_FIELDS]
+    sizes = [f.shape[1] for f in fields]
+    damping = 1e-3
     for _ in range(steps):
-        cost = opt.step(closure)
+        grad, H = _gauss_newton_system(state, prob, lrig, s)
+        ab = _banded(H, sizes, s, prob.fps)
+        g = grad.numpy().reshape(-1)
+        diag = ab[-1].copy()
+        with torch.no_grad():
+            before = [f.clone() for f in fields]
+            cost0 = cost = float(_energy(state, prob, lrig.points(*state.rig_args()), s, False)[0])
+            for _ in range(8):
+                ab[-1] = diag * (1 + damping) + 1e-9
+                step = torch.as_tensor(solveh_banded(ab, -g, check_finite=False).reshape(grad.shape), dtype=torch.float32)
+                for f, b, d in zip(fields, before, step.split(sizes, 1)):
+                    f.copy_(b + d)
+                cost = float(_energy(state, prob, lrig.points(*state.rig_args()), s, False)[0])
+                if cost < cost0:
+                    damping = max(damping / 3, 1e-7)
+                    break
+                damping *= 4
+            else:
+                for f, b in zip(fields, before):
+                    f.copy_(b)
         if bar is not None:
-            bar.update(1, loss=float(cost))
+            bar.update(1, loss=min(cost, cost0))
 
 
 def _tracking(state: _State, width: int, height: int, centre: torch.Tensor, s: FitSettings) -> Tracking:
