@@ -373,7 +373,7 @@ def _optimise(state: _State, prob: _Problem, lrig: LandmarkRig, s: FitSettings, 
         cost.backward()
         opt.step()
         if bar is not None:
-            bar.update(1, loss=float(cost))
+            bar.update(1, loss=float(cost.detach()))
 
 
 FRAME_FIELDS = ("rot", "trans", "expr", "jaw", "gaze", "lids")
