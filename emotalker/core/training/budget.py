@@ -7,9 +7,9 @@ from the plan's probe and is fitted again every `refit_seconds` to the measured
 rate of the last steps, because a step's cost changes as a run goes (Stage 1's
 densification triples its Gaussians) and the machine's load changes with it.
 
-The fitted count is recorded with the stage (`steps` in avatar.json), so the
-same run can be repeated step for step with `--steps` and no budget; a
-budgeted run itself is only as repeatable as the machine's speed.
+The count reached is recorded with the stage (`steps` in avatar.json). A
+budgeted run is only as repeatable as the machine's speed: for the same bytes
+twice, train a fixed number of steps.
 """
 
 from __future__ import annotations
