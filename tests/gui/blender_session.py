@@ -189,7 +189,8 @@ def settle(started: float, key: str):
     while time.perf_counter() < started + 120:
         if engine.LANES and engine.previews_settled():
             results[key] = time.perf_counter() - started
-            yield 0.3  # one more redraw, with the final image
+            view3d()[1].tag_redraw()
+            yield 1.0  # one more redraw, with the final image (a busy machine's software OpenGL can take 0.3 s+)
             return
         yield 0.05
     results[key] = None
