@@ -11,7 +11,7 @@ from emotalker.core.datasets.dataset import Dataset
 from emotalker.core.evaluation.neutral import evaluate
 from emotalker.core.datasets.frames import FrameSet
 from emotalker.core.models.bundle import AvatarBundle
-from emotalker.core.training.neutral import NeutralTrainer, TrainNeutralConfig, new_model
+from emotalker.core.training.neutral import NeutralTrainer, TrainNeutralConfig, denormals_flushed, new_model
 from stage1_data import write_teacher_dataset
 
 
@@ -174,3 +174,13 @@ def test_cli_reports_a_missing_dataset_in_one_line(tmp_path, capsys):
     rc = main(["train", "neutral", str(tmp_path / "nope"), "--out", str(tmp_path / "a")])
     err = capsys.readouterr().err
     assert rc == 2 and "nope" in err and len(err.strip().splitlines()) == 1
+
+
+def test_training_leaves_the_process_with_ieee_denormals(dataset):
+    """Stage 1 flushes denormals to zero while it steps (they make CPU Adam tens of times slower), but only
+    then: mediapipe's XNNPACK, later in the same process (`emotalker track`), fails to prepare under it."""
+    tiny = torch.tensor([1e-39], dtype=torch.float32)  # a denormal float32
+    small_trainer(dataset, steps=3).run()
+    assert (tiny * 1.0).item() != 0.0
+    with denormals_flushed():
+        assert (tiny * 1.0).item() == 0.0  # the check can fail: under the mode the denormal is flushed

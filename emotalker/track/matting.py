@@ -33,35 +33,18 @@ class SelfieMatte:
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         from emotalker.track.landmarks import native_stderr_to
 
-        rgb = np.ascontiguousarray(rgb)
         with native_stderr_to(self._held):
-            try:
-                mask = self._graph().process(rgb).segmentation_mask
-            except RuntimeError:
-                # Once in a full test run (never alone) the graph's XNNPACK delegate failed to prepare
-                # ("failed to reshape runtime"); a new graph is tried once before giving up.
-                self._close()
-                mask = self._graph().process(rgb).segmentation_mask
+            if self._seg is None:
+                self._seg = self._mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
+            mask = self._seg.process(np.ascontiguousarray(rgb)).segmentation_mask
         return np.clip(np.asarray(mask, np.float32), 0.0, 1.0)
-
-    def _graph(self):
-        if self._seg is None:
-            self._seg = self._mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
-        return self._seg
-
-    def _close(self) -> None:
-        seg, self._seg = self._seg, None
-        if seg is not None:
-            try:
-                seg.close()
-            except RuntimeError:  # a graph that failed reports it again when closed
-                pass
 
     def __exit__(self, *exc) -> None:
         from emotalker.track.landmarks import native_stderr_to
 
-        with native_stderr_to(self._held):
-            self._close()
+        if self._seg is not None:
+            with native_stderr_to(self._held):
+                self._seg.close()
         self._held.close()
 
 

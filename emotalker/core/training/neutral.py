@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
@@ -349,13 +350,11 @@ class NeutralTrainer:
         and at the end. `progress`: a Progress (update per step); `on_step(trainer, stats)`:
         a hook called after each step (evaluation curves, tests that stop a run); `budget`: a
         StepBudget that refits cfg.steps as the run goes."""
-        # Adam's second moments of the tiny delta gradients fall into denormal floats,
-        # which make CPU arithmetic (sqrt above all) tens of times slower.
-        torch.set_flush_denormal(True)
         t0 = time.monotonic() - self.state.seconds
         try:
             while self.state.step < self.cfg.steps:
-                stats = self.train_step()
+                with denormals_flushed():
+                    stats = self.train_step()
                 self.state.seconds = time.monotonic() - t0
                 if budget is not None:
                     self._follow_budget(budget, progress)
@@ -382,6 +381,19 @@ class NeutralTrainer:
             self.set_steps(steps)
             if progress is not None:
                 progress.set_total(steps)
+
+
+@contextmanager
+def denormals_flushed():
+    """Denormal floats flushed to zero for the block only. Adam's second moments of the tiny delta
+    gradients fall into denormals, which make CPU arithmetic (sqrt above all) tens of times slower;
+    but the mode is the thread's own, and native code sharing the process expects IEEE arithmetic
+    (mediapipe's XNNPACK delegate fails to prepare under it: `emotalker track` after a training)."""
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def new_model(flame_model, n_gaussians: int, sh_degree: int = 1, seed: int = 0, **overrides) -> GaussianBlendshapes:
