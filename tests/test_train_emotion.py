@@ -134,6 +134,10 @@ def test_train_all_runs_the_three_stages_in_turn(data, tmp_path):
                  "--a2e-steps", "2", "--emotion-steps", "2", "--eval-stride", "8", "--progress", "none"]) in (0, None)
     bundle = AvatarBundle.open(out)
     assert all(bundle.has_stage(s) for s in ("neutral", "a2e", "emotion"))
+    # The plan printed before the first step is kept beside the stages (steps given: no budget).
+    plan = bundle.manifest()["plan"]
+    assert plan["minutes"] is None and [(s["stage"], s["steps"]) for s in plan["stages"]] == [
+        ("neutral", 2), ("a2e", 2), ("emotion", 2)]
     avatar = Avatar.open(out)
     model = avatar.stage2
     assert model.cfg.n_gaussians == avatar.stage1.n_gaussians
@@ -186,3 +190,13 @@ def test_the_worker_trains_every_stage_and_a_cancelled_run_resumes_from_the_step
     assert result["stages"]["neutral"]["summary"].startswith("Stage 1: ")
     assert all(AvatarBundle.open(out).has_stage(s) for s in ("neutral", "a2e", "emotion"))
     assert result["report"] == str(out / "report.html") and (out / "report.html").stat().st_size > 10_000
+
+
+def test_stage_2_without_stage_1_is_one_line_before_any_probe_or_file(data, tmp_path, capsys):
+    from emotalker.cli.main import main
+
+    dataset_root, _ = data
+    missing = tmp_path / "no_avatar"
+    assert main(["train", "emotion", str(dataset_root), "--avatar", str(missing), "--progress", "none"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "avatar folder not found" in err[0] and not missing.exists()

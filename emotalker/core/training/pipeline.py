@@ -52,12 +52,14 @@ def train_all(dataset: str | os.PathLike, avatar_dir: str | os.PathLike, config:
     from emotalker.core.training.plan import FINISH_SECONDS, plan_training, run_minutes, stage_config
 
     started = time.monotonic()
+    # What no plan can fix fails first, before the probes and before anything is written.
     if "a2e" in stages:
-        check_a2e_config(config.a2e)  # before the plan reads the dataset
+        check_a2e_config(config.a2e)
+    if "emotion" in stages and "neutral" not in stages:
+        AvatarBundle.open(avatar_dir).require_stage("neutral")
     dev = resolve_device(device)
     minutes = run_minutes(config, dev)
     plan = plan_training(dataset, config, list(stages), dev, minutes)
-    AvatarBundle.create(avatar_dir).update_manifest(None, plan=plan.to_dict())
     if on_plan is not None:
         on_plan(plan)
     deadline = None if minutes is None else started + minutes * 60 - FINISH_SECONDS
@@ -66,6 +68,8 @@ def train_all(dataset: str | os.PathLike, avatar_dir: str | os.PathLike, config:
         cfg = stage_config(plan, stage, getattr(config, stage), None if deadline is None else deadline - time.monotonic())
         results[stage] = dict(STAGES)[stage](dataset, avatar_dir, cfg, device, progress, resume,
                                              progress_sink=progress_sink)
+        if stage == stages[0]:  # the bundle exists now
+            AvatarBundle.open(avatar_dir).update_manifest(None, plan=plan.to_dict())
         if on_stage is not None:
             on_stage(stage, results[stage])
     return results
