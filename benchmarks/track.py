@@ -1,6 +1,6 @@
 """How right is `emotalker track`? Track a sample dataset's held-out clips from video and compare with its ground truth.
 
-    python benchmarks/track.py [--sample /tmp/emotalker-sample-default] [--clips N] [--skip-train] [--json out.json]
+    python benchmarks/track.py [--sample DIR] [--clips N] [--skip-train] [--json out.json]
 
 Each held-out (split "test") clip of the sample is rendered to an MP4 with its
 audio (frames over a plain grey background), tracked with the sample's own rig
@@ -37,6 +37,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -68,11 +69,10 @@ def compare_clip(gt: Dataset, tracked: Dataset, clip_id: str, emb) -> dict:
     import torch
 
     from emotalker.track.fit import head_rotations, rotation_error_deg
-    from emotalker.track.pipeline import posed_vertices
     from emotalker.track.sheet import project
 
     tg, tt = gt.tracking(clip_id), tracked.tracking(clip_id)
-    vg, vt = posed_vertices(gt.flame_model(), tg), posed_vertices(tracked.flame_model(), tt)
+    vg, vt = tg.posed_vertices(gt.flame_model()), tt.posed_vertices(tracked.flame_model())
     with torch.no_grad():
         pg, pt = (emb.points(torch.from_numpy(v)).numpy() for v in (vg, vt))
     scale = 512 / gt.width
@@ -111,7 +111,7 @@ def photo_figures(overlay_png: Path | None) -> dict:
     from emotalker.track.embedding import landmark_embedding
     from emotalker.track.fit import fit_clip
     from emotalker.track.landmarks import LandmarkDetector, LandmarkTrack
-    from emotalker.track.pipeline import face_crop, posed_vertices
+    from emotalker.track.pipeline import face_crop
     from emotalker.track.sheet import overlay, project, write_sheet
 
     image, size = astronaut(), 512
@@ -127,7 +127,7 @@ def photo_figures(overlay_png: Path | None) -> dict:
     if overlay_png is not None:
         import torch
 
-        verts = posed_vertices(model, fit.tracking, fit.shape)
+        verts = fit.tracking.posed_vertices(model, fit.shape)
         vm, K = fit.tracking.viewmat[0].astype(np.float64), fit.tracking.K[0].astype(np.float64)
         on_mesh = emb.points(torch.from_numpy(verts)).numpy()[0]
         rgba = np.concatenate([rgb, np.full((size, size, 1), 255, np.uint8)], -1)
@@ -185,8 +185,10 @@ def train_and_eval(dataset: Path, avatar: Path, train_args: str) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sample", default="/tmp/emotalker-sample-default", help="a make-sample dataset")
-    ap.add_argument("--work", default="/tmp/emotalker-track-bench", help="videos, tracked dataset, avatars")
+    tmp = Path(tempfile.gettempdir())
+    ap.add_argument("--sample", default=str(tmp / "emotalker-sample-default"),
+                    help="a make-sample dataset (default: the one benchmarks/train_neutral.py reads)")
+    ap.add_argument("--work", default=str(tmp / "emotalker-track-bench"), help="videos, tracked dataset, avatars")
     ap.add_argument("--clips", type=int, default=0, help="at most this many held-out clips (0: all)")
     ap.add_argument("--train-clips", type=int, default=0, help="at most this many train clips for the training runs (0: all)")
     ap.add_argument("--skip-train", action="store_true", help="no training: tracking figures only")

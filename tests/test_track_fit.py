@@ -60,16 +60,6 @@ def known_motion(model, T: int, rng) -> tuple[Tracking, np.ndarray]:
     return tracking, rot
 
 
-def posed_vertices(model, tr: Tracking, shape=None) -> np.ndarray:
-    T = len(tr)
-    sh = None if shape is None else torch.as_tensor(shape)[None].expand(T, -1)
-    with torch.no_grad():
-        verts, _ = FlameRig(model)(FlameParams(shape=sh, expr=torch.as_tensor(tr.expr), jaw=torch.as_tensor(tr.jaw),
-                                               neck=torch.as_tensor(tr.neck), eyes=torch.as_tensor(tr.eyes),
-                                               eyelids=torch.as_tensor(tr.eyelids)))
-    return verts.numpy()
-
-
 def project(points: np.ndarray, tr: Tracking) -> np.ndarray:
     cam = np.einsum("tij,tlj->tli", tr.viewmat[:, :3, :3], points) + tr.viewmat[:, None, :3, 3]
     uv = np.einsum("tij,tlj->tli", tr.K, cam)
@@ -109,7 +99,7 @@ def synthetic_fit(head):
     tr, rot = known_motion(head, T, rng)
     shape = rng.normal(0, 0.5, head.n_shape).astype(np.float32)
     emb = synthetic_embedding(head)
-    points = project(emb.points(torch.as_tensor(posed_vertices(head, tr, shape))).numpy(), tr)
+    points = project(emb.points(torch.as_tensor(tr.posed_vertices(head, shape))).numpy(), tr)
     points = (points + rng.normal(0, 0.5, points.shape)).astype(np.float32)
     found = np.ones(T, bool)
     found[8:11] = False
@@ -147,7 +137,7 @@ def test_given_shape_and_focal_are_held(head):
     rng = np.random.default_rng(3)
     tr, _ = known_motion(head, 8, rng)
     emb = synthetic_embedding(head, 150)
-    points = project(emb.points(torch.as_tensor(posed_vertices(head, tr))).numpy(), tr).astype(np.float32)
+    points = project(emb.points(torch.as_tensor(tr.posed_vertices(head))).numpy(), tr).astype(np.float32)
     track = LandmarkTrack(points, np.ones(8, bool), np.ones(8, np.int32))
     shape = np.zeros(head.n_shape, np.float32)
     # 8 frames over the 1.2 s the 30-frame clip takes at 25 fps: the same, plausible head speeds
@@ -175,7 +165,7 @@ def test_levenberg_marquardt_refinement_fits_closer_than_adam(head):
     T = 12
     tr, _ = known_motion(head, T, rng)
     emb = synthetic_embedding(head, 200)
-    points = project(emb.points(torch.as_tensor(posed_vertices(head, tr))).numpy(), tr).astype(np.float32)
+    points = project(emb.points(torch.as_tensor(tr.posed_vertices(head))).numpy(), tr).astype(np.float32)
     track = LandmarkTrack(points, np.ones(T, bool), np.ones(T, np.int32))
     kw = dict(shape=np.zeros(head.n_shape, np.float32), focal=440.0)
     fps = T / 1.2
@@ -196,7 +186,7 @@ def test_fit_recovers_pose_and_jaw_from_the_rigs_own_rendered_frames(tmp_path):
     emb = landmark_embedding(model)
     T = 10
     tr, _ = known_motion(model, T, np.random.default_rng(5))
-    verts = posed_vertices(model, tr)
+    verts = tr.posed_vertices(model)
     frames = [(render_mesh(verts[t], model.faces, model.albedo, tr.viewmat[t], tr.K[t], 256, 256,
                            background=(0.5, 0.5, 0.5)) * 255).round().astype(np.uint8) for t in range(T)]
     track = detect_frames(frames)

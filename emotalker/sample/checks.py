@@ -17,13 +17,7 @@ from emotalker.sample.visemes import BILABIALS, speech_envelope
 
 def posed_vertices(ds: Dataset, clip_id: str) -> np.ndarray:
     """The rig posed by the clip's tracking: [T,V,3] float64 (FLAME space)."""
-    import torch
-
-    from emotalker.core.rig.flame import FlameRig
-
-    with torch.no_grad():
-        verts, _ = FlameRig(ds.flame_model())(ds.tracking(clip_id).flame_params())
-    return verts.double().numpy()
+    return ds.tracking(clip_id).posed_vertices(ds.flame_model())
 
 
 def silhouette_iou(ds: Dataset, clip_id: str, stride: int = 1) -> np.ndarray:

@@ -266,22 +266,6 @@ def _sheet(work: Path, target: "_Target", emb, track, tracking: Tracking, verts:
     write_sheet(work / "tracking_sheet.png", cells, labels)
 
 
-def posed_vertices(model, tracking: Tracking, shape: np.ndarray | None = None) -> np.ndarray:
-    """The rig posed by a clip's tracking, with an identity `shape` [S] (none: the rig's own): [T,V,3] float64."""
-    from dataclasses import replace
-
-    import torch
-
-    from emotalker.core.rig.flame import FlameRig
-
-    params = tracking.flame_params()
-    if shape is not None and np.size(shape):
-        params = replace(params, shape=torch.from_numpy(np.asarray(shape, np.float32)).reshape(1, -1).expand(len(tracking), -1))
-    with torch.no_grad():
-        verts, _ = FlameRig(model)(params)
-    return verts.double().numpy()
-
-
 class _Target:
     """The dataset a video goes into: its rig (the dataset's own, or the base rig of a new one) and its clips."""
 
@@ -347,7 +331,7 @@ class _Target:
 
     def posed(self, fit) -> np.ndarray:
         """The rig posed by a fit: vertices [T,V,3] float64."""
-        return posed_vertices(self.model, fit.tracking, fit.shape)
+        return fit.tracking.posed_vertices(self.model, fit.shape)
 
     def keep_fit(self, fit, emb) -> None:
         self.fit, self.emb = fit, emb

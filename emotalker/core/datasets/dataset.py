@@ -84,6 +84,23 @@ class Tracking:
         return FlameParams(**{k: torch.from_numpy(np.asarray(getattr(self, k), np.float32))
                               for k in ("expr", "jaw", "neck", "eyes", "eyelids")})
 
+    def posed_vertices(self, model, shape: np.ndarray | None = None) -> np.ndarray:
+        """The rig `model` posed for each frame, with an identity `shape` [S] (none: the rig's own):
+        [T,V,3] float64 (FLAME space)."""
+        from dataclasses import replace
+
+        import torch
+
+        from emotalker.core.rig.flame import FlameRig
+
+        params = self.flame_params()
+        if shape is not None and np.size(shape):
+            shape = torch.from_numpy(np.asarray(shape, np.float32)).reshape(1, -1).expand(len(self), -1)
+            params = replace(params, shape=shape)
+        with torch.no_grad():
+            verts, _ = FlameRig(model)(params)
+        return verts.double().numpy()
+
     def save(self, path: str | os.PathLike) -> None:
         """Write tracking.npz atomically (K kept per frame)."""
         from emotalker.core.base.fileio import atomic_path
