@@ -22,7 +22,7 @@ from window import HEARTBEAT, beats, heartbeat, start, view3d  # noqa: E402
 
 OUT, DATASET = (Path(a).resolve() for a in sys.argv[sys.argv.index("--") + 1:][:2])
 AVATAR = OUT / "avatar"
-STEPS = {"neutral_steps": 200, "a2e_steps": 2, "emotion_steps": 2, "gaussians": 300}  # Esc comes well before Stage 1 ends
+STEPS = {"neutral_steps": 200, "a2e_steps": 2, "emotion_steps": 20, "gaussians": 300}  # Esc comes well before Stage 1 ends; Stage 2 long enough for the panel (sampled every 50 ms) to show it
 results: dict = {"blender": bpy.app.version_string}
 
 
