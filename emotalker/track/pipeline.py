@@ -131,7 +131,7 @@ def _track_into(work: Path, info: VideoInfo, target: "_Target", fps: float, reso
     fit = _fit(work, target, emb, cropped, resolution, fps, settings, progress)
     clock.append(time.monotonic())
     verts = target.posed(fit)
-    _write_frames(work, info, fps, crop, resolution, target.model.faces, verts, fit.tracking, progress)
+    _write_frames(work, info, fps, crop, resolution, target.model, verts, fit.tracking, progress)
     clock.append(time.monotonic())
     fit.tracking.save(work / "tracking.npz")
     if sheet:
@@ -219,13 +219,15 @@ def _fit(work: Path, target: "_Target", emb, track, resolution: int, fps: float,
     return fit
 
 
-def _write_frames(work: Path, info: VideoInfo, fps: float, crop: Crop | None, size: int, faces: np.ndarray,
+def _write_frames(work: Path, info: VideoInfo, fps: float, crop: Crop | None, size: int, model,
                   verts: np.ndarray, tracking: Tracking, progress: str) -> None:
     """The clip's RGBA frames (the cropped video, alpha from `head_alpha`); frames already written are kept."""
     from emotalker.bake.video import write_png
-    from emotalker.track.matting import SelfieMatte, head_alpha, head_silhouette
+    from emotalker.track.matting import SelfieMatte, chin_and_crown, head_alpha, head_silhouette
+    from emotalker.track.sheet import project
 
     T = len(tracking)
+    chin_id, crown_id = chin_and_crown(model)
     done = sum((work / "images" / FRAME_NAME.format(t)).is_file() for t in range(T))
     with SelfieMatte() as matte, Progress("frames", total=T, mode=progress, initial=done) as bar:
         t = -1
@@ -235,8 +237,10 @@ def _write_frames(work: Path, info: VideoInfo, fps: float, crop: Crop | None, si
             path = work / "images" / FRAME_NAME.format(t)
             if path.is_file():
                 continue
-            sil = head_silhouette(verts[t], faces, tracking.viewmat[t], tracking.K[t], size)
-            alpha = head_alpha(matte(rgb), sil)
+            viewmat, K = tracking.viewmat[t].astype(np.float64), tracking.K[t].astype(np.float64)
+            sil = head_silhouette(verts[t], model.faces, viewmat, K, size)
+            chin, crown = project(verts[t][[chin_id, crown_id]], viewmat, K)
+            alpha = head_alpha(rgb, matte(rgb), sil, chin, crown)
             write_png(path, np.concatenate([rgb, (alpha[..., None] * 255 + 0.5).astype(np.uint8)], -1))
             bar.update(1)
     if t + 1 < T:
