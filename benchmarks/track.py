@@ -99,7 +99,8 @@ def compare_clip(gt: Dataset, tracked: Dataset, clip_id: str, emb) -> dict:
     with torch.no_grad():  # the embedding is linear in the vertices: it carries displacements too
         expr_at_landmarks = emb.points(torch.from_numpy(mesh(pad(tg.expr)))).numpy()
     return {"landmark_px": lm, "mouth_gt": gap(pg), "mouth_tracked": gap(pt),
-            "expr_at_landmarks": expr_at_landmarks, "expr_mesh_gt": mesh(pad(tg.expr)), "expr_mesh_tracked": mesh(pad(tt.expr)),
+            "expr_at_landmarks": expr_at_landmarks, "expr_mesh_gt": mesh(pad(tg.expr)),
+            "expr_mesh_tracked": mesh(pad(tt.expr)),
             "frames_psnr": frames_psnr(gt, tracked, clip_id),
             "jaw_gt": tg.jaw[:, 0], "jaw_tracked": tt.jaw[:, 0], "expr_gt": pad(tg.expr), "expr_tracked": pad(tt.expr),
             "rot_deg": rotation_error_deg(head_rotations(tt), head_rotations(tg))}
@@ -126,12 +127,13 @@ def summarise(rows: list[dict]) -> dict:
     base = ((cat["expr_gt"].mean(0) - cat["expr_gt"]) ** 2).sum(1).mean()
     mesh_err = ((cat["expr_mesh_tracked"] - cat["expr_mesh_gt"]) ** 2).mean()
     mesh_base = ((cat["expr_mesh_gt"].mean(0) - cat["expr_mesh_gt"]) ** 2).mean()
+    lm_expr = cat["expr_at_landmarks"]
     return {"landmark_px": float(cat["landmark_px"].mean()),
             "jaw_corr": float(np.corrcoef(cat["mouth_tracked"], cat["mouth_gt"])[0, 1]),
             "jaw_angle_corr": float(np.corrcoef(cat["jaw_tracked"], cat["jaw_gt"])[0, 1]),
             "expr_error_ratio": float(np.sqrt(err / base)),
             "expr_mesh_error_ratio": float(np.sqrt(mesh_err / mesh_base)),
-            "expr_signal_mm": float(np.sqrt(((cat["expr_at_landmarks"] - cat["expr_at_landmarks"].mean(0)) ** 2).sum(-1).mean())) * 1000,
+            "expr_signal_mm": 1000 * float(np.sqrt(((lm_expr - lm_expr.mean(0)) ** 2).sum(-1).mean())),
             "frames_psnr": float(cat["frames_psnr"].mean()),
             "rot_deg": float(cat["rot_deg"].mean()), "rot_deg_max": float(cat["rot_deg"].max()),
             "frames": int(len(cat["rot_deg"]))}
@@ -229,6 +231,7 @@ def tracked_on_true_frames(gt: Dataset, tracked: Dataset, clips: list[ClipInfo],
 
 
 def train(dataset: Path, avatar: Path, train_args: str) -> None:
+    """`emotalker train all` with the benchmark's settings."""
     subprocess.run([sys.executable, "-m", "emotalker", "train", "all", str(dataset), "--out", str(avatar), "--progress",
                     "none", *shlex.split(train_args)], check=True)
 
