@@ -1,4 +1,4 @@
-"""The tracked frames' alpha: the head and the rig's neck, with the image's edges, from a segmentation of the whole person.
+"""The tracked frames' alpha: the head and the rig's neck, from a segmentation of the whole person and the fitted mesh.
 
 Pure numpy and scipy: mediapipe is not needed to test how its segmentation is
 combined with the fitted mesh.
@@ -29,7 +29,7 @@ def person_scene():
     return rgb, head, torso, segmentation
 
 
-def test_torso_goes_head_edge_follows_the_image_not_a_too_large_fit():
+def test_torso_goes_and_the_edge_is_the_segmentations_not_a_too_large_fits():
     rgb, head, torso, segmentation = person_scene()
     silhouette = disc(64, 50, 33)  # the fit's head: 3 px too large all round
     alpha = head_alpha(rgb, segmentation, silhouette, chin=np.array([64.0, 80.0]), crown=np.array([64.0, 20.0]))
