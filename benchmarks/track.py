@@ -82,7 +82,8 @@ def compare_clip(gt: Dataset, tracked: Dataset, clip_id: str, emb) -> dict:
     from emotalker.track.sheet import project
 
     tg, tt = gt.tracking(clip_id), tracked.tracking(clip_id)
-    vg, vt = tg.posed_vertices(gt.flame_model()), tt.posed_vertices(tracked.flame_model())
+    rig = gt.flame_model()
+    vg, vt = tg.posed_vertices(rig), tt.posed_vertices(tracked.flame_model())
     with torch.no_grad():
         pg, pt = (emb.points(torch.from_numpy(v)).numpy() for v in (vg, vt))
     scale = 512 / gt.width
@@ -93,13 +94,14 @@ def compare_clip(gt: Dataset, tracked: Dataset, clip_id: str, emb) -> dict:
     gap = lambda p: np.linalg.norm(p[:, upper].mean(1) - p[:, lower].mean(1), axis=1)  # noqa: E731
     E = max(tg.expr.shape[1], tt.expr.shape[1])
     pad = lambda e: np.pad(e, ((0, 0), (0, E - e.shape[1])))  # noqa: E731
-    basis = gt.flame_model().shapedirs[:, :, gt.flame_model().n_shape:]  # [V,3,E]
+    basis = rig.shapedirs[:, :, rig.n_shape:]  # [V,3,E]
     n = min(basis.shape[2], E)
     mesh = lambda e: np.einsum("vce,te->tvc", basis[:, :, :n], e[:, :n])  # noqa: E731
+    expr_mesh_gt = mesh(pad(tg.expr))
     with torch.no_grad():  # the embedding is linear in the vertices: it carries displacements too
-        expr_at_landmarks = emb.points(torch.from_numpy(mesh(pad(tg.expr)))).numpy()
+        expr_at_landmarks = emb.points(torch.from_numpy(expr_mesh_gt)).numpy()
     return {"landmark_px": lm, "mouth_gt": gap(pg), "mouth_tracked": gap(pt),
-            "expr_at_landmarks": expr_at_landmarks, "expr_mesh_gt": mesh(pad(tg.expr)),
+            "expr_at_landmarks": expr_at_landmarks, "expr_mesh_gt": expr_mesh_gt,
             "expr_mesh_tracked": mesh(pad(tt.expr)),
             "frames_psnr": frames_psnr(gt, tracked, clip_id),
             "jaw_gt": tg.jaw[:, 0], "jaw_tracked": tt.jaw[:, 0], "expr_gt": pad(tg.expr), "expr_tracked": pad(tt.expr),

@@ -29,20 +29,34 @@ class StepClock:
         return self.now
 
 
-def train_under(budget: StepBudget, planned: int) -> int:
+class Totals:
+    """A stand-in Progress that keeps the totals it is told."""
+
+    def __init__(self):
+        self.totals = []
+
+    def set_total(self, total: int) -> None:
+        self.totals.append(total)
+
+
+def train_under(budget: StepBudget, planned: int, progress=None) -> int:
     """The loop every trainer runs: a step, then the step count the budget says."""
     step = 0
     while step < planned:
         step += 1
-        planned = budget.steps(step, planned)
+        if (steps := budget.follow(step, planned, progress)) is not None:
+            planned = steps
     return step
 
 
 def test_a_constant_step_cost_gets_the_budget_s_worth_of_steps():
     clock = StepClock(lambda call: 0.1)
-    steps = train_under(StepBudget(60.0, started=0.0, clock=clock, refit_seconds=5.0), planned=100)
+    progress = Totals()
+    steps = train_under(StepBudget(60.0, started=0.0, clock=clock, refit_seconds=5.0), planned=100, progress=progress)
     assert 590 <= steps <= 600
     assert 59.0 <= clock.now <= 60.0
+    assert progress.totals and progress.totals[-1] == steps  # the bar is told each new count, and ends at the last
+    assert all(a != b for a, b in zip(progress.totals, progress.totals[1:]))  # only changes are told
 
 
 def test_steps_that_grow_dearer_are_refitted_so_the_run_still_ends_within_the_budget():

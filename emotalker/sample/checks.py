@@ -24,7 +24,8 @@ def silhouette_iou(ds: Dataset, clip_id: str, stride: int = 1) -> np.ndarray:
     """IoU of each frame's alpha (> 0.5) with the rig's silhouette re-rasterised from the tracking: [n]."""
     from emotalker.core.rig.mesh_preview import rasterize
 
-    model, tr, verts = ds.flame_model(), ds.tracking(clip_id), posed_vertices(ds, clip_id)
+    model, tr = ds.flame_model(), ds.tracking(clip_id)
+    verts = tr.posed_vertices(model)
     out = []
     for t in range(0, len(tr), stride):
         fid, _ = rasterize(verts[t], model.faces, tr.viewmat[t].astype(np.float64), tr.K[t].astype(np.float64), ds.width, ds.height)

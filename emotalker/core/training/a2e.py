@@ -296,9 +296,8 @@ def _fit(model: A2EModel, opt: torch.optim.Optimizer, train_clips: list[ClipData
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
                 step += 1
-                if budget is not None and (steps := budget.steps(step, cfg.steps)) != cfg.steps:
+                if budget is not None and (steps := budget.follow(step, cfg.steps, bar)) is not None:
                     cfg = replace(cfg, steps=steps)
-                    bar.set_total(steps)
                 bar.update(1, loss=loss.item(), lip=loss_lip.item())
                 if step % cfg.checkpoint_every == 0 and step < cfg.steps:
                     _save_checkpoint(ckpt, model, opt, step, cfg)

@@ -26,7 +26,7 @@ FINISH_FRACTION = 0.03
 class StepBudget:
     """The step count of one stage, fitted to `seconds` of wall-clock time from `started`.
 
-    A trainer calls `steps(step, steps)` after every step and trains to what it returns."""
+    A trainer calls `follow(step, steps, progress)` after every step and trains to the count it returns."""
 
     seconds: float
     started: float = field(default_factory=time.monotonic)
@@ -49,6 +49,15 @@ class StepBudget:
         """Leave `seconds` just spent outside training (a benchmark's evaluation) out of the budget."""
         self.started += seconds
         self._marks = [(s, t + seconds) for s, t in self._marks]
+
+    def follow(self, step: int, planned: int, progress=None) -> int | None:
+        """The new step count when a fit changed it (a Progress is told the new total), else None."""
+        steps = self.steps(step, planned)
+        if steps == planned:
+            return None
+        if progress is not None:
+            progress.set_total(steps)
+        return steps
 
     def steps(self, step: int, planned: int) -> int:
         """The step count to train to, now that `step` steps are done (`planned`: the current count)."""

@@ -238,10 +238,8 @@ class EmotionTrainer:
             while self.step < self.cfg.steps:
                 stats = self.train_step()
                 self.seconds = time.monotonic() - t0
-                if budget is not None and (steps := budget.steps(self.step, self.cfg.steps)) != self.cfg.steps:
+                if budget is not None and (steps := budget.follow(self.step, self.cfg.steps, progress)) is not None:
                     self.cfg = replace(self.cfg, steps=steps)
-                    if progress is not None:
-                        progress.set_total(steps)
                 if self.step % 10 == 0 or self.step == self.cfg.steps:
                     self.history.append({"step": self.step, "loss": stats["loss"], "psnr": stats["psnr"],
                                          "seconds": round(self.seconds, 3)})

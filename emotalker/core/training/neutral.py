@@ -356,8 +356,8 @@ class NeutralTrainer:
                 with denormals_flushed():
                     stats = self.train_step()
                 self.state.seconds = time.monotonic() - t0
-                if budget is not None:
-                    self._follow_budget(budget, progress)
+                if budget is not None and (steps := budget.follow(self.state.step, self.cfg.steps, progress)) is not None:
+                    self.set_steps(steps)
                 step, cfg = self.state.step, self.cfg
                 if step % 10 == 0 or step == cfg.steps:
                     self.state.history.append({"step": step, "loss": stats["loss"], "psnr": stats["psnr"],
@@ -374,13 +374,6 @@ class NeutralTrainer:
             raise
         self.model.active_sh_degree = self.sh_degree_at(self.state.step)
         return self.state
-
-    def _follow_budget(self, budget, progress) -> None:
-        steps = budget.steps(self.state.step, self.cfg.steps)
-        if steps != self.cfg.steps:
-            self.set_steps(steps)
-            if progress is not None:
-                progress.set_total(steps)
 
 
 @contextmanager
@@ -413,9 +406,8 @@ def train_neutral(dataset: str | os.PathLike, avatar_dir: str | os.PathLike,
     from emotalker.core.base.progress import Progress
     from emotalker.core.datasets.dataset import Dataset
     from emotalker.core.models.bundle import AvatarBundle
-    from emotalker.core.training.history import thinned_history
-
     from emotalker.core.training.budget import stage_budget
+    from emotalker.core.training.history import thinned_history
 
     started = time.monotonic()
     cfg = config
