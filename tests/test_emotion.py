@@ -16,6 +16,7 @@ from emotalker.core.models.bundle import AvatarBundle
 from emotalker.core.models.emotion_deformer import (EmotionConfig, EmotionDeformer, EmotionInputs, N_OFFSETS, apply_offsets,
                                                     mesh_cue)
 from emotalker.core.base.errors import InputError
+from emotalker.core.base.fileio import load_tensors, save_tensors
 from emotalker.core.rig.flame import FlameParams
 
 AUDIO = 40
@@ -39,6 +40,8 @@ def make_deformer(n: int, trained: bool = True, **kw) -> EmotionDeformer:
             torch.nn.init.normal_(model.head[2].weight, std=0.3)
             torch.nn.init.normal_(model.head[2].bias, std=0.1)
             model.null.normal_()
+            if model.cfg.static_offsets:
+                model.static.normal_(std=0.1)
             model.camera_mean.copy_(torch.tensor([0.0, 0.0, 1.0]))
     return model.eval()
 
@@ -160,6 +163,36 @@ def test_no_null_ablation_masks_the_null_token(stage1):
         assert torch.allclose(ablated.offsets(dM, x), zeroed.offsets(dM, x), atol=1e-6)
         assert (ablated.offsets(dM, x) - model.offsets(dM, x)).abs().max() > 1e-4
     assert sum(p.numel() for p in ablated.parameters()) == sum(p.numel() for p in model.parameters())
+
+
+def test_static_offsets_are_each_emotions_own_mixed_and_gated_like_the_network(stage1):
+    model = make_deformer(stage1.n_gaussians)
+    network = make_deformer(stage1.n_gaussians, static_offsets=False)
+    dM = mesh_cue(stage1, params())[0]
+    happy, sad = model.static[EMOTIONS.index("happy")], model.static[EMOTIONS.index("sad")]
+    with torch.no_grad():
+        for intensity in (3.0, 1.2):
+            x = inputs(0.25 * onehot("happy") + 0.75 * onehot("sad"), intensity)
+            static = model.offsets(dM, x) - network.offsets(dM, x)
+            assert torch.allclose(static, (0.25 * happy + 0.75 * sad) * intensity / 3, atol=1e-5)
+        for grad in (False, True):  # the fast path and the differentiable one
+            with torch.set_grad_enabled(grad):
+                off = model.offsets(dM, inputs(onehot("happy"), 3.0)) - network.offsets(dM, inputs(onehot("happy"), 3.0))
+            assert torch.allclose(off.detach(), happy, atol=1e-5)
+    assert "static" not in dict(network.named_parameters())
+
+
+def test_a_file_from_before_the_static_offsets_loads_without_them(stage1, tmp_path):
+    model = make_deformer(stage1.n_gaussians, static_offsets=False)
+    model.save(tmp_path / "emotion.safetensors")
+    tensors, meta = load_tensors(tmp_path / "emotion.safetensors")
+    del meta["config"]["static_offsets"]  # as written before the field existed
+    save_tensors(tmp_path / "old.safetensors", tensors, meta)
+    old, _ = EmotionDeformer.load(tmp_path / "old.safetensors")
+    assert not old.cfg.static_offsets
+    dM = mesh_cue(stage1, params())[0]
+    with torch.no_grad():
+        assert torch.equal(old.offsets(dM, inputs(onehot("angry"))), model.offsets(dM, inputs(onehot("angry"))))
 
 
 def test_apply_offsets_leaves_teeth_and_turns_in_the_local_frame(stage1):

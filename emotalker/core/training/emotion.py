@@ -63,6 +63,8 @@ class TrainEmotionConfig:
     """Learning rate at the last step."""
     lr_null: float = 1e-2
     """Learning rate of the per-Gaussian null codes (each sees one frame's gradient at a time)."""
+    lr_static: float = 1e-2
+    """Learning rate of the static offsets (each emotion's own per Gaussian; each sees one frame's gradient at a time)."""
     resolution: int | None = None
     """Longer image side to train at (None: Stage 1's)."""
     background: tuple[float, float, float] | None = None
@@ -151,9 +153,11 @@ class EmotionTrainer:
         self.seconds = 0.0
         self.history: list[dict] = []
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        net = [p for n, p in deformer.named_parameters() if n != "null"]
-        groups = [{"params": net, "lr": cfg.lr, "base_lr": cfg.lr, "name": "net"},
-                  {"params": [deformer.null], "lr": cfg.lr_null, "base_lr": cfg.lr_null, "name": "null"}]
+        own_lr = {"null": cfg.lr_null, "static": cfg.lr_static}  # per-Gaussian parameters
+        net = [p for n, p in deformer.named_parameters() if n not in own_lr]
+        groups = [{"params": net, "lr": cfg.lr, "base_lr": cfg.lr, "name": "net"}]
+        groups += [{"params": [p], "lr": own_lr[n], "base_lr": own_lr[n], "name": n}
+                   for n, p in deformer.named_parameters() if n in own_lr]
         tune = cfg.neutral_lr_scale > 0
         for p in stage1.parameters():
             p.requires_grad_(tune)
