@@ -311,8 +311,9 @@ def _rigid_landmarks(lrig: LandmarkRig, fraction: float, n_samples: int = 24) ->
 
 def _initial_pose(template: np.ndarray, obs: np.ndarray, found: np.ndarray, weight: np.ndarray,
                   f0: float, principal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """rot [T,3] (axis-angle) and trans [T,3] from a weak-perspective fit of the template's landmarks
-    (centred on the pivot) to each frame's: a least-squares affine camera made orthonormal.
+    """rot [T,3] (axis-angle) from a weak-perspective fit of the template's landmarks (centred on the
+    pivot) to each frame's, a least-squares affine camera made orthonormal; trans [T,3] then from a
+    perspective solve at the focal length f0.
 
     Frames without a face take the values of the nearest frames with one (linearly interpolated)."""
     from scipy.spatial.transform import Rotation
@@ -322,17 +323,37 @@ def _initial_pose(template: np.ndarray, obs: np.ndarray, found: np.ndarray, weig
     centre = (weight[None, :, None] * obs).sum(1) / weight.sum()  # [T,2]
     Y = (obs - centre[:, None]) * sw[None]  # [T,L,2]
     A = np.einsum("ij,tjk->tik", np.linalg.pinv(X), Y).transpose(0, 2, 1)  # [T,2,3]: scale * rows of R
-    U, S, Vt = np.linalg.svd(A, full_matrices=False)
+    U, _, Vt = np.linalg.svd(A, full_matrices=False)
     rows = U @ Vt  # the nearest pair of orthonormal rows
     R = np.concatenate([rows, np.cross(rows[:, 0], rows[:, 1])[:, None]], 1)
     rot = Rotation.from_matrix(FLAME_TO_CV.astype(np.float64) @ R).as_rotvec()
-    z = f0 / np.maximum(S.mean(1), 1e-9)
-    trans = np.concatenate([(centre - principal) / f0 * z[:, None], z[:, None]], 1)
+    trans = np.zeros((len(obs), 3))
+    trans[found] = _perspective_translation(template, obs[found], weight, R[found], f0, principal)
     pose = np.concatenate([rot, trans], 1)
     idx = np.arange(len(obs))
     for k in range(6):
         pose[:, k] = np.interp(idx, idx[found], pose[found, k])
     return pose[:, :3].astype(np.float32), pose[:, 3:].astype(np.float32)
+
+
+def _perspective_translation(template: np.ndarray, obs: np.ndarray, weight: np.ndarray, R: np.ndarray, f: float,
+                             principal: np.ndarray) -> np.ndarray:
+    """trans [T,3] that best projects the rotated template (R [T,3,3] camera rotations) onto obs [T,L,2]
+    through focal length f: linear least squares per frame, since u - cx = f x / z gives
+    f tx - (u - cx) tz = (u - cx) (R X)_z - f (R X)_x, and likewise for v.
+
+    The weak-perspective scale alone puts the head too far away (by ~10 % on a 256-pixel face), which
+    the fit's small translation steps then take hundreds of steps to walk back."""
+    P = np.einsum("tij,lj->tli", R, template)  # [T,L,3]
+    d = obs - principal  # [T,L,2]
+    T, L = d.shape[:2]
+    A = np.zeros((T, L, 2, 3))
+    A[..., 0, 0] = A[..., 1, 1] = f
+    A[..., :, 2] = -d
+    b = d * P[..., 2:] - f * P[..., :2]  # [T,L,2]
+    w = np.sqrt(weight)[None, :, None]
+    A, b = (A * w[..., None]).reshape(T, 2 * L, 3), (b * w).reshape(T, 2 * L)
+    return np.linalg.solve(np.einsum("tmi,tmj->tij", A, A), np.einsum("tmi,tm->ti", A, b))
 
 
 def _problem(lrig: LandmarkRig, emb, track, width: int, height: int, fps: float, focal, s: FitSettings,
