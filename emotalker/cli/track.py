@@ -22,6 +22,18 @@ def add_parsers(sub) -> None:
     p.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
     p.set_defaults(func=run_track)
 
+    from emotalker.cli.options import add_config_options
+    from emotalker.track.refine import RefineSettings
+
+    r = sub.add_parser("refine-tracking", help="align every frame's head pose to its pixels through a quick Stage 1 "
+                                               "(after `emotalker track`, before training)")
+    r.add_argument("dataset", help="dataset folder; its clips' tracking.npz are refined in place (the landmark fit "
+                                   "is kept as tracking_landmarks.npz, and every run starts from it)")
+    add_config_options(r, RefineSettings)
+    r.add_argument("--device", default="auto")
+    r.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
+    r.set_defaults(func=run_refine)
+
 
 def run_track(args) -> int:
     """Check every video's header first (bad input fails before anything is written), then track each in turn;
@@ -57,3 +69,11 @@ def run_track(args) -> int:
             print(f"emotalker: error: {exc}", file=sys.stderr)
             failed += 1
     return 2 if failed else 0
+
+
+def run_refine(args) -> int:
+    from emotalker.cli.options import config_from_args
+    from emotalker.track.refine import RefineSettings, refine_tracking
+
+    refine_tracking(args.dataset, config_from_args(RefineSettings, args), device=args.device, progress=args.progress)
+    return 0
