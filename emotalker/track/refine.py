@@ -80,7 +80,7 @@ def refine_tracking(dataset: str | os.PathLike, settings: RefineSettings = Refin
     clips = [c.id for c in ds.clips]
     for c in clips:
         _keep_landmark_fit(ds.clip_dir(c))
-    work = _open_work(root, clips, settings, progress)
+    work = _open_work(root, settings, progress)
     ds = Dataset.open(root)  # the trackings may have been put back to the landmark fits
     dev = resolve_device(device)
     model = _quick_stage1(root, work, settings, dev, progress)
@@ -116,7 +116,7 @@ def _keep_landmark_fit(clip_dir: Path) -> None:
             shutil.copyfile(clip_dir / "tracking.npz", tmp)
 
 
-def _open_work(root: Path, clips: list[str], settings: RefineSettings, progress: str) -> Path:
+def _open_work(root: Path, settings: RefineSettings, progress: str) -> Path:
     """The work folder of a run with this key (settings, splits, landmark fits), continued when an interrupted
     run left it; else made afresh, with every clip's tracking put back to its landmark fit."""
     from emotalker.core.base.fileio import atomic_path
@@ -133,8 +133,8 @@ def _open_work(root: Path, clips: list[str], settings: RefineSettings, progress:
     except InputError:
         pass
     shutil.rmtree(work, ignore_errors=True)
-    for c in clips:
-        d = ds.clip_dir(c)
+    for c in ds.clips:
+        d = ds.clip_dir(c.id)
         with atomic_path(d / "tracking.npz") as tmp:
             shutil.copyfile(d / LANDMARK_FIT, tmp)
     (work / "clips").mkdir(parents=True)
