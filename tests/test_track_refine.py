@@ -59,9 +59,19 @@ def test_the_pose_search_finds_a_known_head_motion(teacher_dataset, wrong_poses)
     shift_before = np.linalg.norm(start[:, :3, 3] - true[:, :3, 3], axis=1)
     shift_after = np.linalg.norm(tracking.viewmat[:, :3, 3] - true[:, :3, 3], axis=1)
     assert shift_after.mean() < 0.3 * shift_before.mean(), (shift_before, shift_after)
-    assert stats["frames"] == 8 and stats["psnr_after"] > stats["psnr_before"] + 5
+    assert stats["frames"] == 8 and stats["frames_kept"] == 0 and stats["psnr_after"] > stats["psnr_before"] + 5
     for name in ("expr", "jaw", "neck", "eyes", "eyelids", "blink", "K"):  # only the viewmats change
         np.testing.assert_array_equal(getattr(tracking, name), getattr(ds.tracking("clip00"), name))
+
+
+def test_a_frame_the_search_makes_worse_keeps_its_pose(wrong_poses):
+    model = teacher_model(tiny_rig(subdivisions=3))
+    model.requires_grad_(False)
+    ds = Dataset.open(wrong_poses)
+    wild = RefineSettings(iterations=3, resolution=64, lr_rotation=1.0, lr_translation=1.0)  # steps that overshoot
+    tracking, stats = refine_clip(model, ds, "clip00", wild)
+    assert stats["frames_kept"] == 8 and stats["psnr_after"] == stats["psnr_before"]
+    np.testing.assert_array_equal(tracking.viewmat, ds.tracking("clip00").viewmat)
 
 
 def run(root, *extra):

@@ -161,7 +161,8 @@ def _quick_stage1(root: Path, work: Path, settings: RefineSettings, device, prog
 
 def refine_clip(model, ds: Dataset, clip_id: str, settings: RefineSettings, device="cpu", bar=None) -> tuple[Tracking, dict]:
     """The clip's tracking with each frame's viewmat moved to align `model`'s render with the frame,
-    and the model's mean PSNR against the frames (at settings.resolution) before and after."""
+    and the model's mean PSNR against the frames (at settings.resolution) before and after; a frame the
+    search did not improve keeps its pose (frames_kept counts them)."""
     from dataclasses import replace
 
     import torch
@@ -176,7 +177,7 @@ def refine_clip(model, ds: Dataset, clip_id: str, settings: RefineSettings, devi
         rest = model(frames.get(0).params)[0].means
         size = float((rest.max(0).values - rest.min(0).values).norm())
     motion = _RigidMotion(settings, size, device)
-    before, after = [], []
+    before, after, kept = [], [], 0
     with single_threaded():
         for i in range(len(frames)):
             frame = frames.get(i)
@@ -184,13 +185,18 @@ def refine_clip(model, ds: Dataset, clip_id: str, settings: RefineSettings, devi
                 gaussians = model(frame.params)[0]
             mse = motion.fit(gaussians, frame, frames.background, settings)
             before.append(mse[0])
-            after.append(mse[1])
-            viewmats[frame.t] = (frame.viewmat[0].double().cpu() @ motion.matrix(gaussians)).numpy()
+            if mse[1] < mse[0]:
+                after.append(mse[1])
+                viewmats[frame.t] = (frame.viewmat[0].double().cpu() @ motion.matrix(gaussians)).numpy()
+            else:  # the search made it worse (an occlusion, a bad matte): the frame keeps its pose, the next starts afresh
+                after.append(mse[0])
+                kept += 1
+                motion = _RigidMotion(settings, size, device)
             if bar is not None:
                 bar.update(1)
     psnr = lambda mse: float(np.mean(10 * np.log10(1.0 / np.maximum(mse, 1e-12))))  # noqa: E731
-    return replace(tracking, viewmat=viewmats), {"frames": len(frames), "psnr_before": psnr(before),
-                                                  "psnr_after": psnr(after)}
+    return replace(tracking, viewmat=viewmats), {"frames": len(frames), "frames_kept": kept,
+                                                  "psnr_before": psnr(before), "psnr_after": psnr(after)}
 
 
 class _RigidMotion:
