@@ -9,7 +9,8 @@ scored on them is misaligned. This pass, on a whole dataset:
   2. trains a short Stage 1 on the train split with that tracking (in DATASET/.refine/, resumable);
   3. per clip, frame by frame, finds the rigid motion of the head (a turn about the head's centre
      and a shift) that brings that Stage 1's render closest to the frame (colour L1 and the
-     alpha's squared error), starting from the previous frame's;
+     alpha's squared error), starting from the previous frame's; a frame the search does not
+     improve (an occlusion, a bad matte) keeps its pose;
   4. folds it into the frame's viewmat, which renders the head exactly as the motion moves it
      (viewmat @ M on the rest pose is viewmat on the moved Gaussians, up to the view direction of
      the SH colours), and writes the clip's tracking.npz; a clip done is recorded, so an
