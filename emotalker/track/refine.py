@@ -174,9 +174,8 @@ def refine_clip(model, ds: Dataset, clip_id: str, settings: RefineSettings, devi
     frames = FrameSet(ds, [clip_id], min(settings.resolution, max(ds.width, ds.height)), device=device)
     tracking = ds.tracking(clip_id)
     viewmats = np.array(tracking.viewmat, np.float32)
-    with torch.no_grad():
-        rest = model(frames.get(0).params)[0].means
-        size = float((rest.max(0).values - rest.min(0).values).norm())
+    v = model.flame_model.v_template
+    size = float(np.linalg.norm(v.max(0) - v.min(0)))  # the head's extent, as Stage 1's trainer measures it
     motion = _RigidMotion(settings, size, device)
     before, after, kept = [], [], 0
     with single_threaded():
@@ -184,11 +183,12 @@ def refine_clip(model, ds: Dataset, clip_id: str, settings: RefineSettings, devi
             frame = frames.get(i)
             with torch.no_grad():
                 gaussians = model(frame.params)[0]
-            mse = motion.fit(gaussians, frame, frames.background, settings)
+                centre = gaussians.means.mean(0)
+            mse = motion.fit(gaussians, centre, frame, frames.background, settings)
             before.append(mse[0])
             if mse[1] < mse[0]:
                 after.append(mse[1])
-                viewmats[frame.t] = (frame.viewmat[0].double().cpu() @ motion.matrix(gaussians)).numpy()
+                viewmats[frame.t] = (frame.viewmat[0].double().cpu() @ motion.matrix(centre)).numpy()
             else:  # the search made it worse (an occlusion, a bad matte): the frame keeps its pose, the next starts afresh
                 after.append(mse[0])
                 kept += 1
@@ -211,18 +211,17 @@ class _RigidMotion:
         self.opt = torch.optim.Adam([{"params": [self.omega], "lr": settings.lr_rotation},
                                      {"params": [self.shift], "lr": settings.lr_translation * head_size}])
 
-    def apply(self, gaussians):
-        """The Gaussians moved by the motion (positions and orientations)."""
+    def apply(self, gaussians, centre):
+        """The Gaussians moved by the motion about `centre` (positions and orientations)."""
         from emotalker.core.base.quaternion import matrix_to_quat, quat_multiply
         from emotalker.core.rig.flame import axis_angle_to_matrix
 
         R = axis_angle_to_matrix(self.omega[None])[0]
-        centre = gaussians.means.mean(0).detach()
         means = (gaussians.means - centre) @ R.T + centre + self.shift
         quats = quat_multiply(matrix_to_quat(R)[None].expand_as(gaussians.quats), gaussians.quats)
         return type(gaussians)(means, quats, gaussians.log_scales, gaussians.opacity_logits, gaussians.sh)
 
-    def fit(self, gaussians, frame, background, settings: RefineSettings) -> tuple[float, float]:
+    def fit(self, gaussians, centre, frame, background, settings: RefineSettings) -> tuple[float, float]:
         """settings.iterations Adam steps on this frame; the colour's squared error at the frame's own
         pose and at the motion found."""
         import torch
@@ -232,24 +231,24 @@ class _RigidMotion:
         with torch.no_grad():
             before = float(((render_avatar(gaussians, frame.camera, background).rgb[0] - frame.image) ** 2).mean())
         for _ in range(settings.iterations):
-            out = render_avatar(self.apply(gaussians), frame.camera, background)
+            out = render_avatar(self.apply(gaussians, centre), frame.camera, background)
             loss = (out.rgb[0] - frame.image).abs().mean() + settings.lambda_alpha * ((out.alpha[0] - frame.mask) ** 2).mean()
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
         with torch.no_grad():
-            after = float(((render_avatar(self.apply(gaussians), frame.camera, background).rgb[0] - frame.image) ** 2).mean())
+            after = float(((render_avatar(self.apply(gaussians, centre), frame.camera, background).rgb[0] - frame.image) ** 2).mean())
         return before, after
 
-    def matrix(self, gaussians) -> "torch.Tensor":
-        """The motion as a 4x4 (float64) acting on rest-pose points: x -> R (x - c) + c + shift."""
+    def matrix(self, centre) -> "torch.Tensor":
+        """The motion about `centre` as a 4x4 (float64) acting on rest-pose points: x -> R (x - c) + c + shift."""
         import torch
 
         from emotalker.core.rig.flame import axis_angle_to_matrix
 
         with torch.no_grad():
             R = axis_angle_to_matrix(self.omega[None].double())[0].cpu()
-            c = gaussians.means.mean(0).double().cpu()
+            c = centre.double().cpu()
             M = torch.eye(4, dtype=torch.float64)
             M[:3, :3] = R
             M[:3, 3] = c - R @ c + self.shift.double().cpu()
