@@ -88,6 +88,31 @@ def test_embedding_lands_on_the_right_regions(rig):
     assert left[:, 0].min() > 0.02 and right[:, 0].max() < -0.02
 
 
+def test_the_embedding_holds_facemeshs_response_to_the_expression(rig):
+    """FaceMesh, on the rig's own renders, reports a raised inner brow at well under the mesh's motion and
+    the lips' stretch close to it; the response survives the cache."""
+    from emotalker.track.embedding import posed_template
+    from emotalker.track.response import AMPLITUDE, projection_jacobian
+
+    model, path, emb = rig
+    assert emb.response is not None and emb.response.shape == (len(emb), 3, model.n_expr + 2)
+    np.testing.assert_array_equal(LandmarkEmbedding.load(cache_path(path)).response, emb.response)
+    rest = posed_template(model)
+    points = lambda v: emb.points(torch.from_numpy(v[None]))[0].numpy()  # noqa: E731
+    viewmat, K = view_cameras(model)[0]
+    J = projection_jacobian(points(rest), viewmat, K)
+
+    def frontal_gain(name: str) -> float:
+        k = model.expr_index(name)
+        own = np.einsum("lai,li->la", J, (points(posed_template(model, expr=np.eye(model.n_expr)[k] * AMPLITUDE))
+                                          - points(rest)) / AMPLITUDE)
+        reported = np.einsum("lai,li->la", J, emb.response[..., k])
+        return float((reported * own).sum() / (own * own).sum())
+
+    assert frontal_gain("brow_inner_raise") < 0.5  # measured: 0.30 (mediapipe 0.10.21)
+    assert 0.6 < frontal_gain("lips_stretch_left") < 1.4
+
+
 def test_a_rig_without_an_albedo_is_embedded_too(rig):
     """A converted FLAME model has no albedo: the grey render still gives lips, eyelids and eyeballs."""
     model, _, _ = rig

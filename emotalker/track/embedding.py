@@ -12,6 +12,10 @@ barycentric) pair, which holds in every pose. Landmarks the views do not agree o
 the face oval, points some views see only edge-on) are dropped. The result is cached beside
 the rig, keyed by a hash of the rig's arrays.
 
+The embedding also carries how FaceMesh reports the points' motion under each expression
+coefficient and eyelid (`response`, measured on renders of the rig by `track.response`): the fit
+predicts that, not the mesh's own motion, which FaceMesh under-reports.
+
 A rig without an albedo is drawn grey; FaceMesh still finds it, less precisely (irises above all).
 """
 
@@ -30,17 +34,21 @@ from emotalker.track.landmarks import N_LANDMARKS
 
 FORMAT = "emotalker-landmark-embedding/1"
 # Part of the cache key: bump it when the views or the voting change, so old caches are redone.
-METHOD_VERSION = 1
+METHOD_VERSION = 2  # 2: the detector's response to the expression
 RESOLUTION = 512
 # (yaw, pitch) in degrees of the camera around the head: frontal first; small angles, where FaceMesh
 # is sure of the whole face, outnumber the wider ones that mostly help the cheeks and the jaw line.
 VIEWS = ((0, 0), (-15, 0), (15, 0), (0, -12), (0, 12), (-10, -10), (10, 10), (-30, 5), (30, 5))
+# The expression's response is measured in the first five: the frontal view and a turn each way in yaw
+# and in pitch, which pin down all three directions of a point's motion.
+RESPONSE_VIEWS = 5
 AGREE = 0.012  # hits within this fraction of the head's bounding-box diagonal of the median agree
 MIN_AGREE = 0.5  # a landmark needs this share of the views that found the face to agree
 # The template is rendered with the jaw this far open (radians): with the lips apart the inner-lip
 # landmarks of the lower lip land on the lower lip, not on the upper one they touch at rest.
 # 0.05: at 0.03 two of them still took the upper lip; 0.07 and 0.1 fitted the sample's frames a little worse.
 JAW_OPEN = 0.05
+BACKGROUND = (0.5, 0.5, 0.5)
 EDGE_PX, EDGE_DEPTH = 3, 0.004  # a landmark this many pixels from a depth step of this many metres is on an edge
 
 
@@ -53,6 +61,8 @@ class LandmarkEmbedding:
     bary [L,3] float32: barycentric weights; weight [L] float32 in 0..1: the share of the views
     that agree on the point. `key` is the hash of the rig arrays it was made from. A track's
     detections that match `points(vertices)` are `track.points[:, emb.landmark]`.
+    response [L,3,E+2] float32 or None: each point's rest-space motion per unit of each expression
+    coefficient, then each eyelid, as FaceMesh reports it (None: as the mesh moves).
     """
 
     landmark: np.ndarray
@@ -61,6 +71,7 @@ class LandmarkEmbedding:
     bary: np.ndarray
     weight: np.ndarray
     key: str = ""
+    response: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.landmark.shape[0])
@@ -82,12 +93,13 @@ class LandmarkEmbedding:
         """Write an npz atomically (no pickled objects)."""
         from emotalker.core.base.fileio import atomic_path
 
+        extra = {} if self.response is None else {"response": self.response.astype(np.float32)}
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, format=np.array(FORMAT), key=np.array(self.key),
                                     landmark=self.landmark.astype(np.int64), face=self.face.astype(np.int64),
                                     vertex_ids=self.vertex_ids.astype(np.int64), bary=self.bary.astype(np.float32),
-                                    weight=self.weight.astype(np.float32))
+                                    weight=self.weight.astype(np.float32), **extra)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LandmarkEmbedding":
@@ -106,18 +118,27 @@ class LandmarkEmbedding:
         if L and not (0 <= data["landmark"].min() and data["landmark"].max() < N_LANDMARKS
                       and np.isfinite(data["bary"]).all() and np.isfinite(data["weight"]).all()):
             raise InputError(path, "landmark indices out of range or non-finite weights")
+        response = data.get("response")
+        if response is not None and (response.ndim != 3 or response.shape[:2] != (L, 3)
+                                     or not np.isfinite(response).all()):
+            raise InputError(path, f"response has shape {list(response.shape)} (expected [{L}, 3, n]) or is not finite")
         return cls(data["landmark"].astype(np.int64), data["face"].astype(np.int64),
                    data["vertex_ids"].astype(np.int64), data["bary"].astype(np.float32),
-                   data["weight"].astype(np.float32), key=str(data.get("key", "")))
+                   data["weight"].astype(np.float32), key=str(data.get("key", "")),
+                   response=None if response is None else response.astype(np.float32))
 
 
 def rig_key(model: FlameModel) -> str:
-    """A hash of what the embedding depends on: the template, the triangles, the albedo and the method."""
-    settings = (FORMAT, METHOD_VERSION, RESOLUTION, VIEWS, AGREE, MIN_AGREE, JAW_OPEN, EDGE_PX, EDGE_DEPTH)
+    """A hash of what the embedding depends on: the template, the triangles, the albedo, the expression
+    and eyelid bases (the response) and the method."""
+    from emotalker.track import response
+
+    settings = (FORMAT, METHOD_VERSION, RESOLUTION, VIEWS, AGREE, MIN_AGREE, JAW_OPEN, EDGE_PX, EDGE_DEPTH,
+                RESPONSE_VIEWS, response.AMPLITUDE, response.PULL, response.MOVES, response.MIN_VIEWS)
     h = hashlib.sha256(repr(settings).encode())
     # the skinning too: the template is rendered with the jaw open
     for a in (model.v_template, model.faces, model.albedo, model.weights, model.J_regressor, model.kintree_table,
-              model.posedirs):
+              model.posedirs, model.shapedirs[:, :, model.n_shape:], model.eyelids):
         a = np.zeros(0) if a is None else np.ascontiguousarray(a)
         h.update(f"{a.dtype} {a.shape}".encode())
         h.update(a.tobytes())
@@ -160,14 +181,17 @@ def landmark_embedding(model: FlameModel, rig_path: str | os.PathLike | None = N
 # ---------------------------------------------------------------------------
 
 
-def posed_template(model: FlameModel) -> np.ndarray:
-    """The template's vertices [V,3] (float64) with the jaw JAW_OPEN radians open."""
+def posed_template(model: FlameModel, expr=None, eyelids=None) -> np.ndarray:
+    """The template's vertices [V,3] (float64) with the jaw JAW_OPEN radians open, and the given
+    expression [E] and eyelid [2] coefficients (default zero)."""
     import torch
 
     from emotalker.core.rig.flame import FlameParams, FlameRig
 
+    row = lambda x, n: torch.zeros(1, n) if x is None else torch.as_tensor(x, dtype=torch.float32).reshape(1, n)  # noqa: E731
     with torch.no_grad():
-        verts, _ = FlameRig(model)(FlameParams(jaw=torch.tensor([[JAW_OPEN, 0.0, 0.0]])))
+        verts, _ = FlameRig(model)(FlameParams(expr=row(expr, model.n_expr), eyelids=row(eyelids, 2),
+                                               jaw=torch.tensor([[JAW_OPEN, 0.0, 0.0]])))
     return verts[0].numpy().astype(np.float64)
 
 
@@ -194,7 +218,7 @@ def cast_view(model: FlameModel, verts: np.ndarray, colours: np.ndarray, viewmat
     faces [478] -1 where missed), or None when FaceMesh finds no face."""
     from emotalker.core.rig.mesh_preview import rasterize, render_mesh
 
-    img = render_mesh(verts, model.faces, colours, viewmat, K, resolution, resolution, background=(0.5, 0.5, 0.5))
+    img = render_mesh(verts, model.faces, colours, viewmat, K, resolution, resolution, background=BACKGROUND)
     pts, _ = detector.detect(img)
     if pts is None:
         return None
@@ -231,26 +255,38 @@ def front_pixel(depth: np.ndarray, i: int, j: int, radius: int = EDGE_PX, edge: 
 
 
 def make_embedding(model: FlameModel, progress=None, source=None) -> LandmarkEmbedding:
-    """Render, detect, cast and vote (see the module's docstring). InputError when FaceMesh
-    finds the face in fewer than two views (a rig without a recognisable face or albedo)."""
+    """Render, detect, cast and vote (see the module's docstring), then measure FaceMesh's response to
+    the expression (`track.response`). InputError when FaceMesh finds the face in fewer than two views
+    (a rig without a recognisable face or albedo)."""
+    from emotalker.core.rig.mesh_preview import render_mesh
     from emotalker.track.landmarks import LandmarkDetector, progress_context
+    from emotalker.track.response import measure_response, n_coefficients
 
     colours = model.albedo if model.albedo is not None else np.full((model.n_verts, 3), 0.75)
     verts = posed_template(model)
+    cameras = view_cameras(model)
+    near = cameras[:RESPONSE_VIEWS]
     hits, faces = [], []
+    renders = len(cameras) + len(near) * (1 + n_coefficients(model))
     with (LandmarkDetector(static_images=True, max_faces=1) as det,
-          progress_context(progress, len(VIEWS), "landmark embedding") as bar):
-        for viewmat, K in view_cameras(model):
+          progress_context(progress, renders, "landmark embedding") as bar):
+        for viewmat, K in cameras:
             cast = cast_view(model, verts, colours, viewmat, K, RESOLUTION, det)
             if cast is not None:
                 hits.append(cast[0])
                 faces.append(cast[1])
             if bar is not None:
                 bar.update(1)
-    if len(hits) < 2:
-        raise InputError(source, f"FaceMesh found a face in {len(hits)} of {len(VIEWS)} renders of this rig's "
-                                 "neutral template; a landmark embedding needs a recognisable face (and an albedo)")
-    return vote(model, verts, np.stack(hits), np.stack(faces), source)
+        if len(hits) < 2:
+            raise InputError(source, f"FaceMesh found a face in {len(hits)} of {len(VIEWS)} renders of this rig's "
+                                     "neutral template; a landmark embedding needs a recognisable face (and an albedo)")
+        emb = vote(model, verts, np.stack(hits), np.stack(faces), source)
+
+        def render(v, viewmat, K):
+            return render_mesh(v, model.faces, colours, viewmat, K, RESOLUTION, RESOLUTION, background=BACKGROUND)
+
+        emb.response = measure_response(model, emb, near, render, det, bar)
+    return emb
 
 
 def vote(model: FlameModel, verts: np.ndarray, hits: np.ndarray, faces: np.ndarray, source=None) -> LandmarkEmbedding:

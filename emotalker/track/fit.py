@@ -108,9 +108,12 @@ class LandmarkRig:
     skinning-weighted copy per joint) is a fixed linear basis interpolated from its
     triangle's corners; with the root and neck at rest each other joint's transform is
     a rotation about its rest position, x -> x + (R - I)(x - j).
+
+    response [L,3,E+2] (the embedding's): the points' motion per expression coefficient and eyelid
+    as the landmark detector reports it, in place of the mesh's own (None: the mesh's).
     """
 
-    def __init__(self, model: FlameModel, face: np.ndarray, bary: np.ndarray):
+    def __init__(self, model: FlameModel, face: np.ndarray, bary: np.ndarray, response: np.ndarray | None = None):
         parents = model.parents
         if any(parents[j] > 1 for j in range(2, model.n_joints)):
             raise InputError(None, "the rig's joints past the neck must hang from the root or the neck (as FLAME's do)")
@@ -126,13 +129,22 @@ class LandmarkRig:
         corners = stack(tri.reshape(-1)).reshape(*tri.shape, 3, -1)  # [L,3 corners,3,K]
         w = model.weights[tri].astype(np.float64)  # [L,3 corners,J]
         t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
-        self.fixed, self.varying = self._split(np.einsum("lk,lkcn->lcn", b, corners), S)
+        moved_by = slice(1 + S, 1 + S + E + 2)  # the expression and eyelid columns
+        if response is not None and response.shape != (len(b), 3, E + 2):
+            raise InputError(None, f"the landmark embedding's response has shape {list(response.shape)}, "
+                                   f"the rig needs [{len(b)}, 3, {E + 2}]")
+        points = np.einsum("lk,lkcn->lcn", b, corners)
+        if response is not None:
+            points[..., moved_by] = response
+        self.fixed, self.varying = self._split(points, S)
         self.joints = []  # (joint, landmark rows, weight [n], fixed [n,3,1+S], varying [n*3,K'])
         for j in range(2, model.n_joints):
             omega = np.einsum("lk,lk->l", b, w[..., j])
             rows = np.nonzero(omega > 1e-6)[0]
             if len(rows):
                 q = np.einsum("lk,lk,lkcn->lcn", b[rows], w[rows, :, j], corners[rows])
+                if response is not None:  # the skinning weight's share of the reported motion
+                    q[..., moved_by] = omega[rows, None, None] * response[rows]
                 self.joints.append((j, torch.as_tensor(rows), t(omega[rows]), *self._split(q, S)))
         reg = model.J_regressor.astype(np.float64)
         jstack = np.einsum("jv,vcn->jcn", reg, stack(np.arange(V)))
@@ -569,7 +581,7 @@ def fit_clip(model: FlameModel, emb, track, width: int, height: int, fps: float,
     if not found.any():
         raise InputError(None, "no face was found in any frame")
     torch.manual_seed(0)
-    lrig = LandmarkRig(model, face, emb.bary)
+    lrig = LandmarkRig(model, face, emb.bary, emb.response)
     state0 = shape if shape is not None else np.zeros(model.n_shape, np.float32)
     with torch.no_grad():
         shape0 = torch.as_tensor(np.asarray(state0, np.float32)).reshape(-1)
