@@ -154,7 +154,7 @@ def cache_path(rig_path: str | os.PathLike) -> Path:
 def landmark_embedding(model: FlameModel, rig_path: str | os.PathLike | None = None,
                        progress=None) -> LandmarkEmbedding:
     """The rig's landmark embedding: read from `<rig>.landmarks.npz` when its key matches the
-    rig, else made (a few seconds) and written there. No rig_path: made, not cached; a folder
+    rig, else made (about 20 s for the procedural head) and written there. No rig_path: made, not cached; a folder
     that cannot be written to is not an error (the embedding is just made again next time).
     progress: None, a Progress mode ("bar", "json", "none") or an object with update(n), per view."""
     key = rig_key(model)
