@@ -156,7 +156,7 @@ def landmark_embedding(model: FlameModel, rig_path: str | os.PathLike | None = N
     """The rig's landmark embedding: read from `<rig>.landmarks.npz` when its key matches the
     rig, else made (about 20 s for the procedural head) and written there. No rig_path: made, not cached; a folder
     that cannot be written to is not an error (the embedding is just made again next time).
-    progress: None, a Progress mode ("bar", "json", "none") or an object with update(n), per view."""
+    progress: None, a Progress mode ("bar", "json", "none") or an object with update(n), per render."""
     key = rig_key(model)
     cache = None if rig_path is None else cache_path(rig_path)
     if cache is not None and cache.is_file():
