@@ -81,10 +81,10 @@ def refine_tracking(dataset: str | os.PathLike, settings: RefineSettings = Refin
     clips = [c.id for c in ds.clips]
     for c in clips:
         _keep_landmark_fit(ds.clip_dir(c))
-    work = _open_work(root, settings, progress)
+    work = _open_work(ds, settings, progress)
     ds = Dataset.open(root)  # the trackings may have been put back to the landmark fits
     dev = resolve_device(device)
-    model = _quick_stage1(root, work, settings, dev, progress)
+    model = _quick_stage1(ds, work, settings, dev, progress)
     results = {}
     total = sum(ds.n_frames(c) for c in clips)
     done = [c for c in clips if (work / "clips" / f"{c}.json").is_file()]
@@ -117,16 +117,15 @@ def _keep_landmark_fit(clip_dir: Path) -> None:
             shutil.copyfile(clip_dir / "tracking.npz", tmp)
 
 
-def _open_work(root: Path, settings: RefineSettings, progress: str) -> Path:
+def _open_work(ds: Dataset, settings: RefineSettings, progress: str) -> Path:
     """The work folder of a run with this key (settings, splits, landmark fits), continued when an interrupted
     run left it; else made afresh, with every clip's tracking put back to its landmark fit."""
     from emotalker.core.base.fileio import atomic_path
 
-    ds = Dataset.open(root)
     digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
     key = {"format": WORK_FORMAT, "settings": asdict(settings),
            "clips": {c.id: [c.split, digest(ds.clip_dir(c.id) / LANDMARK_FIT)] for c in ds.clips}}
-    work = root / WORK_DIR
+    work = ds.root / WORK_DIR
     try:
         if read_json(work / "key.json", "refinement work key") == key:
             note(progress, f"continuing the interrupted refinement in {work}")
@@ -143,7 +142,7 @@ def _open_work(root: Path, settings: RefineSettings, progress: str) -> Path:
     return work
 
 
-def _quick_stage1(root: Path, work: Path, settings: RefineSettings, device, progress: str):
+def _quick_stage1(ds: Dataset, work: Path, settings: RefineSettings, device, progress: str):
     """The Stage 1 the frames are aligned to: trained on the landmark fits (resumed when interrupted)."""
     from emotalker.core.models.blendshapes import GaussianBlendshapes
     from emotalker.core.training.neutral import TrainNeutralConfig, train_neutral
@@ -151,11 +150,10 @@ def _quick_stage1(root: Path, work: Path, settings: RefineSettings, device, prog
     avatar = work / "avatar"
     path = avatar / "neutral.safetensors"
     if not path.is_file():
-        ds = Dataset.open(root)
         size = min(settings.train_resolution, max(ds.width, ds.height))
         cfg = TrainNeutralConfig(steps=settings.steps, resolution=size, eval_frames=0)
-        train_neutral(root, avatar, cfg, device=str(device), progress=progress, resume=True)
-    model = GaussianBlendshapes.load(path, Dataset.open(root).flame_model(), device=device)
+        train_neutral(ds.root, avatar, cfg, device=str(device), progress=progress, resume=True)
+    model = GaussianBlendshapes.load(path, ds.flame_model(), device=device)
     model.requires_grad_(False)
     return model
 
